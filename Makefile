@@ -1,0 +1,35 @@
+# migsafe: the Makefile is the interface. Every target creates the virtual environment it needs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+JOBS   ?= 2
+
+.PHONY: venv demo test test-fast lint synth bench clean
+
+venv: $(STAMP)
+$(STAMP): pyproject.toml
+	@bash scripts/ensure-system-deps.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,lambda,infra]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+demo: venv  ## backup -> list -> verify -> restore on a throw-away PostgreSQL with the seed scenario
+	$(PY) examples/demo.py $(DEMO_ARGS)
+
+test: venv  ## the whole suite: real PostgreSQL clusters, AWS through moto, CDK synthesized
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check functions tests bench examples infra app.py
+	$(VENV)/bin/mypy
+
+synth: venv
+	$(PY) app.py
+
+bench: venv  ## migsafe against raw pg_dump/pg_restore on 1M rows; writes bench/results.json
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,316 @@
+"""Back up the tables a migration touches: one consistent snapshot, one dump per table, manifest last.
+
+Order of events, and why:
+1. The store is probed and the table names are resolved against the catalog *before* anything is
+   written, so bad input changes nothing (exit 2) and an unreachable store fails fast (exit 3).
+2. One REPEATABLE READ transaction exports a snapshot; every ``pg_dump --snapshot`` and every row
+   count reads that same snapshot, so the counts match the dumps and tables agree with each other.
+3. Table dumps run in parallel, streamed through zstd and sha256 straight into the store.
+4. ``manifest.json`` is written last. A backup without one is incomplete and never restored from;
+   a failed backup deletes what it wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import secrets
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from . import __version__, catalog
+from .dsn import Dsn, mask
+from .exceptions import BackupFailed, DatabaseError, EnvironmentFault, ToolFailed
+from .identifiers import QualifiedName
+from .models import MANIFEST_NAME, BackupResult, Manifest, ObjectEntry, SourceInfo, TableEntry, TypeInfo
+from .pgtools import tool, tool_env
+from .store import Store
+from .streams import Cancelled, Compression, Tool, stream_to_store
+
+ProgressFn = Callable[[str, str, dict[str, Any]], None]
+
+_SUFFIX = {"zstd": ".dump.zst", "gzip": ".dump", "none": ".dump"}
+_RESTORE_HINT = {
+    "zstd": "zstd -dc TABLE.dump.zst | pg_restore -d TARGET   (types first: psql -d TARGET -f types.sql)",
+    "gzip": "pg_restore -d TARGET TABLE.dump   (types first: psql -d TARGET -f types.sql)",
+    "none": "pg_restore -d TARGET TABLE.dump   (types first: psql -d TARGET -f types.sql)",
+}
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    compression: Compression = "zstd"
+    zstd_level: int = 3
+    jobs: int | None = None
+    plan_sha256: str | None = None
+    pg_bindir: str | None = None
+
+
+def new_backup_id(now: datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def backup_prefix(backup_id: str) -> str:
+    """``YYYY-MM-DD/<backup_id>/`` (the date comes from the id, so it is stable)."""
+    stamp = datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ")
+    return f"{stamp:%Y-%m-%d}/{backup_id}/"
+
+
+def _object_name(table: QualifiedName, suffix: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{table.schema}.{table.name}")
+    return safe + suffix
+
+
+def _pg_dump_argv(dsn: Dsn, snapshot: str, extra: Sequence[str], bindir: str | None) -> list[str]:
+    return [tool("pg_dump", bindir), "--format=custom", f"--snapshot={snapshot}", "--no-sync",
+            f"--dbname={dsn.conninfo(with_password=False)}", *extra]
+
+
+def _check_tool_version(conn: psycopg.Connection[Any], bindir: str | None) -> None:
+    server_major = int(catalog.server_version(conn).split(".")[0].split()[0])
+    out = subprocess.run([tool("pg_dump", bindir), "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"(\d+)(?:\.\d+)?", out)
+    if match and int(match.group(1)) < server_major:
+        raise ToolFailed(
+            f"pg_dump {match.group(1)} cannot dump a PostgreSQL {server_major} server: install client {server_major}+"
+        )
+
+
+def run_backup(
+    dsn: Dsn,
+    store: Store,
+    tables: Sequence[QualifiedName],
+    options: BackupOptions | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    now: datetime | None = None,
+) -> BackupResult:
+    """Back up ``tables`` of ``dsn`` into ``store``; return the result once the manifest is written."""
+    opts = options or BackupOptions()
+    notify = progress or (lambda *_: None)
+    started = time.monotonic()
+    store.check()
+    with catalog.connect(dsn, autocommit=False, application_name="migsafe backup") as conn:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        oids = catalog.resolve_tables(conn, tables)  # UnknownTable: nothing written yet
+        _check_tool_version(conn, opts.pg_bindir)
+        row = conn.execute("select pg_export_snapshot()").fetchone()
+        assert row is not None
+        snapshot = str(row[0])
+        created = now or datetime.now(UTC)
+        backup_id = new_backup_id(created)
+        prefix = backup_prefix(backup_id)
+        written: list[str] = []
+        try:
+            manifest = _dump_all(conn, dsn, store, tables, oids, snapshot, backup_id, prefix, created,
+                                 opts, notify, written)
+            store.put_bytes(prefix + MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                store.delete(written)
+            if isinstance(exc, EnvironmentFault):
+                raise BackupFailed(f"backup {backup_id} failed and was removed: {exc}") from exc
+            if isinstance(exc, psycopg.Error):
+                raise BackupFailed(f"backup {backup_id} failed and was removed: {mask(str(exc)).strip()}") from exc
+            raise
+        finally:
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+    return BackupResult(
+        backup_id=backup_id,
+        url=store.location(prefix),
+        bytes=manifest.total_bytes,
+        seconds=round(time.monotonic() - started, 3),
+        tables=manifest.tables,
+        manifest_key=prefix + MANIFEST_NAME,
+    )
+
+
+def _dump_all(
+    conn: psycopg.Connection[Any],
+    dsn: Dsn,
+    store: Store,
+    tables: Sequence[QualifiedName],
+    oids: dict[QualifiedName, int],
+    snapshot: str,
+    backup_id: str,
+    prefix: str,
+    created: datetime,
+    opts: BackupOptions,
+    notify: ProgressFn,
+    written: list[str],
+) -> Manifest:
+    cancel = threading.Event()
+    env = tool_env(dsn.tool_env())
+    lock = threading.Lock()
+    suffix = _SUFFIX[opts.compression]
+    zlevel = ["--compress=0"] if opts.compression in ("zstd", "none") else ["--compress=6"]
+
+    def dump_table(table: QualifiedName) -> tuple[str, int, str, float]:
+        key = prefix + _object_name(table, suffix)
+        t0 = time.monotonic()
+        notify("start", str(table), {})
+        proc = Tool(_pg_dump_argv(dsn, snapshot, [*zlevel, f"--table={table.pattern}", "--strict-names"],
+                                  opts.pg_bindir), env)
+        sent = 0
+
+        def on_bytes(n: int) -> None:
+            nonlocal sent
+            sent += n
+            notify("bytes", str(table), {"bytes": sent})
+
+        try:
+            assert proc.proc.stdout is not None
+            out = stream_to_store(proc.proc.stdout, store, key, opts.compression, zstd_level=opts.zstd_level,
+                                  cancel=cancel, on_bytes=on_bytes, finish=lambda: proc.finish(f"dump {table}"))
+        except BaseException:
+            proc.kill()
+            raise
+        with lock:
+            written.append(key)
+        return key, out.bytes, out.sha256, time.monotonic() - t0
+
+    jobs = max(1, min(opts.jobs or os.cpu_count() or 2, len(tables)))
+    with ThreadPoolExecutor(max_workers=jobs + 1, thread_name_prefix="migsafe-dump") as pool:
+        futures: dict[Future[Any], str] = {pool.submit(dump_table, t): str(t) for t in tables}
+        types_future = pool.submit(_dump_types, dsn, store, oids, snapshot, prefix, env, conn, opts)
+        futures[types_future] = "types"
+        try:
+            # while the dumps stream, count rows and read the catalog in the same snapshot
+            details = {t: catalog.describe(conn, oids[t]) for t in tables}
+            counts = {}
+            for t in tables:
+                counts[t] = catalog.count_rows(conn, t)
+                notify("rows", str(t), {"rows": counts[t]})
+            revision = catalog.alembic_revision(conn)
+            version = catalog.server_version(conn)
+        except psycopg.Error as exc:
+            cancel.set()
+            raise DatabaseError(f"reading the source catalog failed: {mask(str(exc)).strip()}") from exc
+        except BaseException:
+            cancel.set()
+            raise
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            cancel.set()
+            wait(futures)
+            real = [f.exception() for f in futures if f.exception() and not isinstance(f.exception(), Cancelled)]
+            raise (real or [failed[0].exception()])[0]  # type: ignore[misc]
+        types_info, types_obj = types_future.result()
+        if types_obj:
+            written.append(types_obj.key)
+    entries = []
+    for t, f in zip(tables, [f for f, n in futures.items() if n != "types"], strict=True):
+        key, size, sha, seconds = f.result()
+        d = details[t]
+        entries.append(
+            TableEntry(name=str(t), key=key[len(prefix):], bytes=size, sha256=sha, rows=counts[t],
+                       relation_bytes=d["relation_bytes"], owner=d["owner"], columns=d["columns"],
+                       indexes=d["indexes"], constraints=d["constraints"], types=d["types"],
+                       seconds=round(seconds, 3))
+        )
+        notify("done", str(t), {"bytes": size, "rows": counts[t]})
+    return Manifest(
+        backup_id=backup_id,
+        created_at=created,
+        completed_at=datetime.now(UTC),
+        tool_version=__version__,
+        source=SourceInfo(host=dsn.host, port=dsn.port, database=dsn.dbname, user=dsn.user, server_version=version),
+        plan_sha256=opts.plan_sha256,
+        alembic_revision=revision,
+        compression=opts.compression,
+        tables=entries,
+        types=types_info,
+        types_object=ObjectEntry(key=types_obj.key[len(prefix):], bytes=types_obj.bytes, sha256=types_obj.sha256)
+        if types_obj
+        else None,
+        restore_hint=_RESTORE_HINT[opts.compression],
+    )
+
+
+_TOC_LINE = re.compile(r"^(\d+);\s+(\d+)\s+(\d+)\s+(\S+)\s")
+
+
+def _dump_types(
+    dsn: Dsn,
+    store: Store,
+    oids: dict[QualifiedName, int],
+    snapshot: str,
+    prefix: str,
+    env: dict[str, str],
+    conn: psycopg.Connection[Any],
+    opts: BackupOptions,
+) -> tuple[list[TypeInfo], ObjectEntry | None]:
+    """The user types the tables use, as pg_dump writes them: ``types.sql`` plus per-type DDL.
+
+    A table-only ``pg_dump -t`` leaves enum types out, so a table dump alone does not restore into an
+    empty database; this schema-only dump from the same snapshot supplies them.
+    """
+    # a separate connection: the main one is busy counting rows
+    with catalog.connect(dsn, application_name="migsafe backup types") as tconn:
+        types = catalog.user_types(tconn, list(oids.values()))
+    if not types:
+        return [], None
+    with tempfile.TemporaryDirectory(prefix="migsafe-types-") as tmp:
+        archive = Path(tmp) / "schema.dump"
+        proc = subprocess.run(
+            _pg_dump_argv(dsn, snapshot, ["--schema-only", f"--file={archive}"], opts.pg_bindir),
+            capture_output=True, text=True, env=env,
+        )
+        if proc.returncode != 0:
+            raise ToolFailed(f"pg_dump (schema for types) failed: {mask(proc.stderr.strip())[-2000:]}")
+        listing = subprocess.run([tool("pg_restore", opts.pg_bindir), "--list", str(archive)],
+                                 capture_output=True, text=True, check=False)
+        if listing.returncode != 0:
+            raise ToolFailed(f"pg_restore --list failed: {listing.stderr.strip()[-2000:]}")
+        by_oid: dict[int, str] = {}
+        for line in listing.stdout.splitlines():
+            m = _TOC_LINE.match(line)
+            if m and m.group(4) in ("TYPE", "DOMAIN"):
+                by_oid[int(m.group(3))] = line
+        infos: list[TypeInfo] = []
+        for t in types:  # ordered by oid, so a domain follows the enum it wraps
+            line = by_oid.get(int(t["oid"]))
+            if line is None:
+                raise ToolFailed(f"type {t['name']} is missing from pg_dump's schema listing")
+            list_file = Path(tmp) / "one.list"
+            list_file.write_text(line + "\n")
+            ddl = subprocess.run(
+                [tool("pg_restore", opts.pg_bindir), "--no-owner", "--no-privileges", f"--use-list={list_file}",
+                 "--file=-", str(archive)],
+                capture_output=True, text=True, check=False,
+            )
+            if ddl.returncode != 0:
+                raise ToolFailed(f"pg_restore (type {t['name']}) failed: {ddl.stderr.strip()[-2000:]}")
+            infos.append(TypeInfo(name=t["name"], kind=t["kind"], labels=list(t["labels"]), ddl=_entry_body(ddl.stdout)))
+    body = "-- migsafe: user types the backed-up tables depend on; run before pg_restore of the tables\n"
+    body += "SET check_function_bodies = false;\n\n" + "\n".join(i.ddl + "\n" for i in infos)
+    key = prefix + "types.sql"
+    store.put_bytes(key, body.encode())
+    return infos, ObjectEntry(key=key, bytes=len(body.encode()), sha256=hashlib.sha256(body.encode()).hexdigest())
+
+
+def _entry_body(script: str) -> str:
+    """The statements of one pg_restore entry, without the SET preamble and comments."""
+    lines = script.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("-- Name:")), 0)
+    # drop comments and psql meta-commands (pg_dump 15.14+ wraps scripts in \restrict/\unrestrict)
+    body = [line for line in lines[start:] if line.strip() and not line.startswith(("--", "\\"))]
+    return "\n".join(body).strip()
+
+
+__all__ = ["BackupOptions", "backup_prefix", "new_backup_id", "run_backup"]

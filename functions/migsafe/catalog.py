@@ -1,0 +1,227 @@
+"""What the catalog says about tables: existence, shape, types, counts and content fingerprints.
+
+Every query takes OIDs or :class:`psycopg.sql.Identifier`-composed names; no name is ever
+formatted into SQL text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from .dsn import Dsn, mask
+from .exceptions import DatabaseError, DatabaseUnreachable, UnknownTable
+from .identifiers import QualifiedName
+from .models import ColumnInfo, ConstraintInfo
+
+
+def connect(dsn: Dsn, *, autocommit: bool = True, application_name: str = "migsafe", **kw: Any) -> psycopg.Connection[Any]:
+    """Connect, turning libpq failures into DatabaseUnreachable (with any password masked)."""
+    try:
+        return psycopg.connect(
+            dsn.conninfo(), autocommit=autocommit, application_name=application_name, connect_timeout=10, **kw
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnreachable(f"cannot connect to {dsn.host}:{dsn.port}/{dsn.dbname}: {mask(str(exc)).strip()}") from None
+
+
+def resolve_tables(conn: psycopg.Connection[Any], names: Sequence[QualifiedName]) -> dict[QualifiedName, int]:
+    """OID of each table; UnknownTable naming every one that is missing (or not a table)."""
+    rows = conn.execute(
+        """
+        select n.nspname, c.relname, c.oid, c.relkind
+        from unnest(%s::text[], %s::text[]) as want(nsp, rel)
+        left join pg_namespace n on n.nspname = want.nsp
+        left join pg_class c on c.relnamespace = n.oid and c.relname = want.rel
+        """,
+        ([n.schema for n in names], [n.name for n in names]),
+    ).fetchall()
+    found: dict[QualifiedName, int] = {}
+    missing: list[str] = []
+    for name, row in zip(names, rows, strict=True):
+        if row[2] is None or row[3] not in ("r", "p"):
+            missing.append(str(name))
+        else:
+            found[name] = int(row[2])
+    if missing:
+        raise UnknownTable(f"no such table: {', '.join(missing)}")
+    return found
+
+
+def existing_tables(conn: psycopg.Connection[Any], names: Iterable[QualifiedName]) -> dict[QualifiedName, int]:
+    """OIDs of those of ``names`` that exist as tables (no error for the others)."""
+    names = list(names)
+    rows = conn.execute(
+        """
+        select want.nsp, want.rel, c.oid
+        from unnest(%s::text[], %s::text[]) as want(nsp, rel)
+        join pg_namespace n on n.nspname = want.nsp
+        join pg_class c on c.relnamespace = n.oid and c.relname = want.rel and c.relkind in ('r', 'p')
+        """,
+        ([n.schema for n in names], [n.name for n in names]),
+    ).fetchall()
+    return {QualifiedName(r[0], r[1]): int(r[2]) for r in rows}
+
+
+def describe(conn: psycopg.Connection[Any], oid: int) -> dict[str, Any]:
+    """Columns, indexes, constraints, owner, relation size and the user types a table uses."""
+    cur = conn.cursor(row_factory=dict_row)
+    head = cur.execute(
+        """
+        select pg_get_userbyid(c.relowner) as owner, pg_total_relation_size(c.oid) as relation_bytes
+        from pg_class c where c.oid = %s
+        """,
+        (oid,),
+    ).fetchone()
+    assert head is not None
+    columns = [
+        ColumnInfo(**r)
+        for r in cur.execute(
+            """
+            select a.attname as name, format_type(a.atttypid, a.atttypmod) as type,
+                   not a.attnotnull as nullable, pg_get_expr(d.adbin, d.adrelid) as default
+            from pg_attribute a left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+            where a.attrelid = %s and a.attnum > 0 and not a.attisdropped order by a.attnum
+            """,
+            (oid,),
+        ).fetchall()
+    ]
+    indexes = [
+        r["def"]
+        for r in cur.execute(
+            "select pg_get_indexdef(indexrelid) as def from pg_index where indrelid = %s order by 1", (oid,)
+        ).fetchall()
+    ]
+    constraints = [
+        ConstraintInfo(**r)
+        for r in cur.execute(
+            """
+            select con.conname as name, con.contype::text as type, pg_get_constraintdef(con.oid) as definition,
+                   con.convalidated as validated,
+                   case when con.contype = 'f' then fn.nspname || '.' || fc.relname end as references
+            from pg_constraint con
+            left join pg_class fc on fc.oid = con.confrelid
+            left join pg_namespace fn on fn.oid = fc.relnamespace
+            where con.conrelid = %s order by con.conname
+            """,
+            (oid,),
+        ).fetchall()
+    ]
+    return {
+        "owner": head["owner"],
+        "relation_bytes": int(head["relation_bytes"]),
+        "columns": columns,
+        "indexes": indexes,
+        "constraints": constraints,
+        "types": [t["name"] for t in user_types(conn, [oid])],
+    }
+
+
+_USER_TYPES = """
+with recursive used(oid) as (
+    select a.atttypid from pg_attribute a
+    where a.attrelid = any(%(rels)s::oid[]) and a.attnum > 0 and not a.attisdropped
+  union
+    select coalesce(nullif(t.typelem, 0), nullif(t.typbasetype, 0), r.rngsubtype, ca.atttypid)
+    from used u
+    join pg_type t on t.oid = u.oid
+    left join pg_range r on r.rngtypid = t.oid
+    left join pg_attribute ca on t.typtype = 'c' and ca.attrelid = t.typrelid and ca.attnum > 0
+    where coalesce(nullif(t.typelem, 0), nullif(t.typbasetype, 0), r.rngsubtype, ca.atttypid) is not null
+)
+select t.oid, n.nspname || '.' || t.typname as name,
+       case t.typtype when 'e' then 'enum' when 'd' then 'domain' when 'c' then 'composite'
+                      when 'r' then 'range' else t.typtype::text end as kind,
+       coalesce((select array_agg(e.enumlabel order by e.enumsortorder) from pg_enum e where e.enumtypid = t.oid),
+                '{}') as labels
+from pg_type t join pg_namespace n on n.oid = t.typnamespace
+where t.oid in (select oid from used)
+  and t.typtype in ('e', 'd', 'c', 'r')
+  and (t.typtype <> 'c' or (select relkind from pg_class where oid = t.typrelid) = 'c')
+  and n.nspname not in ('pg_catalog', 'information_schema')
+  and not exists (select 1 from pg_depend dep where dep.classid = 'pg_type'::regclass and dep.objid = t.oid
+                  and dep.deptype = 'e')
+order by t.oid
+"""
+
+
+def user_types(conn: psycopg.Connection[Any], rel_oids: Sequence[int]) -> list[dict[str, Any]]:
+    """User-defined types (enums, domains, composites, ranges) the relations' columns depend on."""
+    cur = conn.cursor(row_factory=dict_row)
+    return list(cur.execute(_USER_TYPES, {"rels": list(rel_oids)}).fetchall())
+
+
+def enum_labels(conn: psycopg.Connection[Any], type_name: str) -> list[str] | None:
+    schema, _, name = type_name.partition(".")
+    row = conn.execute(
+        """
+        select coalesce(array_agg(e.enumlabel order by e.enumsortorder) filter (where e.enumlabel is not null), '{}')
+        from pg_type t join pg_namespace n on n.oid = t.typnamespace
+        left join pg_enum e on e.enumtypid = t.oid
+        where n.nspname = %s and t.typname = %s group by t.oid
+        """,
+        (schema, name),
+    ).fetchone()
+    return list(row[0]) if row else None
+
+
+def count_rows(conn: psycopg.Connection[Any], table: QualifiedName) -> int:
+    row = conn.execute(sql.SQL("select count(*) from {}").format(table.ident)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def fingerprint(conn: psycopg.Connection[Any], table: QualifiedName) -> str:
+    """An order-independent digest of a table's content, computed inside the database.
+
+    The sum of a 64-bit hash of every row's text form (plus the row count) does not depend on the
+    physical order, so a table rewritten by a migration and back compares equal when its data is
+    unchanged.
+    """
+    row = conn.execute(
+        sql.SQL("select count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) from {} as t").format(
+            table.ident
+        )
+    ).fetchone()
+    assert row is not None
+    return f"{int(row[0])}:{int(row[1]):x}".replace("-", "n")
+
+
+def foreign_keys(conn: psycopg.Connection[Any], rel_oids: Sequence[int]) -> list[dict[str, Any]]:
+    """FK constraints on the relations, with whether each is validated."""
+    cur = conn.cursor(row_factory=dict_row)
+    return list(
+        cur.execute(
+            """
+            select con.oid, con.conname as name, n.nspname || '.' || c.relname as table,
+                   fn.nspname || '.' || fc.relname as references, con.convalidated as validated
+            from pg_constraint con
+            join pg_class c on c.oid = con.conrelid join pg_namespace n on n.oid = c.relnamespace
+            join pg_class fc on fc.oid = con.confrelid join pg_namespace fn on fn.oid = fc.relnamespace
+            where con.contype = 'f' and con.conrelid = any(%s::oid[]) order by 3, 2
+            """,
+            (list(rel_oids),),
+        ).fetchall()
+    )
+
+
+def alembic_revision(conn: psycopg.Connection[Any]) -> str | None:
+    """The current alembic revision(s) when an ``alembic_version`` table is on the search path."""
+    exists = conn.execute("select to_regclass('alembic_version') is not null").fetchone()
+    if not exists or not exists[0]:
+        return None
+    try:
+        rows = conn.execute("select version_num from alembic_version order by 1").fetchall()
+    except psycopg.Error as exc:
+        raise DatabaseError(f"cannot read alembic_version: {exc}") from exc
+    return ",".join(r[0] for r in rows) or None
+
+
+def server_version(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("show server_version").fetchone()
+    assert row is not None
+    return str(row[0])

@@ -1,0 +1,146 @@
+"""What a store holds: listing backups, loading manifests, re-verifying checksums, pruning."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+from pydantic import ValidationError
+
+from .exceptions import BackupIncomplete, BackupNotFound, ChecksumMismatch, InputError, ObjectMissing
+from .models import MANIFEST_NAME, BackupRef, Manifest, ObjectCheck, VerifyReport
+from .store import Store
+
+_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+_FOLDER = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})/(?P<id>\d{8}T\d{6}Z-[0-9a-f]{6})/(?P<name>.+)$")
+
+
+def _created(backup_id: str) -> datetime:
+    return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+
+
+def check_backup_id(backup_id: str) -> str:
+    if not _ID.match(backup_id or ""):
+        raise InputError(f"not a backup id: {backup_id!r} (expected YYYYMMDDTHHMMSSZ-xxxxxx)")
+    return backup_id
+
+
+def list_backups(store: Store) -> list[BackupRef]:
+    """Every backup folder, newest first; complete means its manifest exists and parses."""
+    groups: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
+    for obj in store.list(""):
+        m = _FOLDER.match(obj.key)
+        if m:
+            groups[(m.group("date"), m.group("id"))].append((m.group("name"), obj.size))
+    refs = []
+    for (date, backup_id), objects in groups.items():
+        prefix = f"{date}/{backup_id}/"
+        names = {n for n, _ in objects}
+        tables: list[str] = []
+        complete = False
+        if MANIFEST_NAME in names:
+            try:
+                manifest = Manifest.model_validate_json(store.get_bytes(prefix + MANIFEST_NAME))
+                tables = [t.name for t in manifest.tables]
+                complete = True
+            except (ValidationError, ValueError):
+                complete = False
+        refs.append(
+            BackupRef(backup_id=backup_id, date=date, prefix=prefix, complete=complete, tables=tables,
+                      bytes=sum(s for _, s in objects), created_at=_created(backup_id), objects=len(objects))
+        )
+    return sorted(refs, key=lambda r: r.backup_id, reverse=True)
+
+
+def find_backup(store: Store, backup_id: str) -> BackupRef:
+    check_backup_id(backup_id)
+    for ref in list_backups(store):
+        if ref.backup_id == backup_id:
+            return ref
+    raise BackupNotFound(f"no backup {backup_id} in {store.url}")
+
+
+def load_manifest(store: Store, backup_id: str) -> tuple[BackupRef, Manifest]:
+    """The manifest of a complete backup; BackupIncomplete for one that died midway."""
+    ref = find_backup(store, backup_id)
+    if not ref.complete:
+        raise BackupIncomplete(
+            f"backup {backup_id} is incomplete (no valid {MANIFEST_NAME}): it died midway and is never restored from"
+        )
+    manifest = Manifest.model_validate_json(store.get_bytes(ref.prefix + MANIFEST_NAME))
+    if manifest.backup_id != backup_id:
+        raise BackupIncomplete(f"backup {backup_id}: manifest names another backup ({manifest.backup_id})")
+    return ref, manifest
+
+
+def check_object(store: Store, key: str, expected_sha256: str, expected_bytes: int) -> ObjectCheck:
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        for chunk in store.read(key):
+            digest.update(chunk)
+            size += len(chunk)
+    except ObjectMissing:
+        return ObjectCheck(key=key, expected_sha256=expected_sha256, actual_sha256=None,
+                           expected_bytes=expected_bytes, actual_bytes=None, ok=False, problem="missing")
+    actual = digest.hexdigest()
+    problem = None
+    if actual != expected_sha256:
+        problem = "checksum mismatch"
+    elif size != expected_bytes:
+        problem = "size mismatch"
+    return ObjectCheck(key=key, expected_sha256=expected_sha256, actual_sha256=actual, expected_bytes=expected_bytes,
+                       actual_bytes=size, ok=problem is None, problem=problem)
+
+
+def verify_backup(store: Store, backup_id: str, tables: list[str] | None = None) -> VerifyReport:
+    """Re-read every object (or those of ``tables`` and the types) and check sha256 and size."""
+    ref, manifest = load_manifest(store, backup_id)
+    wanted = set(tables) if tables else None
+    checks = []
+    for entry in manifest.tables:
+        if wanted is None or entry.name in wanted:
+            checks.append(check_object(store, ref.prefix + entry.key, entry.sha256, entry.bytes))
+    if manifest.types_object:
+        o = manifest.types_object
+        checks.append(check_object(store, ref.prefix + o.key, o.sha256, o.bytes))
+    return VerifyReport(backup_id=backup_id, objects=checks)
+
+
+def require_intact(report: VerifyReport) -> None:
+    bad = [o for o in report.objects if not o.ok]
+    if bad:
+        details = "; ".join(f"{o.key}: {o.problem}" for o in bad)
+        raise ChecksumMismatch(f"backup {report.backup_id} failed verification: {details}")
+
+
+def prune(store: Store, older_than: timedelta, *, now: datetime | None = None, dry_run: bool = False,
+          incomplete_after: timedelta = timedelta(days=1)) -> list[BackupRef]:
+    """Delete complete backups older than ``older_than`` and incomplete ones older than a day.
+
+    An incomplete backup younger than ``incomplete_after`` may still be running, so it is kept.
+    """
+    now = now or datetime.now(UTC)
+    doomed = []
+    for ref in list_backups(store):
+        assert ref.created_at is not None
+        age = now - ref.created_at
+        if (ref.complete and age > older_than) or (not ref.complete and age > incomplete_after):
+            doomed.append(ref)
+    if not dry_run:
+        for ref in doomed:
+            # the manifest goes first, so a prune that dies midway leaves an incomplete backup, never a
+            # "complete" one with objects missing
+            store.delete([ref.prefix + MANIFEST_NAME])
+            store.delete([o.key for o in store.list(ref.prefix)])
+    return doomed
+
+
+def parse_age(text: str) -> timedelta:
+    m = re.fullmatch(r"\s*(\d+)\s*([smhdw])\s*", text or "")
+    if not m:
+        raise InputError(f"not a duration: {text!r} (use e.g. 36h, 7d, 2w)")
+    n, unit = int(m.group(1)), m.group(2)
+    return timedelta(seconds=n * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit])

@@ -1,0 +1,193 @@
+"""Typed records shared by the steps: the manifest, backup listings, restore and verify reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ColumnInfo(_Model):
+    name: str
+    type: str
+    nullable: bool
+    default: str | None = None
+
+
+class ConstraintInfo(_Model):
+    name: str
+    type: Literal["p", "u", "f", "c", "x", "t", "n"] | str
+    definition: str
+    validated: bool = True
+    references: str | None = None  # for foreign keys: the referenced table, schema.name
+
+
+class TypeInfo(_Model):
+    """A user-defined type the backed-up tables use; created before the tables on restore."""
+
+    name: str  # schema.name
+    kind: Literal["enum", "domain", "composite", "range"] | str
+    labels: list[str] = Field(default_factory=list)
+    ddl: str  # CREATE statement as pg_dump wrote it (owner statements stripped)
+
+
+class TableEntry(_Model):
+    name: str  # schema.name
+    key: str  # object key, relative to the backup folder
+    bytes: int
+    sha256: str
+    rows: int
+    relation_bytes: int
+    owner: str
+    columns: list[ColumnInfo]
+    indexes: list[str]
+    constraints: list[ConstraintInfo]
+    types: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def foreign_keys(self) -> list[ConstraintInfo]:
+        return [c for c in self.constraints if c.type == "f"]
+
+
+class ObjectEntry(_Model):
+    key: str
+    bytes: int
+    sha256: str
+
+
+class SourceInfo(_Model):
+    host: str
+    port: int
+    database: str
+    user: str | None = None
+    server_version: str
+
+
+class Manifest(_Model):
+    format: int = MANIFEST_FORMAT
+    backup_id: str
+    created_at: datetime
+    completed_at: datetime
+    tool: str = "migsafe"
+    tool_version: str
+    source: SourceInfo
+    plan_sha256: str | None = None
+    alembic_revision: str | None = None
+    compression: Literal["zstd", "gzip", "none"]
+    snapshot_consistent: bool = True
+    tables: list[TableEntry]
+    types: list[TypeInfo] = Field(default_factory=list)
+    types_object: ObjectEntry | None = None
+    restore_hint: str = ""
+
+    def table(self, name: str) -> TableEntry:
+        for t in self.tables:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.bytes for t in self.tables) + (self.types_object.bytes if self.types_object else 0)
+
+    def objects(self) -> list[ObjectEntry]:
+        out = [ObjectEntry(key=t.key, bytes=t.bytes, sha256=t.sha256) for t in self.tables]
+        if self.types_object:
+            out.append(self.types_object)
+        return out
+
+
+class BackupRef(_Model):
+    """One backup folder in a store, as listed."""
+
+    backup_id: str
+    date: str
+    prefix: str  # key prefix of the folder, ending in '/'
+    complete: bool
+    tables: list[str] = Field(default_factory=list)
+    bytes: int
+    created_at: datetime | None = None
+    objects: int = 0
+
+
+class BackupResult(_Model):
+    backup_id: str
+    url: str
+    bytes: int
+    seconds: float
+    tables: list[TableEntry]
+    manifest_key: str
+
+
+class ObjectCheck(_Model):
+    key: str
+    expected_sha256: str
+    actual_sha256: str | None
+    expected_bytes: int
+    actual_bytes: int | None
+    ok: bool
+    problem: str | None = None
+
+
+class VerifyReport(_Model):
+    backup_id: str
+    objects: list[ObjectCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.objects)
+
+
+class TableRestoreCheck(_Model):
+    name: str
+    rows_expected: int
+    rows_restored: int
+    foreign_keys: int
+    foreign_keys_valid: int
+    problems: list[str] = Field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+class TypeRestoreCheck(_Model):
+    name: str
+    labels_expected: list[str]
+    labels_found: list[str] | None
+    created: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.labels_found == self.labels_expected
+
+
+class RestoreReport(_Model):
+    backup_id: str
+    target: str  # masked
+    tables: list[TableRestoreCheck]
+    types: list[TypeRestoreCheck]
+    replaced: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tables) and all(t.ok for t in self.types)
+
+    def problems(self) -> list[str]:
+        out = [p for t in self.tables for p in t.problems]
+        out += [
+            f"type {t.name}: labels {t.labels_found} differ from the backup's {t.labels_expected}"
+            for t in self.types
+            if not t.ok
+        ]
+        return out

@@ -1,0 +1,201 @@
+"""The plan: one pydantic model, read from TOML (locally) or JSON (the Step Functions input).
+
+Unknown keys are errors that name the key; relative paths are resolved against the plan's folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from .dsn import Dsn
+from .exceptions import PlanInvalid, UnsafeIdentifier
+from .identifiers import QualifiedName
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    dsn: str | None = None
+    dsn_env: str | None = None
+    secret_arn: str | None = None
+    tables: list[str] = Field(min_length=1)
+
+    @field_validator("tables")
+    @classmethod
+    def _names_are_safe(cls, tables: list[str]) -> list[str]:
+        try:
+            names = [str(QualifiedName.parse(t)) for t in tables]
+        except UnsafeIdentifier as exc:
+            raise ValueError(str(exc)) from None
+        if len(set(names)) != len(names):
+            raise ValueError("a table is listed twice")
+        return names
+
+    @model_validator(mode="after")
+    def _one_dsn_source(self) -> Source:
+        given = [k for k in ("dsn", "dsn_env", "secret_arn") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of dsn, dsn_env, secret_arn")
+        return self
+
+    @property
+    def qualified_tables(self) -> list[QualifiedName]:
+        return [QualifiedName.parse(t) for t in self.tables]
+
+    def resolve_dsn(self, environ: Mapping[str, str]) -> Dsn:
+        """The source DSN; ``environ`` is passed in by the caller (logic never reads os.environ)."""
+        if self.dsn:
+            return Dsn.parse(self.dsn)
+        if self.dsn_env:
+            value = environ.get(self.dsn_env)
+            if not value:
+                raise PlanInvalid(f"source.dsn_env: environment variable {self.dsn_env} is not set")
+            return Dsn.parse(value)
+        value = environ.get("MIGSAFE_SOURCE_DSN")
+        if not value:
+            raise PlanInvalid("source.secret_arn: the secret is resolved by the AWS runner (MIGSAFE_SOURCE_DSN)")
+        return Dsn.parse(value)
+
+
+class Migration(_Strict):
+    alembic_ini: str = "alembic.ini"
+    upgrade_to: str = "head"
+    downgrade_to: str = "-1"
+    url_env: str | None = None
+    bundle: list[str] = Field(default_factory=list)
+
+
+class Scratch(_Strict):
+    kind: Literal["local", "rds-snapshot", "aurora-clone", "dsn"] = "local"
+    dsn: str | None = None  # kind = "dsn": an existing scratch server (e.g. the RDS endpoint on AWS)
+
+
+class Store(_Strict):
+    url: str = "file://./migsafe-backups"
+    retention_days: int = Field(default=30, ge=1)
+
+
+class Backup(_Strict):
+    compression: Literal["zstd", "gzip", "none"] = "zstd"
+    jobs: int | None = Field(default=None, ge=1, le=64)
+    zstd_level: int = Field(default=3, ge=1, le=19)
+
+
+class Thresholds(_Strict):
+    upgrade_seconds: float = 120
+    downgrade_seconds: float = 120
+    lock_seconds: float = 120
+    lossy_downgrade: Literal["fail", "warn"] = "fail"
+
+
+_EXPECT = re.compile(r"^\s*(==|=|!=|>=|<=|>|<)\s*(-?\d+(?:\.\d+)?|'[^']*'|true|false|null)\s*$", re.IGNORECASE)
+
+
+class Check(_Strict):
+    name: str
+    sql: str
+    expect: str
+    when: list[Literal["before", "after_upgrade", "after_downgrade"]] = Field(
+        default_factory=lambda: ["before", "after_upgrade", "after_downgrade"]
+    )
+
+    @field_validator("expect")
+    @classmethod
+    def _expect_parses(cls, value: str) -> str:
+        if not _EXPECT.match(value):
+            raise ValueError(f"expect must be an operator and a value, like '>= 1' (got {value!r})")
+        return value
+
+
+class Notify(_Strict):
+    sns_topic_arn: str | None = None
+
+
+class Plan(_Strict):
+    name: str | None = None
+    source: Source
+    migration: Migration = Field(default_factory=Migration)
+    scratch: Scratch = Field(default_factory=Scratch)
+    store: Store = Field(default_factory=Store)
+    backup: Backup = Field(default_factory=Backup)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    checks: list[Check] = Field(default_factory=list)
+    notify: Notify = Field(default_factory=Notify)
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def path(self, relative: str) -> Path:
+        """A plan path resolved against the plan file's folder."""
+        p = Path(relative)
+        return p if p.is_absolute() else (self._base_dir / p)
+
+    @property
+    def display_name(self) -> str:
+        return self.name or ",".join(self.source.tables)
+
+    def digest(self) -> str:
+        """sha256 of the plan's canonical JSON (no secrets are hashed into anything printed)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], base_dir: Path | None = None) -> Plan:
+        try:
+            plan = cls.model_validate(dict(data))
+        except ValidationError as exc:
+            raise PlanInvalid(_describe(exc)) from None
+        plan._base_dir = (base_dir or Path.cwd()).resolve()
+        return plan
+
+    @classmethod
+    def from_json(cls, text: str | bytes, base_dir: Path | None = None) -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanInvalid(f"plan is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise PlanInvalid("plan must be a JSON object")
+        return cls.from_mapping(data, base_dir)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise PlanInvalid(f"cannot read plan {path}: {exc.strerror}") from None
+        if path.suffix == ".json":
+            return cls.from_json(raw, path.parent)
+        try:
+            data = tomllib.loads(raw.decode())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise PlanInvalid(f"plan {path} is not valid TOML: {exc}") from None
+        return cls.from_mapping(data, path.parent)
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "plan"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{where}'")
+        elif err["type"] == "missing":
+            problems.append(f"missing key '{where}'")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {msg}")
+    return "invalid plan: " + "; ".join(problems)

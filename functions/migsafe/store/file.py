@@ -1,0 +1,123 @@
+"""``file://`` store: a folder; objects are written to a hidden temp file then renamed into place."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from ..exceptions import ObjectMissing, StoreUnreachable
+from .base import CHUNK, ObjectInfo, ObjectWriter, Store
+
+_TMP_SUFFIX = ".migsafe-partial"
+
+
+def _safe_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in {"", ".", ".."} for p in parts):
+        raise StoreUnreachable(f"invalid object key {key!r}")
+    return key
+
+
+class _FileWriter(ObjectWriter):
+    def __init__(self, final: Path) -> None:
+        self._final = final
+        self._tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._fh: BinaryIO = open(self._tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        except OSError as exc:
+            raise StoreUnreachable(f"cannot write {final}: {exc.strerror}") from exc
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            raise StoreUnreachable(f"cannot write {self._final}: {exc.strerror}") from exc
+
+    def commit(self) -> None:
+        try:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(self._tmp, self._final)
+        except OSError as exc:
+            self.abort()
+            raise StoreUnreachable(f"cannot write {self._final}: {exc.strerror}") from exc
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+        with contextlib.suppress(OSError):
+            self._tmp.unlink()
+
+
+class FileStore(Store):
+    def __init__(self, root: str | Path, url: str | None = None) -> None:
+        self.root = Path(root)
+        self.url = url or f"file://{self.root}"
+
+    def _path(self, key: str) -> Path:
+        return self.root / _safe_key(key)
+
+    def open_writer(self, key: str) -> ObjectWriter:
+        return _FileWriter(self._path(key))
+
+    def read(self, key: str, chunk_size: int = CHUNK) -> Iterator[bytes]:
+        path = self._path(key)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - generator closes it
+        except FileNotFoundError:
+            raise ObjectMissing(f"object missing from store: {self.location(key)}") from None
+        except OSError as exc:
+            raise StoreUnreachable(f"cannot read {path}: {exc.strerror}") from exc
+        with fh:
+            while chunk := fh.read(chunk_size):
+                yield chunk
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        if not self.root.exists():
+            return []
+        if not self.root.is_dir():
+            raise StoreUnreachable(f"store root is not a directory: {self.root}")
+        out = []
+        try:
+            for dirpath, _dirs, files in os.walk(self.root):
+                for name in files:
+                    if name.endswith(_TMP_SUFFIX):
+                        continue
+                    full = Path(dirpath) / name
+                    key = full.relative_to(self.root).as_posix()
+                    if key.startswith(prefix):
+                        st = full.stat()
+                        out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+        except OSError as exc:
+            raise StoreUnreachable(f"cannot list {self.root}: {exc.strerror}") from exc
+        return sorted(out, key=lambda o: o.key)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            path = self._path(key)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            # remove now-empty folders up to the root
+            parent = path.parent
+            while parent != self.root and parent.is_relative_to(self.root):
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreUnreachable(f"store root is not a directory: {self.root}")
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            raise StoreUnreachable(f"store root is not writable: {self.root}")

@@ -1,0 +1,125 @@
+"""Streaming helpers: a child process's stdout through compression and sha256 into a store object.
+
+Nothing is staged on disk and memory stays bounded (one chunk plus the compressor's window, and on
+S3 one 8 MiB part) whatever the table size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Literal
+
+import zstandard
+
+from .dsn import mask
+from .exceptions import MigsafeError, ToolFailed
+from .store.base import CHUNK, Store
+
+Compression = Literal["zstd", "gzip", "none"]
+
+
+@dataclass
+class Written:
+    key: str
+    bytes: int
+    sha256: str
+
+
+class Cancelled(MigsafeError):
+    """Another worker failed; this one stopped early."""
+
+
+class Tool:
+    """A running PostgreSQL client tool whose stderr goes to a temp file (no pipe deadlock)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], *, stdin: int | IO[bytes] | None = None,
+                 stdout: int | IO[bytes] | None = subprocess.PIPE) -> None:
+        self.name = argv[0].rsplit("/", 1)[-1]
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=self._stderr, env=env)
+
+    def stderr_text(self) -> str:
+        self._stderr.seek(0)
+        return mask(self._stderr.read().decode(errors="replace").strip())
+
+    def finish(self, what: str) -> None:
+        rc = self.proc.wait()
+        err = self.stderr_text()
+        self._stderr.close()
+        if rc != 0:
+            raise ToolFailed(f"{self.name} failed ({what}, exit {rc}): {err[-2000:] or 'no message'}")
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        with contextlib.suppress(OSError):
+            self._stderr.close()
+
+
+def stream_to_store(
+    source: IO[bytes],
+    store: Store,
+    key: str,
+    compression: Compression,
+    *,
+    zstd_level: int = 3,
+    cancel: threading.Event | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    finish: Callable[[], None] | None = None,
+) -> Written:
+    """Copy ``source`` into ``store[key]`` (zstd-compressing when asked), hashing what is stored.
+
+    ``finish`` runs after the source is exhausted and before the object is committed, so a tool's
+    non-zero exit aborts the upload: no object ever exists for a failed dump.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    compressor = zstandard.ZstdCompressor(level=zstd_level).compressobj() if compression == "zstd" else None
+    with store.writer(key) as out:
+
+        def emit(data: bytes) -> None:
+            nonlocal size
+            if data:
+                digest.update(data)
+                out.write(data)
+                size += len(data)
+
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
+            chunk = source.read(CHUNK)
+            if not chunk:
+                break
+            emit(compressor.compress(chunk) if compressor else chunk)
+            if on_bytes:
+                on_bytes(len(chunk))
+        if compressor:
+            emit(compressor.flush())
+        if finish:
+            finish()
+    return Written(key, size, digest.hexdigest())
+
+
+def hashed_chunks(chunks: Iterable[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
+    for chunk in chunks:
+        digest.update(chunk)
+        yield chunk
+
+
+def decompressed(chunks: Iterable[bytes], compression: Compression) -> Iterator[bytes]:
+    if compression != "zstd":
+        yield from chunks
+        return
+    dobj = zstandard.ZstdDecompressor().decompressobj()
+    for chunk in chunks:
+        out = dobj.decompress(chunk)
+        if out:
+            yield out
