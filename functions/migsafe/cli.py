@@ -30,7 +30,9 @@ from .store import open_store
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make PostgreSQL schema migrations safe to ship.")
 backups_app = typer.Typer(no_args_is_help=True, help="Inspect the backups in a store.")
+scratch_app = typer.Typer(no_args_is_help=True, help="Local scratch clusters.")
 app.add_typer(backups_app, name="backups")
+app.add_typer(scratch_app, name="scratch")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -195,6 +197,43 @@ def prune(
         out.print(f"{'would delete' if dry_run else 'deleted'} {r.backup_id} ({'complete' if r.complete else 'incomplete'}, "
                   f"{_human(r.bytes)})")
     err.print(f"{len(doomed)} backup(s) {'to prune' if dry_run else 'pruned'}")
+
+
+@app.command()
+def rehearse(
+    plan: PlanOpt,
+    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where result.json, report.md and "
+                                                     "report.html go (default ./migsafe-reports/<time>).")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Back up, then rehearse the migration's upgrade and downgrade on a scratch copy; exit 0 PASS, 1 FAIL."""
+    from datetime import UTC, datetime
+
+    from .rehearse import rehearse as run_rehearsal
+
+    p = Plan.load(plan)
+    directory = report_dir or Path("migsafe-reports") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    result = run_rehearsal(p, settings(), report_dir=directory, say=lambda m: err.print(m, markup=False))
+    if json_out:
+        out.print(result.model_dump_json(indent=2))
+    for r in result.reasons:
+        err.print(f"  - {r}", markup=False)
+    for w in result.warnings:
+        err.print(f"  ! {w}", markup=False)
+    err.print(f"reports: {directory.resolve()}/report.md, report.html, result.json")
+    out.print(f"{result.verdict} ({result.plan}, {result.seconds:.1f}s)" if not json_out else "")
+    raise typer.Exit(0 if result.verdict == "PASS" else 1)
+
+
+@scratch_app.command("sweep")
+def scratch_sweep() -> None:
+    """Stop and delete local scratch clusters whose rehearsal process is gone."""
+    from .localpg import sweep
+
+    removed = sweep(settings().runtime_dir)
+    for r in removed:
+        out.print(f"removed {r}")
+    err.print(f"{len(removed)} orphaned scratch cluster(s) removed")
 
 
 def main(argv: list[str] | None = None) -> None:

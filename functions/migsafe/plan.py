@@ -73,6 +73,9 @@ class Migration(_Strict):
     downgrade_to: str = "-1"
     url_env: str | None = None
     bundle: list[str] = Field(default_factory=list)
+    python: str | None = None  # the interpreter with the project's dependencies (default: migsafe's own)
+    sqlalchemy_driver: str = "postgresql+psycopg"  # URL scheme env.py gets; "postgresql" for psycopg2
+    timeout_seconds: float = Field(default=3600, gt=0)  # a migration running longer is stopped
 
 
 class Scratch(_Strict):

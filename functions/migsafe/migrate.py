@@ -1,0 +1,223 @@
+"""Alembic under observation: probe revisions, run upgrade/downgrade timed, watch the locks it takes.
+
+The user's env.py and models are their code, so alembic runs in a subprocess (in the plan's Python,
+by default ours) through ``_alembic_driver.py``. While it runs, a second connection samples
+``pg_locks`` every 50 ms; at each COMMIT the driver also records every relation lock the
+transaction holds (relation locks are held to the end of the transaction), so even a migration
+shorter than one sample is seen with its strongest lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from .dsn import Dsn, mask
+from .exceptions import RevisionUnknown
+from .plan import Plan
+from .result import LockHold, Phase
+
+DRIVER = Path(__file__).with_name("_alembic_driver.py")
+
+LOCK_STRENGTH = [
+    "AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
+    "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock",
+]
+
+
+def stronger(a: str | None, b: str | None) -> str | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if LOCK_STRENGTH.index(a) >= LOCK_STRENGTH.index(b) else b
+
+
+@dataclass(frozen=True)
+class Probe:
+    upgrade_to: str
+    downgrade_dest: str | None
+    path: list[str]
+
+
+def _python(plan: Plan) -> str:
+    return str(plan.path(plan.migration.python)) if plan.migration.python else sys.executable
+
+
+def _env(plan: Plan, extra: Mapping[str, str], url: str | None, environ: Mapping[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in environ.items() if not k.startswith(("PG", "MIGSAFE_"))}
+    env.update(extra)
+    if url is not None:
+        env["MIGSAFE_ALEMBIC_URL"] = url
+        if plan.migration.url_env:
+            env[plan.migration.url_env] = url
+    paths = [str(plan.path(p)) for p in plan.migration.bundle] + [str(plan.path(plan.migration.alembic_ini).parent)]
+    env["PYTHONPATH"] = os.pathsep.join(paths + ([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else []))
+    return env
+
+
+def probe(plan: Plan, source_revision: str | None, environ: Mapping[str, str]) -> Probe:
+    """Check the plan's revisions against the script directory before anything is created."""
+    ini = plan.path(plan.migration.alembic_ini)
+    if not ini.is_file():
+        raise RevisionUnknown(f"migration.alembic_ini: {ini} does not exist")
+    env = _env(plan, {"MIGSAFE_PROBE_SOURCE": source_revision or "", "MIGSAFE_PROBE_UP": plan.migration.upgrade_to,
+                      "MIGSAFE_PROBE_DOWN": plan.migration.downgrade_to}, None, environ)
+    proc = subprocess.run([_python(plan), str(DRIVER), "probe", str(ini)], capture_output=True, text=True,
+                          env=env, cwd=ini.parent, timeout=120)
+    if proc.returncode != 0:
+        raise RevisionUnknown(f"alembic could not read {ini}: {mask(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no output')}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    if data.get("error"):
+        raise RevisionUnknown(data["error"])
+    return Probe(upgrade_to=data["upgrade_to"], downgrade_dest=data.get("downgrade_dest"), path=data.get("path", []))
+
+
+class LockObserver:
+    """Samples pg_locks of every other client backend on the scratch server, in a thread."""
+
+    def __init__(self, dsn: Dsn, t0: float, interval: float = 0.05) -> None:
+        self.dsn = dsn
+        self.t0 = t0
+        self.interval = interval
+        self.holds: list[LockHold] = []
+        self._open: dict[tuple[str, str], float] = {}
+        self._last: dict[tuple[str, str], float] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.phase: Phase = "upgrade"
+        self.error: str | None = None
+
+    def start(self, phase: Phase) -> None:
+        self.phase = phase
+        self._stop.clear()
+        self._open.clear()
+        self._thread = threading.Thread(target=self._run, name=f"migsafe-locks-{phase}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn.conninfo(), autocommit=True, application_name="migsafe lock observer") as conn:
+                conn.execute("set statement_timeout = '2s'")
+                while not self._stop.is_set():
+                    now = time.monotonic() - self.t0
+                    rows = conn.execute(
+                        """
+                        select n.nspname || '.' || c.relname, l.mode
+                        from pg_locks l
+                        join pg_stat_activity a on a.pid = l.pid
+                        join pg_class c on c.oid = l.relation join pg_namespace n on n.oid = c.relnamespace
+                        where l.locktype = 'relation' and l.granted and l.pid <> pg_backend_pid()
+                          and a.backend_type = 'client backend' and c.relkind in ('r', 'p', 'm')
+                          and n.nspname not in ('pg_catalog', 'information_schema')
+                          and n.nspname not like 'pg_toast%%'
+                        """
+                    ).fetchall()
+                    seen = {(r[0], r[1]) for r in rows}
+                    for key in seen:
+                        self._open.setdefault(key, now)
+                        self._last[key] = now
+                    for key in [k for k in self._open if k not in seen]:
+                        self._close(key, now)
+                    self._stop.wait(self.interval)
+        except psycopg.Error as exc:
+            self.error = mask(str(exc))
+
+    def _close(self, key: tuple[str, str], end: float) -> None:
+        start = self._open.pop(key)
+        self.holds.append(LockHold(relation=key[0], mode=key[1], phase=self.phase, start=round(start, 3),
+                                   end=round(max(end, start), 3)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=10)
+        end = time.monotonic() - self.t0
+        for key in list(self._open):
+            self._close(key, end)
+
+
+@dataclass
+class MigrationRun:
+    action: str
+    revision: str
+    seconds: float
+    ok: bool
+    error: str | None = None
+    started_at: float = 0.0  # seconds since the rehearsal started
+    commit_locks: dict[str, str] = field(default_factory=dict)  # relation -> strongest mode at commit
+    xact_seconds: float = 0.0
+
+
+def run_alembic(plan: Plan, action: str, revision: str, scratch: Dsn, observer: LockObserver,
+                environ: Mapping[str, str], phase: Phase, *, timeout: float | None = None,
+                driver: str = "postgresql+psycopg") -> MigrationRun:
+    """Run ``alembic upgrade|downgrade revision`` against scratch, timed and observed."""
+    ini = plan.path(plan.migration.alembic_ini)
+    url = scratch.url().replace("postgresql://", f"{driver}://", 1)
+    with tempfile.NamedTemporaryFile(prefix="migsafe-locks-", suffix=".jsonl", delete=False) as fh:
+        lock_file = Path(fh.name)
+    env = _env(plan, {"MIGSAFE_LOCK_REPORT": str(lock_file)}, url, environ)
+    observer.start(phase)
+    started_at = time.monotonic() - observer.t0
+    t = time.monotonic()
+    try:
+        proc = subprocess.Popen([_python(plan), str(DRIVER), action, str(ini), revision], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=ini.parent, start_new_session=True)
+        try:
+            _out, err = proc.communicate(timeout=timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        seconds = time.monotonic() - t
+    finally:
+        observer.stop()
+    run = MigrationRun(action=action, revision=revision, seconds=round(seconds, 3), ok=proc.returncode == 0,
+                       started_at=round(started_at, 3))
+    if proc.returncode != 0:
+        marker = [line for line in err.splitlines() if line.startswith("MIGSAFE-ERROR: ")]
+        if marker:
+            info = json.loads(marker[-1].removeprefix("MIGSAFE-ERROR: "))
+            run.error = mask(f"{info['type']}: {info['message']}")
+        else:
+            run.error = mask(err.strip().splitlines()[-1] if err.strip() else f"alembic exited {proc.returncode}")
+    try:
+        for line in lock_file.read_text().splitlines():
+            rec: dict[str, Any] = json.loads(line)
+            run.xact_seconds = max(run.xact_seconds, float(rec.get("xact_seconds", 0.0)))
+            for nsp, rel, relkind, mode in rec["locks"]:
+                if relkind in ("r", "p", "m"):
+                    name = f"{nsp}.{rel}"
+                    run.commit_locks[name] = stronger(run.commit_locks.get(name), mode) or mode
+    finally:
+        lock_file.unlink(missing_ok=True)
+    return run
+
+
+def relfilenodes(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, int | None]:
+    """Physical file of each table: a change means the table was rewritten."""
+    out: dict[str, int | None] = {}
+    for t in tables:
+        schema, name = t.split(".", 1)
+        row = conn.execute(
+            """
+            select pg_relation_filenode(c.oid) from pg_class c join pg_namespace n on n.oid = c.relnamespace
+            where n.nspname = %s and c.relname = %s
+            """,
+            (schema, name),
+        ).fetchone()
+        out[t] = int(row[0]) if row and row[0] is not None else None
+    return out
+

@@ -1,0 +1,331 @@
+"""The rehearsal: back up, copy the source to scratch, upgrade and downgrade there, timed and verified.
+
+Order matters and is deliberate:
+1. preflight -- everything that can be refused is refused before anything is created (exit 2);
+2. the backup exists before anything else happens: it is the safety net;
+3. the scratch copy is made, the backup restore-tested on it, the baseline taken;
+4. upgrade, verify, downgrade, verify -- each timed, the locks observed;
+5. the verdict, the reports, the notification;
+6. the scratch is destroyed whatever happened (errors, Ctrl-C, SIGTERM).
+The source is only read: its connections are opened with ``default_transaction_read_only``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from . import catalog
+from .backup import BackupOptions, run_backup
+from .config import Settings
+from .dsn import Dsn, mask
+from .exceptions import EnvironmentFault, InputError, MigsafeError
+from .identifiers import QualifiedName
+from .localpg import sweep
+from .migrate import LockObserver, MigrationRun, Probe, probe, relfilenodes, run_alembic, stronger
+from .plan import Plan
+from .restore import RestoreOptions, run_restore
+from .result import BackupInfo, CheckResult, Result, Revisions, ScratchInfo, StepResult, TableResult
+from .scratch import Scratch, create_scratch
+from .store import open_store
+from .verdict import decide, expectation_met
+
+Say = Callable[[str], None]
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind like Ctrl-C so the scratch is destroyed."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Run:
+    """Mutable state of one rehearsal; becomes a :class:`Result`."""
+
+    def __init__(self, plan: Plan, settings: Settings, say: Say) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.say = say
+        self.t0 = time.monotonic()
+        self.started = datetime.now(UTC)
+        self.steps: list[StepResult] = []
+        self.tables = {t: TableResult(name=t) for t in plan.source.tables}
+        self.checks: list[CheckResult] = []
+        self.locks: list[Any] = []
+        self.backup: BackupInfo | None = None
+        self.scratch: Scratch | None = None
+        self.failed_step: str | None = None
+        self.error: str | None = None
+        self.warnings: list[str] = []
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = datetime.now(UTC)
+        t = time.monotonic()
+        self.say(f"{name} ...")
+        try:
+            yield
+        except MigsafeError as exc:
+            self._record(name, started, t, False, mask(str(exc)))
+            raise
+        except psycopg.Error as exc:
+            self._record(name, started, t, False, mask(str(exc)).strip())
+            raise
+        except BaseException:
+            self._record(name, started, t, False, "interrupted")
+            raise
+        self._record(name, started, t, True, None)
+
+    def _record(self, name: str, started: datetime, t: float, ok: bool, error: str | None) -> None:
+        seconds = round(time.monotonic() - t, 3)
+        self.steps.append(StepResult(name=name, started=started, seconds=seconds, ok=ok, error=error))
+        if not ok and self.failed_step is None:
+            self.failed_step, self.error = name, error
+        self.say(f"{name}: {'ok' if ok else 'FAILED'} ({seconds:.2f}s){'' if ok else ' ' + (error or '')}")
+
+    def add_step(self, run: MigrationRun, name: str) -> None:
+        started = self.started + timedelta(seconds=run.started_at)
+        self.steps.append(StepResult(name=name, started=started, seconds=run.seconds, ok=run.ok, error=run.error))
+        if not run.ok and self.failed_step is None:
+            self.failed_step, self.error = name, run.error
+        self.say(f"{name}: {'ok' if run.ok else 'FAILED'} ({run.seconds:.2f}s){'' if run.ok else ' ' + (run.error or '')}")
+
+
+def preflight(plan: Plan, settings: Settings) -> tuple[Dsn, str | None, Probe]:
+    """Refuse bad input before anything is created: tables, revisions, store."""
+    source = plan.source.resolve_dsn(settings.environ)
+    with catalog.connect(source, application_name="migsafe preflight",
+                         options="-c default_transaction_read_only=on") as conn:
+        catalog.resolve_tables(conn, plan.source.qualified_tables)
+        revision = catalog.alembic_revision(conn)
+    pr = probe(plan, revision, settings.environ)
+    open_store(plan.store.url, plan.base_dir).check()
+    return source, revision, pr
+
+
+def rehearse(plan: Plan, settings: Settings, *, scratch_dsn: Dsn | None = None, report_dir: Path | None = None,
+             say: Say | None = None) -> Result:
+    """Run the whole rehearsal; returns the Result (PASS/FAIL). Raises InputError before doing anything."""
+    say = say or (lambda _m: None)
+    source, source_rev, pr = preflight(plan, settings)
+    if plan.scratch.kind == "local":
+        removed = sweep(settings.runtime_dir)
+        if removed:
+            say(f"removed {len(removed)} scratch cluster(s) left by killed runs: {', '.join(removed)}")
+    run = _Run(plan, settings, say)
+    fault: BaseException | None = None
+    try:
+        with _sigterm_unwinds():
+            _pipeline(run, source, pr, scratch_dsn)
+    except (EnvironmentFault, psycopg.Error) as exc:
+        fault = exc
+    except (KeyboardInterrupt, _Terminated) as exc:
+        fault = exc
+    finally:
+        if run.scratch is not None:
+            with run.step("destroy_scratch"):
+                run.scratch.destroy()
+    result = _result(run, source, source_rev, pr)
+    if fault is not None and not isinstance(fault, KeyboardInterrupt | _Terminated):
+        result.warnings.append(f"the rehearsal stopped on an environment fault: {mask(str(fault))}")
+    decide(result, plan.thresholds)
+    if report_dir is not None:
+        from .report import write_reports
+
+        write_reports(result, report_dir)
+    if plan.notify.sns_topic_arn:
+        from .notify import chatbot_message, publish
+
+        publish(chatbot_message(result), plan.notify.sns_topic_arn, verdict=result.verdict, plan=plan.display_name)
+    if isinstance(fault, KeyboardInterrupt | _Terminated):
+        raise KeyboardInterrupt
+    if fault is not None:
+        setattr(fault, "result", result)  # noqa: B010 - the CLI reports it and exits 3
+        raise fault
+    return result
+
+
+def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None) -> None:
+    plan, settings = run.plan, run.settings
+    tables = plan.source.tables
+    store = open_store(plan.store.url, plan.base_dir)
+    with run.step("backup"):
+        b = run_backup(source, store, plan.source.qualified_tables,
+                       BackupOptions(compression=plan.backup.compression, zstd_level=plan.backup.zstd_level,
+                                     jobs=plan.backup.jobs, plan_sha256=plan.digest(), pg_bindir=settings.pg_bindir))
+        run.backup = BackupInfo(id=b.backup_id, url=b.url, bytes=b.bytes, store_url=store.url)
+    with run.step("scratch"):
+        given = scratch_dsn or (Dsn.parse(plan.scratch.dsn) if plan.scratch.dsn else None)
+        run.scratch = create_scratch(plan.scratch.kind, source, runtime_dir=settings.runtime_dir, scratch_dsn=given,
+                                     pg_bindir=settings.pg_bindir)
+    scratch = run.scratch.dsn
+    with run.step("restore_test"):
+        _restore_test(run, store, b.backup_id, scratch)
+    run.backup.restore_tested = True
+    observer = LockObserver(scratch, run.t0)
+    with catalog.connect(scratch, application_name="migsafe verify") as conn:
+        with run.step("baseline"):
+            before_nodes = relfilenodes(conn, tables)
+            for t in tables:
+                q = QualifiedName.parse(t)
+                run.tables[t].rows_before = catalog.count_rows(conn, q)
+                run.tables[t].fingerprint_before = catalog.fingerprint(conn, q)
+            invalid = _invalid_fks(conn, tables)
+            if invalid:
+                run.warnings.append(f"foreign keys already not valid before the upgrade: {', '.join(invalid)}")
+            _checks(run, conn, "before")
+        up = run_alembic(plan, "upgrade", pr.upgrade_to, scratch, observer, settings.environ, "upgrade",
+                         timeout=plan.migration.timeout_seconds, driver=plan.migration.sqlalchemy_driver)
+        run.add_step(up, "upgrade")
+        _apply_locks(run, up, observer, "upgrade")
+        if not up.ok:
+            return
+        with run.step("verify_upgrade"):
+            after_nodes = relfilenodes(conn, tables)
+            for t in tables:
+                q = QualifiedName.parse(t)
+                run.tables[t].rewritten = before_nodes[t] != after_nodes[t]
+                run.tables[t].rows_after_upgrade = catalog.count_rows(conn, q)
+                run.tables[t].fingerprint_after_upgrade = catalog.fingerprint(conn, q)
+            for fk in _invalid_fks(conn, tables):
+                run.tables[fk.split(":")[0]].fk_invalid_after_upgrade.append(fk.split(":", 1)[1])
+            _checks(run, conn, "after_upgrade")
+        down = run_alembic(plan, "downgrade", pr.downgrade_dest or "base", scratch, observer, settings.environ,
+                           "downgrade", timeout=plan.migration.timeout_seconds, driver=plan.migration.sqlalchemy_driver)
+        run.add_step(down, "downgrade")
+        _apply_locks(run, down, observer, "downgrade")
+        if not down.ok:
+            return
+        with run.step("verify_downgrade"):
+            final_nodes = relfilenodes(conn, tables)
+            for t in tables:
+                q = QualifiedName.parse(t)
+                run.tables[t].rewritten_by_downgrade = after_nodes[t] != final_nodes[t]
+                run.tables[t].rows_after_downgrade = catalog.count_rows(conn, q)
+                run.tables[t].fingerprint_after_downgrade = catalog.fingerprint(conn, q)
+            for fk in _invalid_fks(conn, tables):
+                run.tables[fk.split(":")[0]].fk_invalid_after_downgrade.append(fk.split(":", 1)[1])
+            _checks(run, conn, "after_downgrade")
+            back = catalog.alembic_revision(conn)
+            if back != (pr.downgrade_dest or None):
+                run.warnings.append(f"after the downgrade the revision is {back}, expected {pr.downgrade_dest}")
+
+
+def _restore_test(run: _Run, store: Any, backup_id: str, scratch: Dsn) -> None:
+    """Restore the backup into a separate database on scratch and check it against the manifest."""
+    name = "migsafe_restore_test"
+    with catalog.connect(scratch.with_db("postgres") if scratch.dbname != "postgres" else scratch,
+                         application_name="migsafe restore test") as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("create database {} template template0").format(sql.Identifier(name)))
+        try:
+            report = run_restore(store, backup_id, scratch.with_db(name),
+                                 RestoreOptions(no_owner=True, analyze=False, pg_bindir=run.settings.pg_bindir))
+            if not report.ok:
+                raise InputError("restore test failed: " + "; ".join(report.problems()))
+        finally:
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
+
+
+def _invalid_fks(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
+    oids = catalog.existing_tables(conn, [QualifiedName.parse(t) for t in tables])
+    name_of = {oid: str(q) for q, oid in oids.items()}
+    out = []
+    for fk in catalog.foreign_keys(conn, list(oids.values())):
+        if not fk["validated"]:
+            table = next((n for n in name_of.values() if n == fk["table"]), fk["table"])
+            out.append(f"{table}:{fk['name']}")
+    return out
+
+
+def _checks(run: _Run, conn: psycopg.Connection[Any], when: str) -> None:
+    for check in run.plan.checks:
+        if when not in check.when:
+            continue
+        value: Any = None
+        error = None
+        try:
+            with conn.transaction(force_rollback=True):  # smoke queries never change scratch
+                row = conn.execute(check.sql.encode()).fetchone()
+            value = row[0] if row else None
+            ok = expectation_met(value, check.expect)
+        except psycopg.Error as exc:
+            error, ok = mask(str(exc).strip()), False
+        run.checks.append(CheckResult(name=check.name, when=when, sql=check.sql, expect=check.expect,  # type: ignore[arg-type]
+                                      value=None if value is None else str(value), ok=ok, error=error))
+
+
+def _apply_locks(run: _Run, mig: MigrationRun, observer: LockObserver, phase: str) -> None:
+    holds = [h for h in observer.holds if h.phase == phase]
+    run.locks.extend(holds)
+    for t, tr in run.tables.items():
+        sampled = [h for h in holds if h.relation == t]
+        mode = None
+        for h in sampled:
+            mode = stronger(mode, h.mode)
+        mode = stronger(mode, mig.commit_locks.get(t))
+        ae = [h.end - h.start for h in sampled if h.mode == "AccessExclusiveLock"]
+        seconds = max(ae, default=0.0)
+        if mig.commit_locks.get(t) == "AccessExclusiveLock" and not ae:
+            # held and released between two samples: at most the whole transaction
+            seconds = min(mig.xact_seconds, mig.seconds)
+        if phase == "upgrade":
+            tr.upgrade_lock_mode, tr.upgrade_lock_seconds = mode, round(seconds, 3)
+        else:
+            tr.downgrade_lock_mode, tr.downgrade_lock_seconds = mode, round(seconds, 3)
+        tr.max_lock_mode = stronger(tr.max_lock_mode, mode)
+        tr.lock_seconds = max(tr.lock_seconds, round(seconds, 3))
+    others = sorted({h.relation for h in holds if h.relation not in run.tables} |
+                    {r for r in mig.commit_locks if r not in run.tables and r != "public.alembic_version"})
+    others = [o for o in others if not o.endswith(".alembic_version")]
+    if others:
+        run.warnings.append(f"the {phase} also locked tables the plan does not back up: {', '.join(others)}")
+
+
+def _result(run: _Run, source: Dsn, source_rev: str | None, pr: Probe) -> Result:
+    finished = datetime.now(UTC)
+    sc = run.scratch
+    return Result(
+        plan=run.plan.display_name,
+        verdict="FAIL",
+        started=run.started,
+        finished=finished,
+        seconds=round(time.monotonic() - run.t0, 3),
+        source=f"{source.host}:{source.port}/{source.dbname}",
+        revisions=Revisions(source=source_rev, upgrade_to=pr.upgrade_to, downgrade_to=run.plan.migration.downgrade_to),
+        thresholds=run.plan.thresholds.model_dump(),
+        steps=run.steps,
+        tables=list(run.tables.values()),
+        checks=run.checks,
+        locks=run.locks,
+        backup=run.backup,
+        scratch=ScratchInfo(kind=run.plan.scratch.kind, id=sc.id if sc else None,
+                            destroyed=bool(sc and sc.destroyed),
+                            method=sc.method if sc else None),
+        failed_step=run.failed_step,
+        error=run.error,
+        warnings=run.warnings,
+    )
+

@@ -1,0 +1,133 @@
+"""The verdict: PASS or FAIL against the plan's thresholds, every reason in words with its figure."""
+
+from __future__ import annotations
+
+import re
+
+from .plan import Thresholds
+from .result import CheckResult, Result, StepResult, TableResult
+
+_EXPECT = re.compile(r"^\s*(==|=|!=|>=|<=|>|<)\s*(.+?)\s*$")
+
+
+def expectation_met(value: object, expect: str) -> bool:
+    """``value`` (a scalar from a smoke query) against ``expect`` such as ``>= 1`` or ``= 'ok'``."""
+    m = _EXPECT.match(expect)
+    if not m:
+        return False
+    op, raw = m.group(1), m.group(2)
+    want: object
+    if raw.lower() in ("true", "false"):
+        want = raw.lower() == "true"
+    elif raw.lower() == "null":
+        want = None
+    elif raw.startswith("'"):
+        want = raw.strip("'")
+    else:
+        want = float(raw)
+    got: object = value
+    if isinstance(want, float) and value is not None and not isinstance(value, bool):
+        try:
+            got = float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return False
+    elif isinstance(want, str) and value is not None:
+        got = str(value)
+    if op in ("=", "=="):
+        return bool(got == want)
+    if op == "!=":
+        return bool(got != want)
+    if got is None or want is None or isinstance(want, bool):
+        return False
+    try:
+        return bool({">=": got >= want, "<=": got <= want, ">": got > want, "<": got < want}[op])  # type: ignore[operator]
+    except TypeError:
+        return False
+
+
+def decide(result: Result, thresholds: Thresholds) -> Result:
+    """Fill ``verdict``, ``reasons``, ``warnings``, ``rollback`` and ``next_steps`` from the figures."""
+    reasons: list[str] = []
+    warnings: list[str] = []
+    for s in result.steps:
+        if not s.ok:
+            reasons.append(f"step {s.name} failed: {s.error or 'error'}")
+    _timing(result.step("upgrade"), "upgrade", thresholds.upgrade_seconds, "upgrade_seconds", reasons)
+    _timing(result.step("downgrade"), "downgrade", thresholds.downgrade_seconds, "downgrade_seconds", reasons)
+    lossy: list[str] = []
+    for t in result.tables:
+        _rows(t, reasons)
+        for fk in t.fk_invalid_after_upgrade:
+            reasons.append(f"{t.name}: foreign key {fk} is not valid after the upgrade")
+        for fk in t.fk_invalid_after_downgrade:
+            reasons.append(f"{t.name}: foreign key {fk} is not valid after the downgrade")
+        if t.lock_seconds > thresholds.lock_seconds:
+            reasons.append(
+                f"{t.name}: ACCESS EXCLUSIVE lock held {t.lock_seconds:.1f} s, over the {thresholds.lock_seconds:g} s "
+                "threshold (thresholds.lock_seconds)"
+            )
+        if t.downgrade_restores_data is False:
+            lossy.append(t.name)
+    for name in lossy:
+        text = (f"{name}: the downgrade does not restore the data (content fingerprint differs from before the "
+                "upgrade, with the same row count)" if _same_rows(result, name) else
+                f"{name}: the downgrade does not restore the data (content fingerprint differs from before the upgrade)")
+        (reasons if thresholds.lossy_downgrade == "fail" else warnings).append(text)
+    for c in result.checks:
+        if not c.ok:
+            reasons.append(_check_reason(c))
+    result.reasons = reasons
+    result.warnings = warnings + result.warnings
+    result.verdict = "FAIL" if reasons else "PASS"
+    downgrade_ok = result.step("verify_downgrade") is not None and all(
+        t.downgrade_restores_data for t in result.tables
+    )
+    result.rollback = "downgrade" if downgrade_ok and not lossy else ("restore" if result.backup else "unknown")
+    result.next_steps = _next_steps(result, lossy)
+    return result
+
+
+def _timing(step: StepResult | None, label: str, limit: float, key: str, reasons: list[str]) -> None:
+    if step is not None and step.ok and step.seconds > limit:
+        reasons.append(f"{label} took {step.seconds:.1f} s, over the {limit:g} s threshold (thresholds.{key})")
+
+
+def _rows(t: TableResult, reasons: list[str]) -> None:
+    if t.rows_before is None:
+        return
+    if t.rows_after_upgrade is not None and t.rows_after_upgrade != t.rows_before:
+        reasons.append(f"{t.name}: row count changed by the upgrade, {t.rows_before} -> {t.rows_after_upgrade}")
+    if t.rows_after_downgrade is not None and t.rows_after_downgrade != t.rows_before:
+        reasons.append(f"{t.name}: row count changed by the downgrade, {t.rows_before} -> {t.rows_after_downgrade}")
+
+
+def _same_rows(result: Result, name: str) -> bool:
+    t = next(t for t in result.tables if t.name == name)
+    return t.rows_before == t.rows_after_downgrade
+
+
+def _check_reason(c: CheckResult) -> str:
+    where = c.when.replace("_", " ")
+    if c.error:
+        return f"check '{c.name}' ({where}) failed to run: {c.error}"
+    return f"check '{c.name}' ({where}) returned {c.value}, expected {c.expect}"
+
+
+def _next_steps(result: Result, lossy: list[str]) -> list[str]:
+    steps: list[str] = []
+    backup = result.backup
+    if result.verdict == "PASS":
+        steps.append("Safe to run the migration on production; keep the backup until the change is settled.")
+    else:
+        failed = result.failed_step
+        steps.append(f"Do not run this migration on production yet: fix the cause{f' in step {failed}' if failed else ''}, "
+                     "then rehearse again.")
+    if lossy and backup:
+        steps.append(
+            f"Rollback needs the backup for {', '.join(lossy)}: alembic downgrade, then "
+            f"`migsafe restore --store {backup.store_url or backup.url.rsplit('/', 3)[0]} --backup-id {backup.id} "
+            f"--tables {','.join(lossy)} --replace`."
+        )
+    elif result.rollback == "downgrade":
+        steps.append(f"Rollback: `alembic downgrade {result.revisions.downgrade_to}` restores the data exactly.")
+    return steps

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from migsafe.exceptions import PlanInvalid
+from migsafe.identifiers import QualifiedName
+from migsafe.plan import Plan
+
+
+def test_toml_plan_with_every_section_loads(tmp_path: Path) -> None:
+    # Given
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text(
+        '[source]\ndsn = "postgresql://app:pw@db/app"\ntables = ["public.users", "Orders"]\n'
+        '[migration]\nalembic_ini = "alembic.ini"\n[store]\nurl = "s3://b/p"\n[thresholds]\nupgrade_seconds = 5\n'
+        '[[checks]]\nname = "x"\nsql = "select 1"\nexpect = ">= 1"\n'
+    )
+    # When
+    plan = Plan.load(plan_file)
+    # Then
+    assert plan.source.tables == ["public.users", "public.orders"]
+    assert plan.path("alembic.ini") == tmp_path / "alembic.ini"
+    assert plan.thresholds.upgrade_seconds == 5
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    # Given
+    plan_file = tmp_path / "plan.toml"
+    plan_file.write_text('[source]\ndsn = "postgresql:///x"\ntables = ["t"]\ncolour = "red"\n')
+    # When / Then
+    with pytest.raises(PlanInvalid, match=r"unknown key 'source.colour'"):
+        Plan.load(plan_file)
+
+
+def test_json_plan_is_the_same_model() -> None:
+    plan = Plan.from_json('{"source": {"dsn_env": "DATABASE_URL", "tables": ["users"]}}')
+    assert plan.source.resolve_dsn({"DATABASE_URL": "postgresql://u:p@h/db"}).dbname == "db"
+
+
+@pytest.mark.parametrize("bad", ["public.users; drop table x", 'a"b', "a.b.c", "", "1abc", "users--"])
+def test_unsafe_table_names_are_refused(bad: str) -> None:
+    with pytest.raises(PlanInvalid, match="not a valid table name|at least 1"):
+        Plan.from_json('{"source": {"dsn": "postgresql:///x", "tables": [%s]}}' % __import__("json").dumps(bad))
+
+
+def test_quoted_names_keep_their_case() -> None:
+    assert QualifiedName.parse('"Sales"."Order Items"') == QualifiedName("Sales", "Order Items")
+    assert QualifiedName.parse("Sales.Orders") == QualifiedName("sales", "orders")
