@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -29,11 +31,15 @@ EVENTS = Path(__file__).parent / "events"
 
 
 @pytest.fixture(scope="session")
-def runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where this session's clusters live (so sweeps in tests never touch anybody else's)."""
-    path = tmp_path_factory.mktemp("clusters")
+def runtime_dir() -> Iterator[Path]:
+    """Where this session's clusters live (so sweeps in tests never touch anybody else's).
+
+    Not under pytest's tmp_path: that is private to root, and the servers run as ``postgres``.
+    """
+    path = Path(tempfile.mkdtemp(prefix="migsafe-test-clusters-"))
     os.chmod(path, 0o755)
-    return path
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
