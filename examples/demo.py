@@ -21,15 +21,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "functions"), str(ROOT)]
 
-from examples.enum_uppercase import seed  # noqa: E402
 from migsafe.localpg import LocalCluster, sweep  # noqa: E402
+
+from examples.enum_uppercase import seed  # noqa: E402
 
 
 def run(*args: str, capture: bool = False) -> str:
     shown = " ".join(shlex.quote(a) for a in args)
     print(f"\n$ migsafe {shown}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "migsafe", *args], text=True,
-                          stdout=subprocess.PIPE if capture else None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "migsafe", *args], text=True, stdout=subprocess.PIPE if capture else None
+    )
     if proc.returncode != 0:
         raise SystemExit(f"demo: `migsafe {shown}` exited {proc.returncode}")
     if capture:
@@ -52,7 +54,7 @@ def main() -> None:
         print(f"seeded in {time.monotonic() - t0:.1f}s (source: {cluster.dsn('postgres')})")
         plan = args.out / "plan.toml"
         plan.write_text(
-            "name = \"us-6-uppercase-enums\"\n[source]\n"
+            'name = "us-6-uppercase-enums"\n[source]\n'
             f'dsn = "{cluster.dsn("postgres").url()}"\n'
             f"tables = {seed.TABLES!r}\n".replace("'", '"')
             + f'\n[migration]\nalembic_ini = "{ROOT / "examples" / "enum_uppercase" / "alembic.ini"}"\n'
@@ -68,12 +70,22 @@ def main() -> None:
 
         with psycopg.connect(cluster.dsn("postgres").conninfo(), autocommit=True) as conn:
             conn.execute("create database restored")
-        run("restore", "--store", store, "--backup-id", backup_id, "--target-dsn", cluster.dsn("restored").url())
+        run(
+            "restore",
+            "--store",
+            store,
+            "--backup-id",
+            backup_id,
+            "--target-dsn",
+            cluster.dsn("restored").url(),
+        )
         report_dir = args.out / "report"
         run("rehearse", "--plan", str(plan), "--report-dir", str(report_dir), capture=True)
         print(f"\ndemo complete: backup {backup_id} restored and verified; migration rehearsed: PASS")
-        print(f"reports: {report_dir / 'report.md'}\n         {report_dir / 'report.html'}\n"
-              f"         {report_dir / 'result.json'}")
+        print(
+            f"reports: {report_dir / 'report.md'}\n         {report_dir / 'report.html'}\n"
+            f"         {report_dir / 'result.json'}"
+        )
         print("the throw-away server is being stopped.")
 
 

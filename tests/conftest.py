@@ -10,9 +10,9 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import tempfile
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +23,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "functions"), str(ROOT)]
 
-from examples.enum_uppercase import seed  # noqa: E402
 from migsafe.dsn import Dsn  # noqa: E402
 from migsafe.localpg import LocalCluster  # noqa: E402
+
+from examples.enum_uppercase import seed  # noqa: E402
 
 EVENTS = Path(__file__).parent / "events"
 
@@ -95,7 +96,9 @@ def make_database(pg_cluster: LocalCluster) -> Iterator[Callable[..., Database]]
     with psycopg.connect(pg_cluster.dsn().conninfo(), autocommit=True) as conn:
         for dbname in created:
             conn.execute(
-                psycopg.sql.SQL("drop database if exists {} with (force)").format(psycopg.sql.Identifier(dbname))
+                psycopg.sql.SQL("drop database if exists {} with (force)").format(
+                    psycopg.sql.Identifier(dbname)
+                )
             )
 
 
@@ -122,8 +125,14 @@ def migsafe(runtime_dir: Path) -> Callable[..., CliResult]:
 
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> CliResult:
         full_env = {**os.environ, "MIGSAFE_RUNTIME_DIR": str(runtime_dir), **(env or {})}
-        proc = subprocess.run([sys.executable, "-m", "migsafe", *args], capture_output=True, text=True,
-                              env=full_env, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-m", "migsafe", *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            cwd=ROOT,
+        )
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run
@@ -136,13 +145,20 @@ def table_fingerprints(db: Database, tables: list[str]) -> dict[str, tuple[int, 
 
     with db.connect() as conn:
         return {
-            t: (catalog.count_rows(conn, QualifiedName.parse(t)), catalog.fingerprint(conn, QualifiedName.parse(t)))
+            t: (
+                catalog.count_rows(conn, QualifiedName.parse(t)),
+                catalog.fingerprint(conn, QualifiedName.parse(t)),
+            )
             for t in tables
         }
 
 
-def write_plan(path: Path, db: Database, store_url: str, tables: list[str] | None = None, extra: str = "") -> Path:
+def write_plan(
+    path: Path, db: Database, store_url: str, tables: list[str] | None = None, extra: str = ""
+) -> Path:
     tables = tables or seed.TABLES
     listed = ", ".join(f'"{t}"' for t in tables)
-    path.write_text(f'[source]\ndsn = "{db.url}"\ntables = [{listed}]\n\n[store]\nurl = "{store_url}"\n{extra}')
+    path.write_text(
+        f'[source]\ndsn = "{db.url}"\ntables = [{listed}]\n\n[store]\nurl = "{store_url}"\n{extra}'
+    )
     return path

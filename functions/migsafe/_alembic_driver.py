@@ -49,11 +49,19 @@ def _install_lock_hook() -> None:
             )
             rows = cur.fetchall()
             cur.close()
-        except Exception:  # noqa: BLE001 - observation must never break the migration
+        except Exception:
             return
         with open(path, "a") as fh:
-            fh.write(json.dumps({"at": time.time(), "locks": [list(r[:4]) for r in rows],
-                                 "xact_seconds": float(rows[0][4]) if rows else 0.0}) + "\n")
+            fh.write(
+                json.dumps(
+                    {
+                        "at": time.time(),
+                        "locks": [list(r[:4]) for r in rows],
+                        "xact_seconds": float(rows[0][4]) if rows else 0.0,
+                    }
+                )
+                + "\n"
+            )
 
     event.listen(Engine, "commit", before_commit)
 
@@ -93,8 +101,11 @@ def _probe(ini: str) -> dict:
                 break
             down = rev.down_revision
             if isinstance(down, tuple):
-                return {**out, "error": f"downgrade_to {downgrade_to}: {rev.revision} is a merge point; name a revision"}
-            rev = script.get_revision(down) if down else None
+                return {
+                    **out,
+                    "error": f"downgrade_to {downgrade_to}: {rev.revision} is a merge point; name a revision",
+                }
+            rev = script.get_revision(down) if isinstance(down, str) else None  # type: ignore[assignment]
         dest = rev.revision if rev else None
     elif downgrade_to == "base":
         dest = None
@@ -102,7 +113,10 @@ def _probe(ini: str) -> dict:
         try:
             found = script.get_revision(downgrade_to)
         except (CommandError, KeyError, ValueError) as exc:
-            return {**out, "error": f"downgrade_to {downgrade_to!r} is unknown to the script directory: {exc}"}
+            return {
+                **out,
+                "error": f"downgrade_to {downgrade_to!r} is unknown to the script directory: {exc}",
+            }
         dest = found.revision if found else None
     out["downgrade_dest"] = dest
     if dest != source:
@@ -130,14 +144,17 @@ def main() -> int:
         else:
             print(f"unknown action {action}", file=sys.stderr)
             return 2
-    except Exception as exc:  # noqa: BLE001 - reported to the parent as one line
+    except Exception as exc:
         cause = exc
         while getattr(cause, "orig", None) is not None:
-            cause = cause.orig  # type: ignore[assignment]
+            cause = cause.orig  # type: ignore[attr-defined]
         message = str(cause).strip().splitlines()
         traceback.print_exc(file=sys.stderr)
-        print("MIGSAFE-ERROR: " + json.dumps({"type": type(cause).__name__, "message": " ".join(message)[:2000]}),
-              file=sys.stderr)
+        print(
+            "MIGSAFE-ERROR: "
+            + json.dumps({"type": type(cause).__name__, "message": " ".join(message)[:2000]}),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

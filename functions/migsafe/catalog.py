@@ -19,14 +19,18 @@ from .identifiers import QualifiedName
 from .models import ColumnInfo, ConstraintInfo
 
 
-def connect(dsn: Dsn, *, autocommit: bool = True, application_name: str = "migsafe", **kw: Any) -> psycopg.Connection[Any]:
+def connect(
+    dsn: Dsn, *, autocommit: bool = True, application_name: str = "migsafe", **kw: Any
+) -> psycopg.Connection[Any]:
     """Connect, turning libpq failures into DatabaseUnreachable (with any password masked)."""
     try:
         return psycopg.connect(
             dsn.conninfo(), autocommit=autocommit, application_name=application_name, connect_timeout=10, **kw
         )
     except psycopg.OperationalError as exc:
-        raise DatabaseUnreachable(f"cannot connect to {dsn.host}:{dsn.port}/{dsn.dbname}: {mask(str(exc)).strip()}") from None
+        raise DatabaseUnreachable(
+            f"cannot connect to {dsn.host}:{dsn.port}/{dsn.dbname}: {mask(str(exc)).strip()}"
+        ) from None
 
 
 def resolve_tables(conn: psycopg.Connection[Any], names: Sequence[QualifiedName]) -> dict[QualifiedName, int]:
@@ -34,9 +38,10 @@ def resolve_tables(conn: psycopg.Connection[Any], names: Sequence[QualifiedName]
     rows = conn.execute(
         """
         select n.nspname, c.relname, c.oid, c.relkind
-        from unnest(%s::text[], %s::text[]) as want(nsp, rel)
+        from unnest(%s::text[], %s::text[]) with ordinality as want(nsp, rel, ord)
         left join pg_namespace n on n.nspname = want.nsp
         left join pg_class c on c.relnamespace = n.oid and c.relname = want.rel
+        order by want.ord
         """,
         ([n.schema for n in names], [n.name for n in names]),
     ).fetchall()
@@ -52,7 +57,9 @@ def resolve_tables(conn: psycopg.Connection[Any], names: Sequence[QualifiedName]
     return found
 
 
-def existing_tables(conn: psycopg.Connection[Any], names: Iterable[QualifiedName]) -> dict[QualifiedName, int]:
+def existing_tables(
+    conn: psycopg.Connection[Any], names: Iterable[QualifiedName]
+) -> dict[QualifiedName, int]:
     """OIDs of those of ``names`` that exist as tables (no error for the others)."""
     names = list(names)
     rows = conn.execute(
@@ -183,9 +190,9 @@ def fingerprint(conn: psycopg.Connection[Any], table: QualifiedName) -> str:
     unchanged.
     """
     row = conn.execute(
-        sql.SQL("select count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) from {} as t").format(
-            table.ident
-        )
+        sql.SQL(
+            "select count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) from {} as t"
+        ).format(table.ident)
     ).fetchone()
     assert row is not None
     return f"{int(row[0])}:{int(row[1]):x}".replace("-", "n")

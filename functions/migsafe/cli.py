@@ -27,8 +27,12 @@ from .plan import Plan
 from .restore import RestoreOptions, run_restore
 from .store import open_store
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make PostgreSQL schema migrations safe to ship.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Make PostgreSQL schema migrations safe to ship.",
+)
 backups_app = typer.Typer(no_args_is_help=True, help="Inspect the backups in a store.")
 scratch_app = typer.Typer(no_args_is_help=True, help="Local scratch clusters.")
 app.add_typer(backups_app, name="backups")
@@ -58,8 +62,14 @@ class _Reporter:
         self.progress: Progress | None = None
         self.tasks: dict[str, Any] = {}
         if self.live:
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                     TextColumn("{task.fields[rows]}"), TimeElapsedColumn(), console=err)
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TextColumn("{task.fields[rows]}"),
+                TimeElapsedColumn(),
+                console=err,
+            )
 
     def __enter__(self) -> _Reporter:
         if self.progress:
@@ -114,12 +124,19 @@ def backup(plan: PlanOpt, json_out: JsonOpt = False) -> None:
     s = settings()
     dsn = p.source.resolve_dsn(s.environ)
     store = open_store(p.store.url, p.base_dir)
-    opts = BackupOptions(compression=p.backup.compression, zstd_level=p.backup.zstd_level, jobs=p.backup.jobs,
-                         plan_sha256=p.digest(), pg_bindir=s.pg_bindir)
+    opts = BackupOptions(
+        compression=p.backup.compression,
+        zstd_level=p.backup.zstd_level,
+        jobs=p.backup.jobs,
+        plan_sha256=p.digest(),
+        pg_bindir=s.pg_bindir,
+    )
     with _Reporter("backup") as rep:
         result = run_backup(dsn, store, p.source.qualified_tables, opts, progress=rep)
-    err.print(f"backup {result.backup_id} complete: {len(result.tables)} tables, {_human(result.bytes)} "
-              f"in {result.seconds:.1f}s -> {result.url}")
+    err.print(
+        f"backup {result.backup_id} complete: {len(result.tables)} tables, {_human(result.bytes)} "
+        f"in {result.seconds:.1f}s -> {result.url}"
+    )
     out.print(result.model_dump_json(indent=2) if json_out else result.backup_id)
 
 
@@ -132,8 +149,13 @@ def backups_list(store: StoreOpt, json_out: JsonOpt = False) -> None:
         return
     table = Table("backup id", "date", "tables", "bytes", "status", box=None)
     for r in refs:
-        table.add_row(r.backup_id, r.date, ", ".join(r.tables) or "?", _human(r.bytes),
-                      "complete" if r.complete else "[red]incomplete[/red]")
+        table.add_row(
+            r.backup_id,
+            r.date,
+            ", ".join(r.tables) or "?",
+            _human(r.bytes),
+            "complete" if r.complete else "[red]incomplete[/red]",
+        )
     out.print(table if refs else f"no backups in {store}")
 
 
@@ -158,9 +180,15 @@ def restore(
     store: StoreOpt,
     backup_id: IdOpt,
     target_dsn: Annotated[str, typer.Option("--target-dsn", help="Database to restore into.")],
-    tables: Annotated[str | None, typer.Option("--tables", help="Comma-separated subset of the backup's tables.")] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Drop and restore tables that already hold data.")] = False,
-    no_owner: Annotated[bool, typer.Option("--no-owner", help="Skip ownership and grants (other cluster).")] = False,
+    tables: Annotated[
+        str | None, typer.Option("--tables", help="Comma-separated subset of the backup's tables.")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Drop and restore tables that already hold data.")
+    ] = False,
+    no_owner: Annotated[
+        bool, typer.Option("--no-owner", help="Skip ownership and grants (other cluster).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Restore tables from a backup: checksums first, one transaction, verified before COMMIT."""
@@ -174,15 +202,22 @@ def restore(
     else:
         t = Table("table", "rows (backup)", "rows (restored)", "foreign keys valid", "ok", box=None)
         for c in report.tables:
-            t.add_row(c.name, f"{c.rows_expected:,}", f"{c.rows_restored:,}", f"{c.foreign_keys_valid}/{c.foreign_keys}",
-                      "yes" if c.ok else "[red]NO[/red]")
+            t.add_row(
+                c.name,
+                f"{c.rows_expected:,}",
+                f"{c.rows_restored:,}",
+                f"{c.foreign_keys_valid}/{c.foreign_keys}",
+                "yes" if c.ok else "[red]NO[/red]",
+            )
         for ty in report.types:
             t.add_row(f"type {ty.name}", "", "", "", "yes" if ty.ok else "[red]labels differ[/red]")
         out.print(t)
     if not report.ok:
         err.print("migsafe: restore verification failed: " + "; ".join(report.problems()))
         raise typer.Exit(1)
-    err.print(f"restored {len(report.tables)} tables from {backup_id} into {report.target} in {report.seconds:.1f}s")
+    err.print(
+        f"restored {len(report.tables)} tables from {backup_id} into {report.target} in {report.seconds:.1f}s"
+    )
 
 
 @app.command()
@@ -194,16 +229,23 @@ def prune(
     """Delete complete backups older than --older-than, and incomplete ones older than a day."""
     doomed = inventory.prune(open_store(store), inventory.parse_age(older_than), dry_run=dry_run)
     for r in doomed:
-        out.print(f"{'would delete' if dry_run else 'deleted'} {r.backup_id} ({'complete' if r.complete else 'incomplete'}, "
-                  f"{_human(r.bytes)})")
+        out.print(
+            f"{'would delete' if dry_run else 'deleted'} {r.backup_id} ({'complete' if r.complete else 'incomplete'}, "
+            f"{_human(r.bytes)})"
+        )
     err.print(f"{len(doomed)} backup(s) {'to prune' if dry_run else 'pruned'}")
 
 
 @app.command()
 def rehearse(
     plan: PlanOpt,
-    report_dir: Annotated[Path | None, typer.Option("--report-dir", help="Where result.json, report.md and "
-                                                     "report.html go (default ./migsafe-reports/<time>).")] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--report-dir",
+            help="Where result.json, report.md and report.html go (default ./migsafe-reports/<time>).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Back up, then rehearse the migration's upgrade and downgrade on a scratch copy; exit 0 PASS, 1 FAIL."""

@@ -107,14 +107,30 @@ class LocalCluster:
         return cluster
 
     def _write_marker(self) -> None:
-        marker = {"owner_pid": os.getpid(), "port": self.port, "purpose": self.purpose, "created": time.time()}
+        marker = {
+            "owner_pid": os.getpid(),
+            "port": self.port,
+            "purpose": self.purpose,
+            "created": time.time(),
+        }
         (self.root / MARKER).write_text(json.dumps(marker))
 
     def initdb(self) -> None:
         _run(
             _as_server_user(
-                [tool("initdb"), "-D", str(self.data_dir), "-U", SERVER_USER, "--auth=trust",
-                 "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"]
+                [
+                    tool("initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    SERVER_USER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                ]
             ),
             "initdb",
         )
@@ -132,10 +148,23 @@ class LocalCluster:
         for _attempt in range(3):
             proc = subprocess.run(
                 _as_server_user(
-                    [tool("pg_ctl"), "-D", str(self.data_dir), "-l", str(self.log_file), "-w",
-                     "-t", str(int(timeout)), "-o", f"-p {self.port} -k {self.socket_dir}", "start"]
+                    [
+                        tool("pg_ctl"),
+                        "-D",
+                        str(self.data_dir),
+                        "-l",
+                        str(self.log_file),
+                        "-w",
+                        "-t",
+                        str(int(timeout)),
+                        "-o",
+                        f"-p {self.port} -k {self.socket_dir}",
+                        "start",
+                    ]
                 ),
-                capture_output=True, text=True, env=tool_env(),
+                capture_output=True,
+                text=True,
+                env=tool_env(),
             )
             if proc.returncode == 0:
                 self.started = True
@@ -154,7 +183,9 @@ class LocalCluster:
             return
         subprocess.run(
             _as_server_user([tool("pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "-t", "60", "stop"]),
-            capture_output=True, text=True, env=tool_env(),
+            capture_output=True,
+            text=True,
+            env=tool_env(),
         )
         _kill_postmaster(self.data_dir)
         self.started = False

@@ -31,8 +31,14 @@ from .result import LockHold, Phase
 DRIVER = Path(__file__).with_name("_alembic_driver.py")
 
 LOCK_STRENGTH = [
-    "AccessShareLock", "RowShareLock", "RowExclusiveLock", "ShareUpdateExclusiveLock",
-    "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock", "AccessExclusiveLock",
+    "AccessShareLock",
+    "RowShareLock",
+    "RowExclusiveLock",
+    "ShareUpdateExclusiveLock",
+    "ShareLock",
+    "ShareRowExclusiveLock",
+    "ExclusiveLock",
+    "AccessExclusiveLock",
 ]
 
 
@@ -62,8 +68,12 @@ def _env(plan: Plan, extra: Mapping[str, str], url: str | None, environ: Mapping
         env["MIGSAFE_ALEMBIC_URL"] = url
         if plan.migration.url_env:
             env[plan.migration.url_env] = url
-    paths = [str(plan.path(p)) for p in plan.migration.bundle] + [str(plan.path(plan.migration.alembic_ini).parent)]
-    env["PYTHONPATH"] = os.pathsep.join(paths + ([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else []))
+    paths = [str(plan.path(p)) for p in plan.migration.bundle] + [
+        str(plan.path(plan.migration.alembic_ini).parent)
+    ]
+    env["PYTHONPATH"] = os.pathsep.join(
+        paths + ([environ["PYTHONPATH"]] if environ.get("PYTHONPATH") else [])
+    )
     return env
 
 
@@ -72,16 +82,34 @@ def probe(plan: Plan, source_revision: str | None, environ: Mapping[str, str]) -
     ini = plan.path(plan.migration.alembic_ini)
     if not ini.is_file():
         raise RevisionUnknown(f"migration.alembic_ini: {ini} does not exist")
-    env = _env(plan, {"MIGSAFE_PROBE_SOURCE": source_revision or "", "MIGSAFE_PROBE_UP": plan.migration.upgrade_to,
-                      "MIGSAFE_PROBE_DOWN": plan.migration.downgrade_to}, None, environ)
-    proc = subprocess.run([_python(plan), str(DRIVER), "probe", str(ini)], capture_output=True, text=True,
-                          env=env, cwd=ini.parent, timeout=120)
+    env = _env(
+        plan,
+        {
+            "MIGSAFE_PROBE_SOURCE": source_revision or "",
+            "MIGSAFE_PROBE_UP": plan.migration.upgrade_to,
+            "MIGSAFE_PROBE_DOWN": plan.migration.downgrade_to,
+        },
+        None,
+        environ,
+    )
+    proc = subprocess.run(
+        [_python(plan), str(DRIVER), "probe", str(ini)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ini.parent,
+        timeout=120,
+    )
     if proc.returncode != 0:
-        raise RevisionUnknown(f"alembic could not read {ini}: {mask(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no output')}")
+        raise RevisionUnknown(
+            f"alembic could not read {ini}: {mask(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no output')}"
+        )
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     if data.get("error"):
         raise RevisionUnknown(data["error"])
-    return Probe(upgrade_to=data["upgrade_to"], downgrade_dest=data.get("downgrade_dest"), path=data.get("path", []))
+    return Probe(
+        upgrade_to=data["upgrade_to"], downgrade_dest=data.get("downgrade_dest"), path=data.get("path", [])
+    )
 
 
 class LockObserver:
@@ -108,7 +136,9 @@ class LockObserver:
 
     def _run(self) -> None:
         try:
-            with psycopg.connect(self.dsn.conninfo(), autocommit=True, application_name="migsafe lock observer") as conn:
+            with psycopg.connect(
+                self.dsn.conninfo(), autocommit=True, application_name="migsafe lock observer"
+            ) as conn:
                 conn.execute("set statement_timeout = '2s'")
                 while not self._stop.is_set():
                     now = time.monotonic() - self.t0
@@ -136,8 +166,15 @@ class LockObserver:
 
     def _close(self, key: tuple[str, str], end: float) -> None:
         start = self._open.pop(key)
-        self.holds.append(LockHold(relation=key[0], mode=key[1], phase=self.phase, start=round(start, 3),
-                                   end=round(max(end, start), 3)))
+        self.holds.append(
+            LockHold(
+                relation=key[0],
+                mode=key[1],
+                phase=self.phase,
+                start=round(start, 3),
+                end=round(max(end, start), 3),
+            )
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -160,9 +197,18 @@ class MigrationRun:
     xact_seconds: float = 0.0
 
 
-def run_alembic(plan: Plan, action: str, revision: str, scratch: Dsn, observer: LockObserver,
-                environ: Mapping[str, str], phase: Phase, *, timeout: float | None = None,
-                driver: str = "postgresql+psycopg") -> MigrationRun:
+def run_alembic(
+    plan: Plan,
+    action: str,
+    revision: str,
+    scratch: Dsn,
+    observer: LockObserver,
+    environ: Mapping[str, str],
+    phase: Phase,
+    *,
+    timeout: float | None = None,
+    driver: str = "postgresql+psycopg",
+) -> MigrationRun:
     """Run ``alembic upgrade|downgrade revision`` against scratch, timed and observed."""
     ini = plan.path(plan.migration.alembic_ini)
     url = scratch.url().replace("postgresql://", f"{driver}://", 1)
@@ -173,8 +219,15 @@ def run_alembic(plan: Plan, action: str, revision: str, scratch: Dsn, observer: 
     started_at = time.monotonic() - observer.t0
     t = time.monotonic()
     try:
-        proc = subprocess.Popen([_python(plan), str(DRIVER), action, str(ini), revision], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env, cwd=ini.parent, start_new_session=True)
+        proc = subprocess.Popen(
+            [_python(plan), str(DRIVER), action, str(ini), revision],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=ini.parent,
+            start_new_session=True,
+        )
         try:
             _out, err = proc.communicate(timeout=timeout)
         except BaseException:
@@ -184,15 +237,22 @@ def run_alembic(plan: Plan, action: str, revision: str, scratch: Dsn, observer: 
         seconds = time.monotonic() - t
     finally:
         observer.stop()
-    run = MigrationRun(action=action, revision=revision, seconds=round(seconds, 3), ok=proc.returncode == 0,
-                       started_at=round(started_at, 3))
+    run = MigrationRun(
+        action=action,
+        revision=revision,
+        seconds=round(seconds, 3),
+        ok=proc.returncode == 0,
+        started_at=round(started_at, 3),
+    )
     if proc.returncode != 0:
         marker = [line for line in err.splitlines() if line.startswith("MIGSAFE-ERROR: ")]
         if marker:
             info = json.loads(marker[-1].removeprefix("MIGSAFE-ERROR: "))
             run.error = mask(f"{info['type']}: {info['message']}")
         else:
-            run.error = mask(err.strip().splitlines()[-1] if err.strip() else f"alembic exited {proc.returncode}")
+            run.error = mask(
+                err.strip().splitlines()[-1] if err.strip() else f"alembic exited {proc.returncode}"
+            )
     try:
         for line in lock_file.read_text().splitlines():
             rec: dict[str, Any] = json.loads(line)
@@ -220,4 +280,3 @@ def relfilenodes(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, 
         ).fetchone()
         out[t] = int(row[0]) if row and row[0] is not None else None
     return out
-

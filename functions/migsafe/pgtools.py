@@ -42,7 +42,9 @@ def tool(name: str, preferred_bindir: str | None = None) -> str:
     found = shutil.which(name)
     if found:
         return found
-    raise ToolMissing(f"{name} not found: install the PostgreSQL client tools (searched {directory} and PATH)")
+    raise ToolMissing(
+        f"{name} not found: install the PostgreSQL client tools (searched {directory} and PATH)"
+    )
 
 
 def tool_env(extra: dict[str, str] | None = None) -> dict[str, str]:

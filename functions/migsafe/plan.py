@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .dsn import Dsn
 from .exceptions import PlanInvalid, UnsafeIdentifier
@@ -63,7 +71,9 @@ class Source(_Strict):
             return Dsn.parse(value)
         value = environ.get("MIGSAFE_SOURCE_DSN")
         if not value:
-            raise PlanInvalid("source.secret_arn: the secret is resolved by the AWS runner (MIGSAFE_SOURCE_DSN)")
+            raise PlanInvalid(
+                "source.secret_arn: the secret is resolved by the AWS runner (MIGSAFE_SOURCE_DSN)"
+            )
         return Dsn.parse(value)
 
 
@@ -101,16 +111,20 @@ class Thresholds(_Strict):
     lossy_downgrade: Literal["fail", "warn"] = "fail"
 
 
-_EXPECT = re.compile(r"^\s*(==|=|!=|>=|<=|>|<)\s*(-?\d+(?:\.\d+)?|'[^']*'|true|false|null)\s*$", re.IGNORECASE)
+_EXPECT = re.compile(
+    r"^\s*(==|=|!=|>=|<=|>|<)\s*(-?\d+(?:\.\d+)?|'[^']*'|true|false|null)\s*$", re.IGNORECASE
+)
+
+
+When = Literal["before", "after_upgrade", "after_downgrade"]
+ALL_WHEN: tuple[When, ...] = ("before", "after_upgrade", "after_downgrade")
 
 
 class Check(_Strict):
     name: str
     sql: str
     expect: str
-    when: list[Literal["before", "after_upgrade", "after_downgrade"]] = Field(
-        default_factory=lambda: ["before", "after_upgrade", "after_downgrade"]
-    )
+    when: list[When] = Field(default_factory=lambda: list(ALL_WHEN))
 
     @field_validator("expect")
     @classmethod

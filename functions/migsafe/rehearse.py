@@ -107,17 +107,22 @@ class _Run:
 
     def add_step(self, run: MigrationRun, name: str) -> None:
         started = self.started + timedelta(seconds=run.started_at)
-        self.steps.append(StepResult(name=name, started=started, seconds=run.seconds, ok=run.ok, error=run.error))
+        self.steps.append(
+            StepResult(name=name, started=started, seconds=run.seconds, ok=run.ok, error=run.error)
+        )
         if not run.ok and self.failed_step is None:
             self.failed_step, self.error = name, run.error
-        self.say(f"{name}: {'ok' if run.ok else 'FAILED'} ({run.seconds:.2f}s){'' if run.ok else ' ' + (run.error or '')}")
+        self.say(
+            f"{name}: {'ok' if run.ok else 'FAILED'} ({run.seconds:.2f}s){'' if run.ok else ' ' + (run.error or '')}"
+        )
 
 
 def preflight(plan: Plan, settings: Settings) -> tuple[Dsn, str | None, Probe]:
     """Refuse bad input before anything is created: tables, revisions, store."""
     source = plan.source.resolve_dsn(settings.environ)
-    with catalog.connect(source, application_name="migsafe preflight",
-                         options="-c default_transaction_read_only=on") as conn:
+    with catalog.connect(
+        source, application_name="migsafe preflight", options="-c default_transaction_read_only=on"
+    ) as conn:
         catalog.resolve_tables(conn, plan.source.qualified_tables)
         revision = catalog.alembic_revision(conn)
     pr = probe(plan, revision, settings.environ)
@@ -125,8 +130,14 @@ def preflight(plan: Plan, settings: Settings) -> tuple[Dsn, str | None, Probe]:
     return source, revision, pr
 
 
-def rehearse(plan: Plan, settings: Settings, *, scratch_dsn: Dsn | None = None, report_dir: Path | None = None,
-             say: Say | None = None) -> Result:
+def rehearse(
+    plan: Plan,
+    settings: Settings,
+    *,
+    scratch_dsn: Dsn | None = None,
+    report_dir: Path | None = None,
+    say: Say | None = None,
+) -> Result:
     """Run the whole rehearsal; returns the Result (PASS/FAIL). Raises InputError before doing anything."""
     say = say or (lambda _m: None)
     source, source_rev, pr = preflight(plan, settings)
@@ -158,7 +169,9 @@ def rehearse(plan: Plan, settings: Settings, *, scratch_dsn: Dsn | None = None, 
     if plan.notify.sns_topic_arn:
         from .notify import chatbot_message, publish
 
-        publish(chatbot_message(result), plan.notify.sns_topic_arn, verdict=result.verdict, plan=plan.display_name)
+        publish(
+            chatbot_message(result), plan.notify.sns_topic_arn, verdict=result.verdict, plan=plan.display_name
+        )
     if isinstance(fault, KeyboardInterrupt | _Terminated):
         raise KeyboardInterrupt
     if fault is not None:
@@ -172,14 +185,28 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None) -> Non
     tables = plan.source.tables
     store = open_store(plan.store.url, plan.base_dir)
     with run.step("backup"):
-        b = run_backup(source, store, plan.source.qualified_tables,
-                       BackupOptions(compression=plan.backup.compression, zstd_level=plan.backup.zstd_level,
-                                     jobs=plan.backup.jobs, plan_sha256=plan.digest(), pg_bindir=settings.pg_bindir))
+        b = run_backup(
+            source,
+            store,
+            plan.source.qualified_tables,
+            BackupOptions(
+                compression=plan.backup.compression,
+                zstd_level=plan.backup.zstd_level,
+                jobs=plan.backup.jobs,
+                plan_sha256=plan.digest(),
+                pg_bindir=settings.pg_bindir,
+            ),
+        )
         run.backup = BackupInfo(id=b.backup_id, url=b.url, bytes=b.bytes, store_url=store.url)
     with run.step("scratch"):
         given = scratch_dsn or (Dsn.parse(plan.scratch.dsn) if plan.scratch.dsn else None)
-        run.scratch = create_scratch(plan.scratch.kind, source, runtime_dir=settings.runtime_dir, scratch_dsn=given,
-                                     pg_bindir=settings.pg_bindir)
+        run.scratch = create_scratch(
+            plan.scratch.kind,
+            source,
+            runtime_dir=settings.runtime_dir,
+            scratch_dsn=given,
+            pg_bindir=settings.pg_bindir,
+        )
     scratch = run.scratch.dsn
     with run.step("restore_test"):
         _restore_test(run, store, b.backup_id, scratch)
@@ -194,10 +221,21 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None) -> Non
                 run.tables[t].fingerprint_before = catalog.fingerprint(conn, q)
             invalid = _invalid_fks(conn, tables)
             if invalid:
-                run.warnings.append(f"foreign keys already not valid before the upgrade: {', '.join(invalid)}")
+                run.warnings.append(
+                    f"foreign keys already not valid before the upgrade: {', '.join(invalid)}"
+                )
             _checks(run, conn, "before")
-        up = run_alembic(plan, "upgrade", pr.upgrade_to, scratch, observer, settings.environ, "upgrade",
-                         timeout=plan.migration.timeout_seconds, driver=plan.migration.sqlalchemy_driver)
+        up = run_alembic(
+            plan,
+            "upgrade",
+            pr.upgrade_to,
+            scratch,
+            observer,
+            settings.environ,
+            "upgrade",
+            timeout=plan.migration.timeout_seconds,
+            driver=plan.migration.sqlalchemy_driver,
+        )
         run.add_step(up, "upgrade")
         _apply_locks(run, up, observer, "upgrade")
         if not up.ok:
@@ -212,8 +250,17 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None) -> Non
             for fk in _invalid_fks(conn, tables):
                 run.tables[fk.split(":")[0]].fk_invalid_after_upgrade.append(fk.split(":", 1)[1])
             _checks(run, conn, "after_upgrade")
-        down = run_alembic(plan, "downgrade", pr.downgrade_dest or "base", scratch, observer, settings.environ,
-                           "downgrade", timeout=plan.migration.timeout_seconds, driver=plan.migration.sqlalchemy_driver)
+        down = run_alembic(
+            plan,
+            "downgrade",
+            pr.downgrade_dest or "base",
+            scratch,
+            observer,
+            settings.environ,
+            "downgrade",
+            timeout=plan.migration.timeout_seconds,
+            driver=plan.migration.sqlalchemy_driver,
+        )
         run.add_step(down, "downgrade")
         _apply_locks(run, down, observer, "downgrade")
         if not down.ok:
@@ -230,19 +277,27 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None) -> Non
             _checks(run, conn, "after_downgrade")
             back = catalog.alembic_revision(conn)
             if back != (pr.downgrade_dest or None):
-                run.warnings.append(f"after the downgrade the revision is {back}, expected {pr.downgrade_dest}")
+                run.warnings.append(
+                    f"after the downgrade the revision is {back}, expected {pr.downgrade_dest}"
+                )
 
 
 def _restore_test(run: _Run, store: Any, backup_id: str, scratch: Dsn) -> None:
     """Restore the backup into a separate database on scratch and check it against the manifest."""
     name = "migsafe_restore_test"
-    with catalog.connect(scratch.with_db("postgres") if scratch.dbname != "postgres" else scratch,
-                         application_name="migsafe restore test") as conn:
+    with catalog.connect(
+        scratch.with_db("postgres") if scratch.dbname != "postgres" else scratch,
+        application_name="migsafe restore test",
+    ) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("create database {} template template0").format(sql.Identifier(name)))
         try:
-            report = run_restore(store, backup_id, scratch.with_db(name),
-                                 RestoreOptions(no_owner=True, analyze=False, pg_bindir=run.settings.pg_bindir))
+            report = run_restore(
+                store,
+                backup_id,
+                scratch.with_db(name),
+                RestoreOptions(no_owner=True, analyze=False, pg_bindir=run.settings.pg_bindir),
+            )
             if not report.ok:
                 raise InputError("restore test failed: " + "; ".join(report.problems()))
         finally:
@@ -273,8 +328,17 @@ def _checks(run: _Run, conn: psycopg.Connection[Any], when: str) -> None:
             ok = expectation_met(value, check.expect)
         except psycopg.Error as exc:
             error, ok = mask(str(exc).strip()), False
-        run.checks.append(CheckResult(name=check.name, when=when, sql=check.sql, expect=check.expect,  # type: ignore[arg-type]
-                                      value=None if value is None else str(value), ok=ok, error=error))
+        run.checks.append(
+            CheckResult(
+                name=check.name,
+                when=when,
+                sql=check.sql,
+                expect=check.expect,  # type: ignore[arg-type]
+                value=None if value is None else str(value),
+                ok=ok,
+                error=error,
+            )
+        )
 
 
 def _apply_locks(run: _Run, mig: MigrationRun, observer: LockObserver, phase: str) -> None:
@@ -297,8 +361,10 @@ def _apply_locks(run: _Run, mig: MigrationRun, observer: LockObserver, phase: st
             tr.downgrade_lock_mode, tr.downgrade_lock_seconds = mode, round(seconds, 3)
         tr.max_lock_mode = stronger(tr.max_lock_mode, mode)
         tr.lock_seconds = max(tr.lock_seconds, round(seconds, 3))
-    others = sorted({h.relation for h in holds if h.relation not in run.tables} |
-                    {r for r in mig.commit_locks if r not in run.tables and r != "public.alembic_version"})
+    others = sorted(
+        {h.relation for h in holds if h.relation not in run.tables}
+        | {r for r in mig.commit_locks if r not in run.tables and r != "public.alembic_version"}
+    )
     others = [o for o in others if not o.endswith(".alembic_version")]
     if others:
         run.warnings.append(f"the {phase} also locked tables the plan does not back up: {', '.join(others)}")
@@ -314,18 +380,22 @@ def _result(run: _Run, source: Dsn, source_rev: str | None, pr: Probe) -> Result
         finished=finished,
         seconds=round(time.monotonic() - run.t0, 3),
         source=f"{source.host}:{source.port}/{source.dbname}",
-        revisions=Revisions(source=source_rev, upgrade_to=pr.upgrade_to, downgrade_to=run.plan.migration.downgrade_to),
+        revisions=Revisions(
+            source=source_rev, upgrade_to=pr.upgrade_to, downgrade_to=run.plan.migration.downgrade_to
+        ),
         thresholds=run.plan.thresholds.model_dump(),
         steps=run.steps,
         tables=list(run.tables.values()),
         checks=run.checks,
         locks=run.locks,
         backup=run.backup,
-        scratch=ScratchInfo(kind=run.plan.scratch.kind, id=sc.id if sc else None,
-                            destroyed=bool(sc and sc.destroyed),
-                            method=sc.method if sc else None),
+        scratch=ScratchInfo(
+            kind=run.plan.scratch.kind,
+            id=sc.id if sc else None,
+            destroyed=bool(sc and sc.destroyed),
+            method=sc.method if sc else None,
+        ),
         failed_step=run.failed_step,
         error=run.error,
         warnings=run.warnings,
     )
-

@@ -39,8 +39,14 @@ class Scratch:
             self.destroyed = True
 
 
-def create_scratch(kind: str, source: Dsn, *, runtime_dir: Path | None = None, scratch_dsn: Dsn | None = None,
-                   pg_bindir: str | None = None) -> Scratch:
+def create_scratch(
+    kind: str,
+    source: Dsn,
+    *,
+    runtime_dir: Path | None = None,
+    scratch_dsn: Dsn | None = None,
+    pg_bindir: str | None = None,
+) -> Scratch:
     if kind == "dsn":
         if scratch_dsn is None:
             raise InputError("scratch.kind = 'dsn' needs scratch.dsn (or the runner's scratch endpoint)")
@@ -48,7 +54,9 @@ def create_scratch(kind: str, source: Dsn, *, runtime_dir: Path | None = None, s
             raise InputError("the scratch server is the source server: refusing to migrate the source")
         return Scratch(kind="dsn", id=f"{scratch_dsn.host}:{scratch_dsn.port}", dsn=scratch_dsn, method="dsn")
     if kind != "local":
-        raise InputError(f"scratch.kind = {kind!r} runs on AWS (the state machine restores it); locally use 'local'")
+        raise InputError(
+            f"scratch.kind = {kind!r} runs on AWS (the state machine restores it); locally use 'local'"
+        )
     cluster = LocalCluster.prepare("scratch", runtime_dir)
     try:
         method = "pg_basebackup" if _try_basebackup(cluster, source, pg_bindir) else "pg_dump"
@@ -58,9 +66,16 @@ def create_scratch(kind: str, source: Dsn, *, runtime_dir: Path | None = None, s
             _dump_restore(cluster, source, pg_bindir)
         else:
             cluster.start()
-        dsn = Dsn({"host": "127.0.0.1", "port": str(cluster.port), "dbname": source.dbname,
-                   "user": source.user or "postgres"} if method == "pg_basebackup" else
-                  {"host": "127.0.0.1", "port": str(cluster.port), "dbname": source.dbname, "user": "postgres"})
+        dsn = Dsn(
+            {
+                "host": "127.0.0.1",
+                "port": str(cluster.port),
+                "dbname": source.dbname,
+                "user": source.user or "postgres",
+            }
+            if method == "pg_basebackup"
+            else {"host": "127.0.0.1", "port": str(cluster.port), "dbname": source.dbname, "user": "postgres"}
+        )
         return Scratch(kind="local", id=cluster.id, dsn=dsn, method=method, cluster=cluster)
     except BaseException:
         cluster.destroy()
@@ -71,9 +86,25 @@ def _try_basebackup(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -
     """Physical copy of the source cluster; False when the source refuses replication connections."""
     conninfo = source.conninfo(with_password=False)
     proc = subprocess.run(
-        _as_server_user([tool("pg_basebackup", pg_bindir), "-D", str(cluster.data_dir), "-X", "stream",
-                         "-c", "fast", "--no-sync", "--no-password", "-d", conninfo]),
-        capture_output=True, text=True, env=tool_env(source.tool_env()), timeout=3600,
+        _as_server_user(
+            [
+                tool("pg_basebackup", pg_bindir),
+                "-D",
+                str(cluster.data_dir),
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+                "--no-password",
+                "-d",
+                conninfo,
+            ]
+        ),
+        capture_output=True,
+        text=True,
+        env=tool_env(source.tool_env()),
+        timeout=3600,
     )
     if proc.returncode != 0:
         with contextlib.suppress(OSError):
@@ -104,16 +135,33 @@ def _dump_restore(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -> 
     with psycopg.connect(cluster.dsn().conninfo(), autocommit=True) as conn:
         conn.execute(sql.SQL("create database {}").format(sql.Identifier(source.dbname)))
     dump = subprocess.Popen(
-        [tool("pg_dump", pg_bindir), "--format=custom", "--compress=0", f"--dbname={source.conninfo(with_password=False)}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=tool_env(source.tool_env()),
+        [
+            tool("pg_dump", pg_bindir),
+            "--format=custom",
+            "--compress=0",
+            f"--dbname={source.conninfo(with_password=False)}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=tool_env(source.tool_env()),
     )
     restore = subprocess.run(
-        [tool("pg_restore", pg_bindir), "--no-owner", "--no-privileges", "--exit-on-error",
-         f"--dbname={cluster.dsn(source.dbname).conninfo()}"],
-        stdin=dump.stdout, capture_output=True, text=True, env=tool_env(),
+        [
+            tool("pg_restore", pg_bindir),
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            f"--dbname={cluster.dsn(source.dbname).conninfo()}",
+        ],
+        stdin=dump.stdout,
+        capture_output=True,
+        text=True,
+        env=tool_env(),
     )
     _out, dump_err = dump.communicate()
     if dump.returncode != 0:
-        raise ScratchFailed(f"pg_dump of the source failed: {mask(dump_err.decode(errors='replace').strip())[-1500:]}")
+        raise ScratchFailed(
+            f"pg_dump of the source failed: {mask(dump_err.decode(errors='replace').strip())[-1500:]}"
+        )
     if restore.returncode != 0:
         raise ScratchFailed(f"pg_restore into scratch failed: {mask(restore.stderr.strip())[-1500:]}")

@@ -69,9 +69,12 @@ def decide(result: Result, thresholds: Thresholds) -> Result:
         if t.downgrade_restores_data is False:
             lossy.append(t.name)
     for name in lossy:
-        text = (f"{name}: the downgrade does not restore the data (content fingerprint differs from before the "
-                "upgrade, with the same row count)" if _same_rows(result, name) else
-                f"{name}: the downgrade does not restore the data (content fingerprint differs from before the upgrade)")
+        text = (
+            f"{name}: the downgrade does not restore the data (content fingerprint differs from before the "
+            "upgrade, with the same row count)"
+            if _same_rows(result, name)
+            else f"{name}: the downgrade does not restore the data (content fingerprint differs from before the upgrade)"
+        )
         (reasons if thresholds.lossy_downgrade == "fail" else warnings).append(text)
     for c in result.checks:
         if not c.ok:
@@ -82,23 +85,31 @@ def decide(result: Result, thresholds: Thresholds) -> Result:
     downgrade_ok = result.step("verify_downgrade") is not None and all(
         t.downgrade_restores_data for t in result.tables
     )
-    result.rollback = "downgrade" if downgrade_ok and not lossy else ("restore" if result.backup else "unknown")
+    result.rollback = (
+        "downgrade" if downgrade_ok and not lossy else ("restore" if result.backup else "unknown")
+    )
     result.next_steps = _next_steps(result, lossy)
     return result
 
 
 def _timing(step: StepResult | None, label: str, limit: float, key: str, reasons: list[str]) -> None:
     if step is not None and step.ok and step.seconds > limit:
-        reasons.append(f"{label} took {step.seconds:.1f} s, over the {limit:g} s threshold (thresholds.{key})")
+        reasons.append(
+            f"{label} took {step.seconds:.1f} s, over the {limit:g} s threshold (thresholds.{key})"
+        )
 
 
 def _rows(t: TableResult, reasons: list[str]) -> None:
     if t.rows_before is None:
         return
     if t.rows_after_upgrade is not None and t.rows_after_upgrade != t.rows_before:
-        reasons.append(f"{t.name}: row count changed by the upgrade, {t.rows_before} -> {t.rows_after_upgrade}")
+        reasons.append(
+            f"{t.name}: row count changed by the upgrade, {t.rows_before} -> {t.rows_after_upgrade}"
+        )
     if t.rows_after_downgrade is not None and t.rows_after_downgrade != t.rows_before:
-        reasons.append(f"{t.name}: row count changed by the downgrade, {t.rows_before} -> {t.rows_after_downgrade}")
+        reasons.append(
+            f"{t.name}: row count changed by the downgrade, {t.rows_before} -> {t.rows_after_downgrade}"
+        )
 
 
 def _same_rows(result: Result, name: str) -> bool:
@@ -120,8 +131,10 @@ def _next_steps(result: Result, lossy: list[str]) -> list[str]:
         steps.append("Safe to run the migration on production; keep the backup until the change is settled.")
     else:
         failed = result.failed_step
-        steps.append(f"Do not run this migration on production yet: fix the cause{f' in step {failed}' if failed else ''}, "
-                     "then rehearse again.")
+        steps.append(
+            f"Do not run this migration on production yet: fix the cause{f' in step {failed}' if failed else ''}, "
+            "then rehearse again."
+        )
     if lossy and backup:
         steps.append(
             f"Rollback needs the backup for {', '.join(lossy)}: alembic downgrade, then "
@@ -129,5 +142,7 @@ def _next_steps(result: Result, lossy: list[str]) -> list[str]:
             f"--tables {','.join(lossy)} --replace`."
         )
     elif result.rollback == "downgrade":
-        steps.append(f"Rollback: `alembic downgrade {result.revisions.downgrade_to}` restores the data exactly.")
+        steps.append(
+            f"Rollback: `alembic downgrade {result.revisions.downgrade_to}` restores the data exactly."
+        )
     return steps

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-ENV_PY = '''
+ENV_PY = """
 import os
 from alembic import context
 from sqlalchemy import engine_from_config, pool
@@ -19,9 +19,9 @@ with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=None)
     with context.begin_transaction():
         context.run_migrations()
-'''
+"""
 
-VERSION = '''
+VERSION = """
 from alembic import op
 
 revision = {rev!r}
@@ -36,7 +36,7 @@ def upgrade():
 
 def downgrade():
 {down_body}
-'''
+"""
 
 
 def _body(statements: list[str]) -> str:
@@ -45,7 +45,9 @@ def _body(statements: list[str]) -> str:
     return "\n".join(f"    op.execute({s!r})" for s in statements)
 
 
-def write_project(root: Path, upgrade: list[str], downgrade: list[str], baseline: str = "0001_baseline") -> Path:
+def write_project(
+    root: Path, upgrade: list[str], downgrade: list[str], baseline: str = "0001_baseline"
+) -> Path:
     """A project with the baseline revision (already applied to the source) and 0002_change on top."""
     versions = root / "migrations" / "versions"
     versions.mkdir(parents=True)
@@ -53,7 +55,9 @@ def write_project(root: Path, upgrade: list[str], downgrade: list[str], baseline
         "[alembic]\nscript_location = %(here)s/migrations\nsqlalchemy.url = postgresql+psycopg://nowhere/db\n"
     )
     (root / "migrations" / "env.py").write_text(textwrap.dedent(ENV_PY))
-    (versions / "0001_baseline.py").write_text(VERSION.format(rev=baseline, down=None, up=_body([]), down_body=_body([])))
+    (versions / "0001_baseline.py").write_text(
+        VERSION.format(rev=baseline, down=None, up=_body([]), down_body=_body([]))
+    )
     (versions / "0002_change.py").write_text(
         VERSION.format(rev="0002_change", down=baseline, up=_body(upgrade), down_body=_body(downgrade))
     )

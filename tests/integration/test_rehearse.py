@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from examples.enum_uppercase import seed
+from alembic_projects import write_project
+from conftest import ROOT, CliResult, Database, table_fingerprints
 from migsafe.config import Settings
 from migsafe.inventory import list_backups, verify_backup
 from migsafe.localpg import DEFAULT_RUNTIME_DIR, MARKER
@@ -22,13 +22,12 @@ from migsafe.rehearse import rehearse
 from migsafe.restore import RestoreOptions, run_restore
 from migsafe.store import open_store
 
-from alembic_projects import write_project
-from conftest import ROOT, CliResult, Database, table_fingerprints
+from examples.enum_uppercase import seed
 
 TABLES = seed.TABLES
 ADMIN_CHECK = (
     '[[checks]]\nname = "admin keeps access"\n'
-    "sql = \"select count(*) from user_application_access a join users u on u.id = a.user_id "
+    'sql = "select count(*) from user_application_access a join users u on u.id = a.user_id '
     "where u.email = 'admin@example.com' and a.has_access\"\n"
     'expect = "= 3"\n'
 )
@@ -109,7 +108,9 @@ def test_lossy_downgrade_fails_naming_the_table(tmp_path: Path, source: Database
 
 def test_lossy_downgrade_can_be_a_warning(tmp_path: Path, source: Database, runtime_dir: Path) -> None:
     # Given
-    ini = write_project(tmp_path / "proj", upgrade=["UPDATE users SET full_name = upper(full_name)"], downgrade=[])
+    ini = write_project(
+        tmp_path / "proj", upgrade=["UPDATE users SET full_name = upper(full_name)"], downgrade=[]
+    )
     plan = _plan(tmp_path, source, ini, '[thresholds]\nlossy_downgrade = "warn"\n')
     # When
     result = _rehearse(plan, runtime_dir, tmp_path / "report")
@@ -124,7 +125,10 @@ def test_migration_failing_midway_fails_with_the_database_error(
     # Given: the second statement violates a constraint
     ini = write_project(
         tmp_path / "proj",
-        upgrade=["ALTER TABLE users ADD COLUMN nickname text", "ALTER TABLE users ALTER COLUMN nickname SET NOT NULL"],
+        upgrade=[
+            "ALTER TABLE users ADD COLUMN nickname text",
+            "ALTER TABLE users ALTER COLUMN nickname SET NOT NULL",
+        ],
         downgrade=["ALTER TABLE users DROP COLUMN nickname"],
     )
     plan = _plan(tmp_path, source, ini)
@@ -133,7 +137,9 @@ def test_migration_failing_midway_fails_with_the_database_error(
     # Then
     assert result.verdict == "FAIL"
     assert result.failed_step == "upgrade"
-    assert any("upgrade failed" in r and 'column "nickname"' in r and "null values" in r for r in result.reasons)
+    assert any(
+        "upgrade failed" in r and 'column "nickname"' in r and "null values" in r for r in result.reasons
+    )
     assert result.scratch.destroyed and not _scratch_dirs(runtime_dir)
     # the backup is complete and restorable
     store = open_store(f"file://{tmp_path / 'store'}")
@@ -143,14 +149,18 @@ def test_migration_failing_midway_fails_with_the_database_error(
     with target.connect() as conn:
         conn.execute("create database restore_after_failure")
     try:
-        report = run_restore(store, result.backup.id, source.dsn.with_db("restore_after_failure"), RestoreOptions())
+        report = run_restore(
+            store, result.backup.id, source.dsn.with_db("restore_after_failure"), RestoreOptions()
+        )
         assert report.ok
     finally:
         with target.connect() as conn:
             conn.execute("drop database restore_after_failure with (force)")
 
 
-def test_threshold_exceeded_names_threshold_and_value(tmp_path: Path, source: Database, runtime_dir: Path) -> None:
+def test_threshold_exceeded_names_threshold_and_value(
+    tmp_path: Path, source: Database, runtime_dir: Path
+) -> None:
     # Given: a migration that takes at least 0.3 s against a 0.1 s budget
     ini = write_project(tmp_path / "proj", upgrade=["SELECT pg_sleep(0.3)"], downgrade=[])
     plan = _plan(tmp_path, source, ini, "[thresholds]\nupgrade_seconds = 0.1\n")
@@ -207,7 +217,11 @@ def test_unknown_upgrade_target_is_refused_before_anything_is_created(
     # Given
     ini = write_project(tmp_path / "proj", upgrade=[], downgrade=[])
     plan = _plan(tmp_path, source, ini, "")
-    plan.write_text(plan.read_text().replace('url_env = "DATABASE_URL"', 'url_env = "DATABASE_URL"\nupgrade_to = "9999_nope"'))
+    plan.write_text(
+        plan.read_text().replace(
+            'url_env = "DATABASE_URL"', 'url_env = "DATABASE_URL"\nupgrade_to = "9999_nope"'
+        )
+    )
     # When
     res = migsafe("rehearse", "--plan", str(plan), "--report-dir", str(tmp_path / "r"))
     # Then
@@ -222,7 +236,11 @@ def test_downgrade_not_returning_to_source_is_refused_naming_both(
     # Given: downgrade to base although the source is at 0001_baseline
     ini = write_project(tmp_path / "proj", upgrade=[], downgrade=[])
     plan = _plan(tmp_path, source, ini)
-    plan.write_text(plan.read_text().replace('url_env = "DATABASE_URL"', 'url_env = "DATABASE_URL"\ndowngrade_to = "base"'))
+    plan.write_text(
+        plan.read_text().replace(
+            'url_env = "DATABASE_URL"', 'url_env = "DATABASE_URL"\ndowngrade_to = "base"'
+        )
+    )
     # When
     res = migsafe("rehearse", "--plan", str(plan))
     # Then
@@ -235,12 +253,19 @@ def test_cli_exit_codes_pass_and_fail(
     tmp_path: Path, source: Database, migsafe: Callable[..., CliResult]
 ) -> None:
     # Given
-    ok_ini = write_project(tmp_path / "ok", upgrade=["ALTER TABLE users ADD COLUMN x int"],
-                           downgrade=["ALTER TABLE users DROP COLUMN x"])
+    ok_ini = write_project(
+        tmp_path / "ok",
+        upgrade=["ALTER TABLE users ADD COLUMN x int"],
+        downgrade=["ALTER TABLE users DROP COLUMN x"],
+    )
     bad_ini = write_project(tmp_path / "bad", upgrade=["SELECT 1/0"], downgrade=[])
     # When
-    ok = migsafe("rehearse", "--plan", str(_plan(tmp_path, source, ok_ini)), "--report-dir", str(tmp_path / "r1"))
-    bad = migsafe("rehearse", "--plan", str(_plan(tmp_path, source, bad_ini)), "--report-dir", str(tmp_path / "r2"))
+    ok = migsafe(
+        "rehearse", "--plan", str(_plan(tmp_path, source, ok_ini)), "--report-dir", str(tmp_path / "r1")
+    )
+    bad = migsafe(
+        "rehearse", "--plan", str(_plan(tmp_path, source, bad_ini)), "--report-dir", str(tmp_path / "r2")
+    )
     # Then
     assert ok.code == 0 and "PASS" in ok.stdout, ok.output
     assert bad.code == 1 and "FAIL" in bad.stdout and "division by zero" in bad.stderr, bad.output
@@ -253,10 +278,17 @@ def test_sigkilled_rehearsal_leaves_nothing_after_sweep(
     ini = write_project(tmp_path / "proj", upgrade=["SELECT pg_sleep(60)"], downgrade=[])
     plan = _plan(tmp_path, source, ini)
     env = {**os.environ, "MIGSAFE_RUNTIME_DIR": str(runtime_dir)}
-    proc = subprocess.Popen([sys.executable, "-m", "migsafe", "rehearse", "--plan", str(plan)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "migsafe", "rehearse", "--plan", str(plan)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any((d / "data" / "postmaster.pid").exists() for d in _scratch_dirs(runtime_dir)):
+    while time.monotonic() < deadline and not any(
+        (d / "data" / "postmaster.pid").exists() for d in _scratch_dirs(runtime_dir)
+    ):
         time.sleep(0.05)
     assert _scratch_dirs(runtime_dir), "the scratch server never started"
     time.sleep(1.0)  # let the upgrade begin
@@ -269,7 +301,7 @@ def test_sigkilled_rehearsal_leaves_nothing_after_sweep(
     assert not _scratch_dirs(runtime_dir)
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(runtime_dir / "scratch-") not in ps
-    assert DEFAULT_RUNTIME_DIR != runtime_dir
+    assert runtime_dir != DEFAULT_RUNTIME_DIR
 
 
 def test_sns_message_is_published_with_the_verdict(

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-
 from migsafe.exceptions import PlanInvalid
 from migsafe.identifiers import QualifiedName
 from migsafe.plan import Plan
@@ -41,8 +41,8 @@ def test_json_plan_is_the_same_model() -> None:
 
 @pytest.mark.parametrize("bad", ["public.users; drop table x", 'a"b', "a.b.c", "", "1abc", "users--"])
 def test_unsafe_table_names_are_refused(bad: str) -> None:
-    with pytest.raises(PlanInvalid, match="not a valid table name|at least 1"):
-        Plan.from_json('{"source": {"dsn": "postgresql:///x", "tables": [%s]}}' % __import__("json").dumps(bad))
+    with pytest.raises(PlanInvalid, match=r"not a valid table name|at least 1"):
+        Plan.from_json(json.dumps({"source": {"dsn": "postgresql:///x", "tables": [bad]}}))
 
 
 def test_quoted_names_keep_their_case() -> None:

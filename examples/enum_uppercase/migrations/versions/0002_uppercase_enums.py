@@ -38,7 +38,12 @@ APP_COLUMNS = [("user_application_access", "application", None), ("user_invitati
 
 def upgrade() -> None:
     _convert("applicationtype", [a.upper() for a in APPS], APP_COLUMNS, "upper")
-    _convert("invitationstatus", [s.upper() for s in STATUSES], [("user_invitations", "status", "PENDING")], "upper")
+    _convert(
+        "invitationstatus",
+        [s.upper() for s in STATUSES],
+        [("user_invitations", "status", "PENDING")],
+        "upper",
+    )
 
 
 def downgrade() -> None:
