@@ -69,7 +69,10 @@ def backup_prefix(backup_id: str) -> str:
 
 
 def _object_name(table: QualifiedName, suffix: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{table.schema}.{table.name}")
+    name = f"{table.schema}.{table.name}"
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    if safe != name:  # "a b" and "a_b" must not share an object: tell them apart by the exact name
+        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
     return safe + suffix
 
 
@@ -159,7 +162,16 @@ def _dump_all(
     suffix = _SUFFIX[opts.compression]
     zlevel = ["--compress=0"] if opts.compression in ("zstd", "none") else ["--compress=6"]
 
+    jobs = max(1, min(opts.jobs or os.cpu_count() or 2, len(tables)))
+    slots = threading.Semaphore(jobs)  # the pool has one more worker, for the types dump
+
     def dump_table(table: QualifiedName) -> tuple[str, int, str, float]:
+        with slots:
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+            return dump_one(table)
+
+    def dump_one(table: QualifiedName) -> tuple[str, int, str, float]:
         key = prefix + _object_name(table, suffix)
         t0 = time.monotonic()
         notify("start", str(table), {})
@@ -183,11 +195,18 @@ def _dump_all(
             written.append(key)
         return key, out.bytes, out.sha256, time.monotonic() - t0
 
-    jobs = max(1, min(opts.jobs or os.cpu_count() or 2, len(tables)))
+    def dump_types() -> tuple[list[TypeInfo], ObjectEntry | None]:
+        infos, obj = _dump_types(dsn, store, oids, snapshot, prefix, env, conn, opts)
+        if obj:
+            with lock:
+                written.append(obj.key)  # so a backup that fails later removes it too
+        return infos, obj
+
     with ThreadPoolExecutor(max_workers=jobs + 1, thread_name_prefix="migsafe-dump") as pool:
-        futures: dict[Future[Any], str] = {pool.submit(dump_table, t): str(t) for t in tables}
-        types_future = pool.submit(_dump_types, dsn, store, oids, snapshot, prefix, env, conn, opts)
-        futures[types_future] = "types"
+        # the types first, so they get the extra worker instead of queueing behind the table dumps
+        types_future = pool.submit(dump_types)
+        futures: dict[Future[Any], str] = {types_future: "types"}
+        futures.update({pool.submit(dump_table, t): str(t) for t in tables})
         try:
             # while the dumps stream, count rows and read the catalog in the same snapshot
             details = {t: catalog.describe(conn, oids[t]) for t in tables}
@@ -211,8 +230,6 @@ def _dump_all(
             real = [f.exception() for f in futures if f.exception() and not isinstance(f.exception(), Cancelled)]
             raise (real or [failed[0].exception()])[0]  # type: ignore[misc]
         types_info, types_obj = types_future.result()
-        if types_obj:
-            written.append(types_obj.key)
     entries = []
     for t, f in zip(tables, [f for f, n in futures.items() if n != "types"], strict=True):
         key, size, sha, seconds = f.result()
@@ -284,11 +301,11 @@ def _dump_types(
                 by_oid[int(m.group(3))] = line
         infos: list[TypeInfo] = []
         for t in types:  # ordered by oid, so a domain follows the enum it wraps
-            line = by_oid.get(int(t["oid"]))
-            if line is None:
+            toc_line = by_oid.get(int(t["oid"]))
+            if toc_line is None:
                 raise ToolFailed(f"type {t['name']} is missing from pg_dump's schema listing")
             list_file = Path(tmp) / "one.list"
-            list_file.write_text(line + "\n")
+            list_file.write_text(toc_line + "\n")
             ddl = subprocess.run(
                 [tool("pg_restore", opts.pg_bindir), "--no-owner", "--no-privileges", f"--use-list={list_file}",
                  "--file=-", str(archive)],

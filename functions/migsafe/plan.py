@@ -41,13 +41,19 @@ class Source(_Strict):
     @field_validator("tables")
     @classmethod
     def _names_are_safe(cls, tables: list[str]) -> list[str]:
+        """Keep the names as written (quotes matter: ``"Orders"`` is not ``orders``), once checked."""
         try:
-            names = [str(QualifiedName.parse(t)) for t in tables]
+            names = [QualifiedName.parse(t) for t in tables]
         except UnsafeIdentifier as exc:
             raise ValueError(str(exc)) from None
         if len(set(names)) != len(names):
             raise ValueError("a table is listed twice")
-        return names
+        return [t.strip() for t in tables]
+
+    @property
+    def table_names(self) -> list[str]:
+        """Canonical ``schema.name`` of each table (the names manifests and results use)."""
+        return [str(q) for q in self.qualified_tables]
 
     @model_validator(mode="after")
     def _one_dsn_source(self) -> Source:
@@ -162,7 +168,7 @@ class Plan(_Strict):
 
     @property
     def display_name(self) -> str:
-        return self.name or ",".join(self.source.tables)
+        return self.name or ",".join(self.source.table_names)
 
     def digest(self) -> str:
         """sha256 of the plan's canonical JSON (no secrets are hashed into anything printed)."""

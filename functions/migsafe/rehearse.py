@@ -71,7 +71,7 @@ class _Run:
         self.t0 = time.monotonic()
         self.started = datetime.now(UTC)
         self.steps: list[StepResult] = []
-        self.tables = {t: TableResult(name=t) for t in plan.source.tables}
+        self.tables = {t: TableResult(name=t) for t in plan.source.table_names}
         self.checks: list[CheckResult] = []
         self.locks: list[Any] = []
         self.backup: BackupInfo | None = None
@@ -182,7 +182,7 @@ def rehearse(
 
 def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None) -> None:
     plan, settings = run.plan, run.settings
-    tables = plan.source.tables
+    tables = plan.source.table_names
     store = open_store(plan.store.url, plan.base_dir)
     with run.step("backup"):
         b = run_backup(

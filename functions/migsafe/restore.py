@@ -87,11 +87,21 @@ def run_restore(
         result = check_restored(conn, manifest, [e.name for e in entries])
         if opts.analyze:
             for e in entries:
-                conn.execute(sql.SQL("analyze {}").format(QualifiedName.parse(e.name).ident))
+                conn.execute(sql.SQL("analyze {}").format(_entry_name(e.name).ident))
     result.target = str(target)
     result.replaced = [str(t) for t in plan.drop_tables]
     result.seconds = round(time.monotonic() - started, 3)
     return result
+
+
+def _entry_name(name: str) -> QualifiedName:
+    """A name as the manifest stores it: ``schema.table`` spelled as in the catalog.
+
+    Never :meth:`QualifiedName.parse` it: that folds ``Orders`` to ``orders`` and refuses
+    ``Sales Data.Order Items``, names the catalog holds verbatim.
+    """
+    schema, _, table = name.partition(".")
+    return QualifiedName(schema, table)
 
 
 def _select(manifest: Manifest, tables: Sequence[str] | None) -> list[TableEntry]:
@@ -108,21 +118,22 @@ def _select(manifest: Manifest, tables: Sequence[str] | None) -> list[TableEntry
 def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[TableEntry], opts: RestoreOptions) -> _Plan:
     """Refuse unsafe restores with every reason at once; otherwise say exactly what will change."""
     plan = _Plan(entries=entries)
-    names = [QualifiedName.parse(e.name) for e in entries]
+    names = [_entry_name(e.name) for e in entries]
     selected = {str(n) for n in names}
     existing = catalog.existing_tables(conn, names)
     problems: list[str] = []
 
     # tables that hold data are only replaced on request
-    for name, oid in existing.items():
+    for name in existing:
         has_rows = conn.execute(sql.SQL("select exists (select 1 from {})").format(name.ident)).fetchone()
         if has_rows and has_rows[0] and not opts.replace:
             problems.append(f"{name} already holds data (use --replace to drop and restore it)")
         plan.drop_tables.append(name)
     # foreign keys that leave the backup must find their tables in the target
-    outside = sorted({fk.references for e in entries for fk in e.foreign_keys if fk.references not in selected} - {None})
-    present = catalog.existing_tables(conn, [QualifiedName.parse(t) for t in outside if t])
-    missing_refs = [t for t in outside if t and QualifiedName.parse(t) not in present]
+    outside = sorted({fk.references for e in entries for fk in e.foreign_keys
+                      if fk.references and fk.references not in selected})
+    present = catalog.existing_tables(conn, [_entry_name(t) for t in outside if t])
+    missing_refs = [t for t in outside if t and _entry_name(t) not in present]
     if missing_refs:
         refusing = sorted({e.name for e in entries for fk in e.foreign_keys if fk.references in missing_refs})
         problems.append(
@@ -141,14 +152,20 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
         ).fetchall()
         if views:
             problems.append(f"views depend on tables to replace: {', '.join(v[0] for v in views)} (drop them first)")
-        for row in conn.execute(
-            """
-            select n.nspname, r.relname, c.conname, pg_get_constraintdef(c.oid)
-            from pg_constraint c join pg_class r on r.oid = c.conrelid join pg_namespace n on n.oid = r.relnamespace
-            where c.contype = 'f' and c.confrelid = any(%s::oid[]) and c.conrelid <> all(%s::oid[])
-            """,
-            (oids, oids),
-        ).fetchall():
+        with conn.transaction():
+            # an empty search_path makes pg_get_constraintdef qualify every name: the definitions are
+            # replayed in the restore session, where pg_restore's script has emptied the search_path
+            conn.execute("set local search_path = ''")
+            incoming = conn.execute(
+                """
+                select n.nspname, r.relname, c.conname, pg_get_constraintdef(c.oid)
+                from pg_catalog.pg_constraint c join pg_catalog.pg_class r on r.oid = c.conrelid
+                join pg_catalog.pg_namespace n on n.oid = r.relnamespace
+                where c.contype = 'f' and c.confrelid = any(%s::oid[]) and c.conrelid <> all(%s::oid[])
+                """,
+                (oids, oids),
+            ).fetchall()
+        for row in incoming:
             plan.incoming_fks.append((QualifiedName(row[0], row[1]), row[2], row[3]))
     # types: create the missing ones; an enum with other labels is replaced only with its tables
     needed = {t for e in entries for t in e.types}
@@ -173,8 +190,8 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
             continue
         users = conn.execute(
             """
-            select distinct a.attrelid::regclass::text, a.attrelid from pg_attribute a
-            join pg_class c on c.oid = a.attrelid
+            select distinct n.nspname || '.' || c.relname, a.attrelid from pg_attribute a
+            join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
             where a.atttypid in (select %s union select typarray from pg_type where oid = %s)
               and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'm', 'c', 'f')
             """,
@@ -212,7 +229,7 @@ def _execute(conn: psycopg.Connection[Any], store: Store, prefix: str, manifest:
     psql = subprocess.Popen(
         [tool("psql", opts.pg_bindir), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-psqlrc",
          f"--dbname={target.conninfo(with_password=False)}", "--set=application_name=migsafe restore"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=(err := tempfile.TemporaryFile()), env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=(err := tempfile.TemporaryFile()), env=env,  # noqa: SIM115 - closed below
     )
     assert psql.stdin is not None
     sink: IO[bytes] = psql.stdin
@@ -228,7 +245,7 @@ def _execute(conn: psycopg.Connection[Any], store: Store, prefix: str, manifest:
         if plan.drop_tables:
             sink.write(q(sql.SQL("drop table {}").format(sql.SQL(", ").join(t.ident for t in plan.drop_tables))))
         for info in plan.drop_types:
-            sink.write(q(sql.SQL("drop type {}").format(QualifiedName.parse(info.name).ident)))
+            sink.write(q(sql.SQL("drop type {}").format(_entry_name(info.name).ident)))
         for info in plan.create_types:
             sink.write(info.ddl.encode() + b"\n")
         listings: dict[str, list[str]] = {}
@@ -278,7 +295,7 @@ def _verification_sql(conn: psycopg.Connection[Any], entries: list[TableEntry]) 
     """A DO block that aborts the transaction unless counts and foreign keys are as promised."""
     parts = []
     for e in entries:
-        ident = QualifiedName.parse(e.name).ident
+        ident = _entry_name(e.name).ident
         parts.append(
             sql.SQL(
                 "if (select count(*) from {t}) <> {n} then raise exception "
@@ -288,7 +305,7 @@ def _verification_sql(conn: psycopg.Connection[Any], entries: list[TableEntry]) 
         )
     body = sql.SQL("\n").join(parts)
     regs = sql.SQL(", ").join(
-        sql.SQL("to_regclass({})").format(sql.Literal('"{}"."{}"'.format(*QualifiedName.parse(e.name)))) for e in entries
+        sql.SQL("to_regclass({})").format(sql.Literal('"{}"."{}"'.format(*_entry_name(e.name)))) for e in entries
     )
     validate = sql.SQL(
         "for r in select c.conrelid::regclass as rel, c.conname from pg_constraint c "
@@ -336,7 +353,7 @@ def _run_restore_tool(store: Store, key: str, manifest: Manifest, args: list[str
                       digest: Any | None = None, notify: ProgressFn | None = None, name: str = "") -> bytes:
     """Run pg_restore on the archive streamed from the store; its output goes to ``sink`` or is returned."""
     proc = subprocess.Popen([tool("pg_restore", opts.pg_bindir), *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=(err := tempfile.TemporaryFile()))
+                            stdout=subprocess.PIPE, stderr=(err := tempfile.TemporaryFile()))  # noqa: SIM115
     assert proc.stdin is not None and proc.stdout is not None
     feed_error: list[BaseException] = []
 
@@ -387,7 +404,7 @@ def _run_restore_tool(store: Store, key: str, manifest: Manifest, args: list[str
 def check_restored(conn: psycopg.Connection[Any], manifest: Manifest, tables: Sequence[str]) -> RestoreReport:
     """Compare the target with the manifest: row counts, FK validity, enum labels."""
     checks = []
-    names = [QualifiedName.parse(t) for t in tables]
+    names = [_entry_name(t) for t in tables]
     existing = catalog.existing_tables(conn, names)
     for name in names:
         entry = manifest.table(str(name))

@@ -41,7 +41,7 @@ class Tool:
     def __init__(self, argv: list[str], env: dict[str, str], *, stdin: int | IO[bytes] | None = None,
                  stdout: int | IO[bytes] | None = subprocess.PIPE) -> None:
         self.name = argv[0].rsplit("/", 1)[-1]
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()/kill()
         self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=self._stderr, env=env)
 
     def stderr_text(self) -> str:

@@ -20,7 +20,7 @@ def test_toml_plan_with_every_section_loads(tmp_path: Path) -> None:
     # When
     plan = Plan.load(plan_file)
     # Then
-    assert plan.source.tables == ["public.users", "public.orders"]
+    assert plan.source.table_names == ["public.users", "public.orders"]
     assert plan.path("alembic.ini") == tmp_path / "alembic.ini"
     assert plan.thresholds.upgrade_seconds == 5
 

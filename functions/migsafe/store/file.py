@@ -119,5 +119,7 @@ class FileStore(Store):
         probe = self.root
         while not probe.exists():
             probe = probe.parent
+        if not probe.is_dir():  # a regular file on the way: the root can never be created
+            raise StoreUnreachable(f"store root cannot be created, {probe} is not a directory: {self.root}")
         if not os.access(probe, os.W_OK):
             raise StoreUnreachable(f"store root is not writable: {self.root}")

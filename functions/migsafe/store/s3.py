@@ -8,6 +8,7 @@ ever visible; the bucket's lifecycle rule cleans up uploads orphaned by a killed
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -43,7 +44,7 @@ class _S3Writer(ObjectWriter):
         self._key = store.full_key(key)
         self._where = store.location(key)
         self._buf = bytearray()
-        self._parts: list[dict[str, Any]] = []
+        self._parts: list[Any] = []  # CompletedPartTypeDef
         self._upload_id: str | None = None
 
     def _flush_part(self) -> None:
@@ -98,10 +99,9 @@ class _S3Writer(ObjectWriter):
     def abort(self) -> None:
         self._buf.clear()
         if self._upload_id is not None:
-            try:
+            # if this fails, the bucket's lifecycle rule aborts stale uploads after a day
+            with contextlib.suppress(ClientError, BotoCoreError):
                 self._s3.abort_multipart_upload(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id)
-            except (ClientError, BotoCoreError):
-                pass  # the bucket's lifecycle rule aborts stale uploads after a day
             self._upload_id = None
 
 
@@ -151,7 +151,7 @@ class S3Store(Store):
         return sorted(out, key=lambda o: o.key)
 
     def delete(self, keys: Iterable[str]) -> None:
-        batch = [{"Key": self.full_key(k)} for k in keys]
+        batch: list[Any] = [{"Key": self.full_key(k)} for k in keys]
         try:
             for i in range(0, len(batch), 1000):
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch[i : i + 1000], "Quiet": True})

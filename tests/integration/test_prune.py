@@ -1,0 +1,143 @@
+"""Retention: old complete backups go, incomplete ones go after a day, everything young stays."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import pytest
+from backup_helpers import file_url
+from conftest import CliResult, Database
+from migsafe import inventory
+from migsafe.backup import backup_prefix, new_backup_id, run_backup
+from migsafe.identifiers import QualifiedName
+from migsafe.store import FileStore, Store
+from migsafe.store.s3 import S3Store
+from moto import mock_aws
+
+Cli = Callable[..., CliResult]
+USERS = [QualifiedName.parse("public.users")]
+BUCKET = "migsafe-prune"
+
+
+@pytest.fixture
+def source(make_database: Callable[..., Database]) -> Database:
+    return make_database(users=20)
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
+    if request.param == "file":
+        yield FileStore(tmp_path / "store")
+        return
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield S3Store(BUCKET, "backups", client=client)
+
+
+def _complete(db: Database, store: Store, when: datetime) -> str:
+    return run_backup(db.dsn, store, USERS, now=when).backup_id
+
+
+def _incomplete(store: Store, when: datetime) -> str:
+    """A backup folder that died after its first dump: no manifest."""
+    backup_id = new_backup_id(when)
+    store.put_bytes(backup_prefix(backup_id) + "public.users.dump.zst", b"half a dump")
+    return backup_id
+
+
+def test_prune_deletes_old_complete_and_stale_incomplete_backups(source: Database, store: Store) -> None:
+    # Given backups of every kind and age, and an object that is not a backup
+    now = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
+    old_complete = _complete(source, store, now - timedelta(days=40))
+    young_complete = _complete(source, store, now - timedelta(days=3))
+    old_incomplete = _incomplete(store, now - timedelta(days=2))
+    young_incomplete = _incomplete(store, now - timedelta(hours=2))
+    store.put_bytes("README.txt", b"not a backup")
+
+    # When backups older than a week are pruned
+    pruned = inventory.prune(store, timedelta(days=7), now=now)
+
+    # Then the old complete and the stale incomplete backups are gone, whole
+    assert sorted(r.backup_id for r in pruned) == sorted([old_complete, old_incomplete])
+    remaining = {r.backup_id: r.complete for r in inventory.list_backups(store)}
+    assert remaining == {young_complete: True, young_incomplete: False}
+    for gone in (old_complete, old_incomplete):
+        assert store.list(backup_prefix(gone)) == []
+    assert store.exists("README.txt")
+    assert inventory.verify_backup(store, young_complete).ok
+
+
+def test_a_young_incomplete_backup_may_still_be_running_and_is_kept(source: Database, store: Store) -> None:
+    # Given an incomplete backup started 20 hours ago, and a complete one as old
+    now = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
+    running = _incomplete(store, now - timedelta(hours=20))
+    done = _complete(source, store, now - timedelta(hours=20))
+
+    # When everything older than an hour is pruned
+    pruned = inventory.prune(store, timedelta(hours=1), now=now)
+
+    # Then the complete one goes, the incomplete one stays
+    assert [r.backup_id for r in pruned] == [done]
+    assert [(r.backup_id, r.complete) for r in inventory.list_backups(store)] == [(running, False)]
+
+
+def test_dry_run_deletes_nothing(source: Database, store: Store) -> None:
+    # Given an old complete backup
+    now = datetime(2025, 6, 30, 12, 0, tzinfo=UTC)
+    old = _complete(source, store, now - timedelta(days=40))
+    before = store.list("")
+
+    # When a dry run prunes
+    pruned = inventory.prune(store, timedelta(days=7), now=now, dry_run=True)
+
+    # Then it names the backup and leaves every object
+    assert [r.backup_id for r in pruned] == [old]
+    assert store.list("") == before
+
+
+def test_prune_cli(source: Database, migsafe: Cli, tmp_path: Path) -> None:
+    # Given a file store with backups relative to the real clock
+    root = tmp_path / "store"
+    store = FileStore(root)
+    now = datetime.now(UTC)
+    old_complete = _complete(source, store, now - timedelta(days=40))
+    young_complete = _complete(source, store, now - timedelta(days=1))
+    old_incomplete = _incomplete(store, now - timedelta(days=3))
+    young_incomplete = _incomplete(store, now - timedelta(minutes=10))
+
+    # When the CLI prunes (dry run first)
+    dry = migsafe("prune", "--store", file_url(root), "--older-than", "30d", "--dry-run")
+    listed_before = migsafe("backups", "list", "--store", file_url(root), "--json")
+    real = migsafe("prune", "--store", file_url(root), "--older-than", "30d")
+    listed_after = migsafe("backups", "list", "--store", file_url(root), "--json")
+
+    # Then the dry run only reports, and the real run deletes the old and the stale backups
+    assert dry.code == 0, dry.output
+    assert f"would delete {old_complete} (complete" in dry.stdout
+    assert f"would delete {old_incomplete} (incomplete" in dry.stdout
+    assert len(json.loads(listed_before.stdout)) == 4
+    assert real.code == 0, real.output
+    assert f"deleted {old_complete}" in real.stdout and f"deleted {old_incomplete}" in real.stdout
+    assert young_complete not in real.stdout and young_incomplete not in real.stdout
+    assert {r["backup_id"] for r in json.loads(listed_after.stdout)} == {young_complete, young_incomplete}
+    # and the emptied date folders are gone too
+    old_dates = {backup_prefix(b).split("/")[0] for b in (old_complete, old_incomplete)}
+    assert not any((root / d).exists() for d in old_dates)
+
+
+def test_prune_refuses_a_bad_age(migsafe: Cli, tmp_path: Path) -> None:
+    # Given an empty store
+    # When the age is not a duration
+    result = migsafe("prune", "--store", file_url(tmp_path), "--older-than", "forever")
+
+    # Then it is bad input
+    assert result.code == 2, result.output
+    assert "not a duration" in result.output
