@@ -159,6 +159,7 @@ def _dump_all(
     cancel = threading.Event()
     env = tool_env(dsn.tool_env())
     lock = threading.Lock()
+    running: set[Tool] = set()
     suffix = _SUFFIX[opts.compression]
     zlevel = ["--compress=0"] if opts.compression in ("zstd", "none") else ["--compress=6"]
 
@@ -177,6 +178,8 @@ def _dump_all(
         notify("start", str(table), {})
         proc = Tool(_pg_dump_argv(dsn, snapshot, [*zlevel, f"--table={table.pattern}", "--strict-names"],
                                   opts.pg_bindir), env)
+        with lock:
+            running.add(proc)
         sent = 0
 
         def on_bytes(n: int) -> None:
@@ -191,9 +194,20 @@ def _dump_all(
         except BaseException:
             proc.kill()
             raise
+        finally:
+            with lock:
+                running.discard(proc)
         with lock:
             written.append(key)
         return key, out.bytes, out.sha256, time.monotonic() - t0
+
+    def stop_all() -> None:
+        """Cancel: a pg_dump waiting on a lock sends nothing, so it is killed rather than awaited."""
+        cancel.set()
+        with lock:
+            doomed = list(running)
+        for p in doomed:
+            p.proc.kill()
 
     def dump_types() -> tuple[list[TypeInfo], ObjectEntry | None]:
         infos, obj = _dump_types(dsn, store, oids, snapshot, prefix, env, conn, opts)
@@ -217,15 +231,15 @@ def _dump_all(
             revision = catalog.alembic_revision(conn)
             version = catalog.server_version(conn)
         except psycopg.Error as exc:
-            cancel.set()
+            stop_all()
             raise DatabaseError(f"reading the source catalog failed: {mask(str(exc)).strip()}") from exc
         except BaseException:
-            cancel.set()
+            stop_all()
             raise
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]
         if failed:
-            cancel.set()
+            stop_all()
             wait(futures)
             real = [f.exception() for f in futures if f.exception() and not isinstance(f.exception(), Cancelled)]
             raise (real or [failed[0].exception()])[0]  # type: ignore[misc]
