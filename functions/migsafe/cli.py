@@ -20,6 +20,7 @@ from rich.table import Table
 
 from . import inventory
 from .backup import BackupOptions, run_backup
+from .cli_aws import bundle_app
 from .config import Settings
 from .dsn import Dsn, mask
 from .exceptions import MigsafeError
@@ -37,6 +38,7 @@ backups_app = typer.Typer(no_args_is_help=True, help="Inspect the backups in a s
 scratch_app = typer.Typer(no_args_is_help=True, help="Local scratch clusters.")
 app.add_typer(backups_app, name="backups")
 app.add_typer(scratch_app, name="scratch")
+app.add_typer(bundle_app, name="bundle")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import psycopg.conninfo
-
 from .exceptions import InputError
 
 _URL_PASSWORD = re.compile(r"(://[^:/?#@]*:)([^@/?#]*)(@)")
@@ -32,6 +30,8 @@ class Dsn:
 
     @classmethod
     def parse(cls, dsn: str) -> Dsn:
+        import psycopg.conninfo  # lazily: the Lambda steps mask DSNs but never connect (no libpq there)
+
         try:
             params = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
@@ -63,6 +63,8 @@ class Dsn:
         params = {**self.params, **override}
         if not with_password:
             params.pop("password", None)
+        import psycopg.conninfo
+
         return psycopg.conninfo.make_conninfo(**params)
 
     def with_db(self, dbname: str) -> Dsn:

@@ -9,11 +9,12 @@ names, control characters -- is refused before any connection is made. SQL is al
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
-
-from psycopg import sql
+from typing import TYPE_CHECKING, NamedTuple
 
 from .exceptions import UnsafeIdentifier
+
+if TYPE_CHECKING:
+    from psycopg import sql
 
 _PART = r'(?:[A-Za-z_][A-Za-z0-9_$]{0,62}|"[^"\x00-\x1f]{1,63}")'
 _QUALIFIED = re.compile(rf"^(?P<first>{_PART})(?:\.(?P<second>{_PART}))?$")
@@ -39,6 +40,8 @@ class QualifiedName(NamedTuple):
 
     @property
     def ident(self) -> sql.Identifier:
+        from psycopg import sql  # lazily: the Lambda steps parse names but have no libpq
+
         return sql.Identifier(self.schema, self.name)
 
     @property

@@ -27,8 +27,9 @@ from . import catalog
 from .backup import BackupOptions, run_backup
 from .config import Settings
 from .dsn import Dsn, mask
-from .exceptions import EnvironmentFault, InputError, MigsafeError
+from .exceptions import BackupIncomplete, EnvironmentFault, InputError, MigsafeError
 from .identifiers import QualifiedName
+from .inventory import load_manifest
 from .localpg import sweep
 from .migrate import LockObserver, MigrationRun, Probe, probe, relfilenodes, run_alembic, stronger
 from .plan import Plan
@@ -137,8 +138,13 @@ def rehearse(
     scratch_dsn: Dsn | None = None,
     report_dir: Path | None = None,
     say: Say | None = None,
+    backup_id: str | None = None,
 ) -> Result:
-    """Run the whole rehearsal; returns the Result (PASS/FAIL). Raises InputError before doing anything."""
+    """Run the whole rehearsal; returns the Result (PASS/FAIL). Raises InputError before doing anything.
+
+    ``backup_id`` reuses a backup already taken for this plan (on AWS the state machine backs up in
+    parallel with the snapshot restore); it must be complete and hold every table of the plan.
+    """
     say = say or (lambda _m: None)
     source, source_rev, pr = preflight(plan, settings)
     if plan.scratch.kind == "local":
@@ -149,7 +155,7 @@ def rehearse(
     fault: BaseException | None = None
     try:
         with _sigterm_unwinds():
-            _pipeline(run, source, pr, scratch_dsn)
+            _pipeline(run, source, pr, scratch_dsn, backup_id)
     except (EnvironmentFault, psycopg.Error) as exc:
         fault = exc
     except (KeyboardInterrupt, _Terminated) as exc:
@@ -180,24 +186,32 @@ def rehearse(
     return result
 
 
-def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None) -> None:
+def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup_id: str | None) -> None:
     plan, settings = run.plan, run.settings
     tables = plan.source.table_names
     store = open_store(plan.store.url, plan.base_dir)
     with run.step("backup"):
-        b = run_backup(
-            source,
-            store,
-            plan.source.qualified_tables,
-            BackupOptions(
-                compression=plan.backup.compression,
-                zstd_level=plan.backup.zstd_level,
-                jobs=plan.backup.jobs,
-                plan_sha256=plan.digest(),
-                pg_bindir=settings.pg_bindir,
-            ),
-        )
-        run.backup = BackupInfo(id=b.backup_id, url=b.url, bytes=b.bytes, store_url=store.url)
+        if backup_id is not None:
+            ref, manifest = load_manifest(store, backup_id)
+            missing = sorted(set(tables) - {t.name for t in manifest.tables})
+            if missing:
+                raise BackupIncomplete(f"backup {backup_id} does not hold {', '.join(missing)}")
+            run.backup = BackupInfo(id=backup_id, url=store.location(ref.prefix), bytes=manifest.total_bytes,
+                                    store_url=store.url)
+        else:
+            b = run_backup(
+                source,
+                store,
+                plan.source.qualified_tables,
+                BackupOptions(
+                    compression=plan.backup.compression,
+                    zstd_level=plan.backup.zstd_level,
+                    jobs=plan.backup.jobs,
+                    plan_sha256=plan.digest(),
+                    pg_bindir=settings.pg_bindir,
+                ),
+            )
+            run.backup = BackupInfo(id=b.backup_id, url=b.url, bytes=b.bytes, store_url=store.url)
     with run.step("scratch"):
         given = scratch_dsn or (Dsn.parse(plan.scratch.dsn) if plan.scratch.dsn else None)
         run.scratch = create_scratch(
@@ -209,7 +223,7 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None) -> Non
         )
     scratch = run.scratch.dsn
     with run.step("restore_test"):
-        _restore_test(run, store, b.backup_id, scratch)
+        _restore_test(run, store, run.backup.id, scratch)
     run.backup.restore_tested = True
     observer = LockObserver(scratch, run.t0)
     with catalog.connect(scratch, application_name="migsafe verify") as conn:

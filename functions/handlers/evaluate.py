@@ -1,0 +1,17 @@
+"""Read the step's result.json (or restore.json) and return the verdict, reasons and report location."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from migsafe.store import open_store
+
+from . import steps
+from .common import metrics, results_url, step
+
+
+@step
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    evaluation = steps.evaluate(event, open_store(results_url()))
+    metrics.add_metric(name=f"Verdict{evaluation.verdict.title()}", unit="Count", value=1)
+    return evaluation.model_dump(mode="json")

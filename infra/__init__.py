@@ -1,0 +1,1 @@
+"""CDK constructs for migsafe on AWS: one construct per module, composed by :mod:`infra.stack`."""

@@ -1,0 +1,77 @@
+"""The migsafe stack: storage, notifications, network, worker, Lambda steps, state machines, janitor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, Stack
+from aws_cdk import aws_secretsmanager as secretsmanager
+from cdk_nag import NagSuppressions
+from constructs import Construct
+
+from .janitor import Janitor
+from .lambdas import Lambdas
+from .network import Network
+from .notifications import Notifications
+from .settings import DeploySettings
+from .storage import Storage
+from .worker import Worker
+from .workflows import Workflows
+
+
+class MigsafeStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, settings: DeploySettings | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(scope, construct_id, **kwargs)
+        cfg = settings or DeploySettings.from_node(self.node)
+        self.settings = cfg
+
+        self.storage = Storage(self, "Storage", retention_days=cfg.retention_days, object_lock=cfg.object_lock)
+        self.notifications = Notifications(self, "Notifications", slack_workspace_id=cfg.slack_workspace_id,
+                                           slack_channel_id=cfg.slack_channel_id)
+        self.network = Network(
+            self, "Network", vpc_id=cfg.vpc_id, subnet_ids=cfg.subnet_ids, availability_zones=cfg.availability_zones,
+            worker_security_group_id=cfg.worker_security_group_id, db_subnet_group_name=cfg.db_subnet_group_name,
+            scratch_security_group_id=cfg.scratch_security_group_id, assign_public_ip=cfg.assign_public_ip)
+
+        if cfg.source_secret_arn:
+            source_secret = secretsmanager.Secret.from_secret_complete_arn(self, "SourceSecret", cfg.source_secret_arn)
+        else:
+            placeholder = secretsmanager.Secret(
+                self, "SourceSecret",
+                description="migsafe demo: the source database's credentials (replace with the RDS-managed secret)",
+                generate_secret_string=secretsmanager.SecretStringGenerator(
+                    secret_string_template='{"username": "postgres"}',  # noqa: S106 - a user name, no password
+                    generate_string_key="password",
+                    exclude_punctuation=True),
+            )
+            NagSuppressions.add_resource_suppressions(placeholder, [
+                {"id": "AwsSolutions-SMG4",
+                 "reason": "Demo placeholder only; real deploys pass sourceSecretArn, the RDS-managed master "
+                           "secret, which RDS rotates."}])
+            source_secret = placeholder
+
+        self.worker = Worker(
+            self, "Worker", vpc=self.network.vpc, bucket=self.storage.bucket, source_secret=source_secret,
+            source_instance_id=cfg.source_instance_id, source_host=cfg.source_host, source_port=cfg.source_port,
+            source_database=cfg.source_database, store_url=self.storage.store_url,
+            results_url=self.storage.results_url, pg_major=cfg.pg_major)
+        self.lambdas = Lambdas(
+            self, "Steps", bucket=self.storage.bucket, store_url=self.storage.store_url,
+            results_url=self.storage.results_url, source_instance_id=cfg.source_instance_id,
+            scratch_instance_class=cfg.scratch_instance_class,
+            powertools_layer_version=cfg.powertools_layer_version)
+        self.workflows = Workflows(
+            self, "Workflows", worker=self.worker, network=self.network, topic=self.notifications.topic,
+            validate_plan=self.lambdas.validate_plan, validate_restore=self.lambdas.validate_restore,
+            latest_snapshot=self.lambdas.latest_snapshot, evaluate=self.lambdas.evaluate,
+            format_notification=self.lambdas.format_notification, source_instance_id=cfg.source_instance_id,
+            scratch_wait_minutes=cfg.scratch_wait_minutes)
+        self.janitor = Janitor(self, "Janitor", layer=self.lambdas.layer, max_age_hours=cfg.scratch_max_age_hours)
+
+        CfnOutput(self, "BucketName", value=self.storage.bucket.bucket_name)
+        CfnOutput(self, "StoreUrl", value=self.storage.store_url)
+        CfnOutput(self, "ResultsTopicArn", value=self.notifications.topic.topic_arn)
+        CfnOutput(self, "PreMigrationStateMachineArn",
+                  value=self.workflows.pre_migration.state_machine.state_machine_arn)
+        CfnOutput(self, "RestoreStateMachineArn", value=self.workflows.restore.state_machine.state_machine_arn)

@@ -1,0 +1,224 @@
+"""The synthesized state-machine definitions, asserted state by state."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from infra_support import Synth
+
+from infra import workflows as wf
+
+CATCHING = {"Task", "Parallel"}
+
+
+def _targets(state: dict[str, Any]) -> list[str]:
+    """Where a state goes on success (Next, Choice branches, Default)."""
+    out = [state["Next"]] if "Next" in state else []
+    out += [c["Next"] for c in state.get("Choices", [])]
+    out += [state["Default"]] if "Default" in state else []
+    return out
+
+
+def _reachable(states: dict[str, Any], start: str) -> list[str]:
+    """States reachable from ``start`` along success edges only (not through a Catch)."""
+    seen: list[str] = []
+    todo = [start]
+    while todo:
+        name = todo.pop(0)
+        if name in seen:
+            continue
+        seen.append(name)
+        todo += _targets(states[name])
+    return seen
+
+
+def _through_passes(states: dict[str, Any], name: str) -> Iterator[str]:
+    """The chain a Catch leads to: marker Pass states, then the first non-Pass state."""
+    while True:
+        yield name
+        if states[name]["Type"] != "Pass":
+            return
+        name = states[name]["Next"]
+
+
+def _catch_all(state: dict[str, Any]) -> dict[str, Any] | None:
+    return next((c for c in state.get("Catch", []) if c["ErrorEquals"] == ["States.ALL"]), None)
+
+
+@pytest.fixture(scope="module")
+def pre(synth: Synth) -> dict[str, Any]:
+    return synth.definition("PreMigration")
+
+
+@pytest.fixture(scope="module")
+def restore(synth: Synth) -> dict[str, Any]:
+    return synth.definition("Restore")
+
+
+def test_pre_migration_runs_in_the_documented_order(pre: dict[str, Any]) -> None:
+    # Given the pre-migration definition
+    states = pre["States"]
+    # When we follow the success path from the start
+    path = _reachable(states, pre["StartAt"])
+    # Then it validates, prepares (backup | scratch), rehearses, evaluates, publishes, deletes, decides
+    main = [wf.VALIDATE_PLAN, wf.PREPARE, wf.REHEARSE, wf.EVALUATE, wf.FORMAT_RESULT, wf.PUBLISH_RESULT,
+            wf.DELETE_SCRATCH, "Verdict?"]
+    assert path[: len(main)] == main
+    assert states[wf.PREPARE]["Type"] == "Parallel"
+    branch_starts = [b["StartAt"] for b in states[wf.PREPARE]["Branches"]]
+    assert branch_starts == [wf.BACKUP, "Snapshot requested?"]
+    assert states[wf.REHEARSE]["Resource"].endswith(":states:::ecs:runTask.sync")
+    assert states[wf.PUBLISH_RESULT]["Resource"].endswith(":states:::sns:publish")
+    verdict = states["Verdict?"]
+    assert verdict["Choices"] == [{"Variable": "$.evaluation.verdict", "StringEquals": "PASS",
+                                   "Next": "Migration is safe"}]
+    assert states["Migration is safe"]["Type"] == "Succeed"
+    assert states[verdict["Default"]]["Type"] == "Fail"
+
+
+def test_every_state_after_the_scratch_restore_starts_catches_into_the_scratch_deletion(pre: dict[str, Any]) -> None:
+    # Given the top-level states from Prepare (where the scratch restore starts) onwards
+    states = pre["States"]
+    after = [n for n in _reachable(states, wf.PREPARE) if states[n]["Type"] in CATCHING]
+    assert after == [wf.PREPARE, wf.REHEARSE, wf.EVALUATE, wf.FORMAT_RESULT, wf.PUBLISH_RESULT, wf.DELETE_SCRATCH]
+    for name in after:
+        # When we follow each state's States.ALL catch
+        catch = _catch_all(states[name])
+        assert catch is not None, f"{name} has no Catch for States.ALL"
+        chain = list(_through_passes(states, catch["Next"]))
+        # Then it records the error, names the failing state, and reaches the scratch deletion
+        assert catch["ResultPath"] == "$.error"
+        marker = states[chain[0]]
+        assert marker["Type"] == "Pass" and marker["Result"] == name and marker["ResultPath"] == "$.failed_state"
+        assert chain[-1] == wf.DELETE_AFTER_FAILURE, f"{name} catches into {chain}"
+        # and States.ALL is the last catcher (specific ones, like an already-deleted instance, come first)
+        assert states[name]["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
+
+
+def test_states_inside_prepare_let_errors_reach_the_parallel_catch(pre: dict[str, Any]) -> None:
+    # Given the two branches of Prepare
+    branches = pre["States"][wf.PREPARE]["Branches"]
+    for branch in branches:
+        for name, state in branch["States"].items():
+            # Then no state swallows errors with States.ALL: failures propagate to Prepare's catch
+            assert _catch_all(state) is None, name
+            # and the only in-branch catch continues the branch (a retried restore that already went through)
+            for catch in state.get("Catch", []):
+                assert catch["ErrorEquals"] == [wf.RDS_ALREADY_EXISTS] and catch["Next"] in branch["States"]
+    scratch = branches[1]["States"]
+    # and the deadlines fail with the package's ScratchFailed
+    fails = {n: s for n, s in scratch.items() if s["Type"] == "Fail"}
+    assert set(fails) == {"Scratch instance failed", "Scratch deadline passed", "Snapshot deadline passed"}
+    assert {s["Error"] for s in fails.values()} == {"ScratchFailed"}
+
+
+def test_scratch_is_restored_tagged_private_into_the_given_network(pre: dict[str, Any]) -> None:
+    # Given the restore state inside the scratch branch
+    state = pre["States"][wf.PREPARE]["Branches"][1]["States"][wf.RESTORE_SCRATCH]
+    params = state["Parameters"]
+    # Then it is the RDS SDK integration, tagged migsafe:scratch, not public, in a subnet group and security group
+    assert state["Resource"].endswith(":states:::aws-sdk:rds:restoreDBInstanceFromDBSnapshot")
+    assert params["Tags"] == [{"Key": "migsafe:scratch", "Value.$": "$.execution"}]
+    assert params["PubliclyAccessible"] is False and params["DeletionProtection"] is False
+    assert params["DbSubnetGroupName"] and params["VpcSecurityGroupIds"]
+    assert params["DbInstanceIdentifier.$"] == "$.scratch.instance_id"
+
+
+def test_scratch_wait_polls_with_a_deadline(pre: dict[str, Any]) -> None:
+    # Given the scratch branch
+    states = pre["States"][wf.PREPARE]["Branches"][1]["States"]
+    # When we follow the poll loop
+    assert states["Wait for scratch"]["Type"] == "Wait" and states["Wait for scratch"]["Next"] == "Describe scratch"
+    assert states["Describe scratch"]["Next"] == "Scratch available?"
+    available = states["Scratch available?"]
+    # Then available ends the branch with the endpoint, failure states fail, and the rest counts to a deadline
+    assert available["Choices"][0] == {"Variable": "$.scratch_status.status", "StringEquals": "available",
+                                       "Next": "Scratch endpoint"}
+    assert states["Scratch endpoint"]["End"] is True
+    assert available["Default"] == "Count scratch wait"
+    deadline = states[states["Count scratch wait"]["Next"]]
+    assert deadline["Choices"][0]["Next"] == "Scratch deadline passed"
+    assert deadline["Choices"][0]["NumericGreaterThan"] == 90 * 60 // wf.POLL_SECONDS
+    assert deadline["Default"] == "Wait for scratch"
+
+
+def test_scratch_deletion_after_failure_tolerates_a_missing_instance_and_always_reports(pre: dict[str, Any]) -> None:
+    # Given the failure-path deletion
+    states = pre["States"]
+    delete = states[wf.DELETE_AFTER_FAILURE]
+    # Then it skips the final snapshot, retries while the instance is busy, and every outcome reaches the message
+    assert delete["Parameters"]["SkipFinalSnapshot"] is True
+    assert delete["Resource"].endswith(":states:::aws-sdk:rds:deleteDBInstance")
+    assert any(r["ErrorEquals"] == [wf.RDS_BUSY] for r in delete["Retry"])
+    assert [c["ErrorEquals"] for c in delete["Catch"]] == [[wf.RDS_NOT_FOUND], ["States.ALL"]]
+    assert {c["Next"] for c in delete["Catch"]} == {wf.FORMAT_FAILURE} and delete["Next"] == wf.FORMAT_FAILURE
+    fmt = states[wf.FORMAT_FAILURE]
+    assert fmt["Parameters"]["kind"] == "failure" and fmt["Parameters"]["detail.$"] == "$"
+    assert fmt["Next"] == wf.PUBLISH_FAILURE and _catch_all(fmt)["Next"] == "Fallback failure message"
+    assert states[states[wf.PUBLISH_FAILURE]["Next"]]["Type"] == "Fail"
+
+
+def test_validation_failure_reports_without_touching_rds(pre: dict[str, Any]) -> None:
+    # Given the first state
+    states = pre["States"]
+    catch = _catch_all(states[wf.VALIDATE_PLAN])
+    # Then its failure goes straight to the failure message (no scratch exists yet)
+    assert catch is not None
+    assert list(_through_passes(states, catch["Next"]))[-1] == wf.FORMAT_FAILURE
+
+
+def test_retries_match_the_package_exception_names(pre: dict[str, Any], restore: dict[str, Any]) -> None:
+    # Given every Task state of both machines, branches included
+    def tasks(states: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        for name, state in states.items():
+            if state["Type"] == "Task":
+                yield name, state
+            for branch in state.get("Branches", []):
+                yield from tasks(branch["States"])
+
+    for definition in (pre, restore):
+        for name, state in tasks(definition["States"]):
+            # Then each retries transient errors with backoff, named as the package names them
+            errors = [e for r in state.get("Retry", []) for e in r["ErrorEquals"]]
+            if state["Resource"].endswith("ecs:runTask.sync"):
+                assert "ECS.AmazonECSException" in errors, name
+            else:
+                assert "TransientAwsError" in errors, name
+            assert all(r["BackoffRate"] >= 1 and r["MaxAttempts"] >= 3 for r in state["Retry"]), name
+
+
+def test_restore_validates_first_and_reports_every_failure(restore: dict[str, Any]) -> None:
+    # Given the restore definition
+    states = restore["States"]
+    # Then validation (with the confirm rule) comes first, before any target is touched
+    assert restore["StartAt"] == "Validate restore request"
+    assert states["Validate restore request"]["Next"] == "Target is scratch?"
+    # and every Task catches into the failure message naming the state
+    for name, state in states.items():
+        if state["Type"] not in CATCHING or name in {wf.FORMAT_FAILURE, wf.PUBLISH_FAILURE}:
+            continue
+        catch = _catch_all(state)
+        assert catch is not None, name
+        chain = list(_through_passes(states, catch["Next"]))
+        assert states[chain[0]]["Result"] == name and chain[-1] == wf.FORMAT_FAILURE
+    path = _reachable(states, "Restore tables")
+    assert path[:5] == ["Restore tables", "Evaluate restore", "Format restore message", "Publish restore result",
+                        "Restore verified?"]
+    env = {e["Name"] for e in states["Restore tables"]["Parameters"]["Overrides"]["ContainerOverrides"][0]["Environment"]}
+    assert env == {"MIGSAFE_REQUEST", "MIGSAFE_EXECUTION", "MIGSAFE_TARGET_ENDPOINT"}
+
+
+def test_definitions_use_only_states_moto_can_interpret(pre: dict[str, Any], restore: dict[str, Any]) -> None:
+    # Given both definitions, branches included
+    def types(states: dict[str, Any]) -> Iterator[str]:
+        for state in states.values():
+            yield state["Type"]
+            for branch in state.get("Branches", []):
+                yield from types(branch["States"])
+
+    # Then only the simple state types appear (no Map, no JSONata)
+    found = set(types(pre["States"])) | set(types(restore["States"]))
+    assert found <= {"Task", "Choice", "Wait", "Parallel", "Pass", "Succeed", "Fail"}
+    assert "QueryLanguage" not in pre and "QueryLanguage" not in restore
