@@ -14,21 +14,14 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "functions"), str(ROOT)]
-
-from migsafe.dsn import Dsn  # noqa: E402
-from migsafe.localpg import LocalCluster  # noqa: E402
-
-from examples.enum_uppercase import seed  # noqa: E402
-
-EVENTS = Path(__file__).parent / "events"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from migsafe.localpg import LocalCluster
+from pgsupport import ROOT, CliResult, Database, seed
 
 
 @pytest.fixture(scope="session")
@@ -53,28 +46,6 @@ def pg_cluster(runtime_dir: Path) -> Iterator[LocalCluster]:
 
 
 _counter = itertools.count()
-
-
-@dataclass
-class Database:
-    name: str
-    dsn: Dsn
-
-    @property
-    def conninfo(self) -> str:
-        return self.dsn.conninfo()
-
-    @property
-    def url(self) -> str:
-        return self.dsn.url()
-
-    def connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.conninfo, autocommit=True)
-
-    def scalar(self, query: str, params: tuple = ()) -> object:
-        with self.connect() as conn:
-            row = conn.execute(query, params).fetchone()
-            return row[0] if row else None
 
 
 @pytest.fixture
@@ -108,17 +79,6 @@ def seeded(make_database: Callable[..., Database]) -> Database:
     return make_database(users=2000)
 
 
-@dataclass
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
 @pytest.fixture
 def migsafe(runtime_dir: Path) -> Callable[..., CliResult]:
     """Run the real ``migsafe`` CLI in a subprocess (exit codes and output as a user sees them)."""
@@ -136,29 +96,3 @@ def migsafe(runtime_dir: Path) -> Callable[..., CliResult]:
         return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
     return run
-
-
-def table_fingerprints(db: Database, tables: list[str]) -> dict[str, tuple[int, str]]:
-    """Row count and content fingerprint of each table, computed in the database."""
-    from migsafe import catalog
-    from migsafe.identifiers import QualifiedName
-
-    with db.connect() as conn:
-        return {
-            t: (
-                catalog.count_rows(conn, QualifiedName.parse(t)),
-                catalog.fingerprint(conn, QualifiedName.parse(t)),
-            )
-            for t in tables
-        }
-
-
-def write_plan(
-    path: Path, db: Database, store_url: str, tables: list[str] | None = None, extra: str = ""
-) -> Path:
-    tables = tables or seed.TABLES
-    listed = ", ".join(f'"{t}"' for t in tables)
-    path.write_text(
-        f'[source]\ndsn = "{db.url}"\ntables = [{listed}]\n\n[store]\nurl = "{store_url}"\n{extra}'
-    )
-    return path

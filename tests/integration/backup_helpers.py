@@ -8,8 +8,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import Database
 from migsafe.pgtools import bindir
+from pgsupport import Database
 
 
 def pg_tool(name: str) -> str:

@@ -26,12 +26,12 @@ from backup_helpers import (
     run_tool,
     user_relations,
 )
-from conftest import ROOT, CliResult, Database, table_fingerprints, write_plan
 from migsafe import inventory
 from migsafe.backup import BackupOptions, run_backup
 from migsafe.exceptions import BackupFailed, StoreUnreachable
 from migsafe.identifiers import QualifiedName
 from migsafe.store import FileStore, ObjectWriter
+from pgsupport import ROOT, CliResult, Database, table_fingerprints, write_plan
 
 from examples.enum_uppercase import seed
 

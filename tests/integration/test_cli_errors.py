@@ -9,7 +9,6 @@ from pathlib import Path
 import boto3
 import pytest
 from backup_helpers import all_files, backup_id_from, file_url, user_relations
-from conftest import CliResult, Database, table_fingerprints, write_plan
 from migsafe.backup import run_backup
 from migsafe.dsn import Dsn
 from migsafe.exceptions import DatabaseUnreachable, StoreUnreachable, UnknownTable
@@ -17,6 +16,7 @@ from migsafe.identifiers import QualifiedName
 from migsafe.store import open_store
 from migsafe.store.s3 import S3Store
 from moto import mock_aws
+from pgsupport import CliResult, Database, table_fingerprints, write_plan
 
 from examples.enum_uppercase import seed
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import boto3
 import pytest
 from backup_helpers import file_url
-from conftest import CliResult, Database
 from migsafe import inventory
 from migsafe.backup import backup_prefix, new_backup_id, run_backup
 from migsafe.identifiers import QualifiedName
 from migsafe.store import FileStore, Store
 from migsafe.store.s3 import S3Store
 from moto import mock_aws
+from pgsupport import CliResult, Database
 
 Cli = Callable[..., CliResult]
 USERS = [QualifiedName.parse("public.users")]

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from alembic_projects import write_project
-from conftest import ROOT, CliResult, Database, table_fingerprints
 from migsafe.config import Settings
 from migsafe.inventory import list_backups, verify_backup
 from migsafe.localpg import DEFAULT_RUNTIME_DIR, MARKER
@@ -21,6 +20,7 @@ from migsafe.plan import Plan
 from migsafe.rehearse import rehearse
 from migsafe.restore import RestoreOptions, run_restore
 from migsafe.store import open_store
+from pgsupport import ROOT, CliResult, Database, table_fingerprints
 
 from examples.enum_uppercase import seed
 

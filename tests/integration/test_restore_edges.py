@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from backup_helpers import backup_dir, backup_id_from, file_url, load_manifest
-from conftest import CliResult, Database, table_fingerprints
 from migsafe.backup import run_backup
 from migsafe.identifiers import QualifiedName
 from migsafe.store import FileStore
+from pgsupport import CliResult, Database, table_fingerprints
 
 from examples.enum_uppercase import seed
 

@@ -11,7 +11,6 @@ from typing import Any
 import boto3
 import pytest
 from backup_helpers import all_files
-from conftest import Database, table_fingerprints
 from migsafe import inventory
 from migsafe.backup import run_backup
 from migsafe.exceptions import ObjectMissing
@@ -20,6 +19,7 @@ from migsafe.restore import RestoreOptions, run_restore
 from migsafe.store import FileStore, Store, open_store
 from migsafe.store.s3 import PART_SIZE, S3Store
 from moto import mock_aws
+from pgsupport import Database, table_fingerprints
 
 from examples.enum_uppercase import seed
 

@@ -1,0 +1,78 @@
+"""Helpers shared by the tests (importable as ``pgsupport``; conftest files are not modules to import)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "functions") not in sys.path:
+    sys.path[:0] = [str(ROOT / "functions"), str(ROOT)]
+
+from migsafe.dsn import Dsn  # noqa: E402
+
+from examples.enum_uppercase import seed  # noqa: E402
+
+EVENTS = Path(__file__).parent / "events"
+
+
+@dataclass
+class Database:
+    name: str
+    dsn: Dsn
+
+    @property
+    def conninfo(self) -> str:
+        return self.dsn.conninfo()
+
+    @property
+    def url(self) -> str:
+        return self.dsn.url()
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.conninfo, autocommit=True)
+
+    def scalar(self, query: str, params: tuple = ()) -> object:
+        with self.connect() as conn:
+            row = conn.execute(query, params).fetchone()
+            return row[0] if row else None
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def table_fingerprints(db: Database, tables: list[str]) -> dict[str, tuple[int, str]]:
+    """Row count and content fingerprint of each table, computed in the database."""
+    from migsafe import catalog
+    from migsafe.identifiers import QualifiedName
+
+    with db.connect() as conn:
+        return {
+            t: (
+                catalog.count_rows(conn, QualifiedName.parse(t)),
+                catalog.fingerprint(conn, QualifiedName.parse(t)),
+            )
+            for t in tables
+        }
+
+
+def write_plan(
+    path: Path, db: Database, store_url: str, tables: list[str] | None = None, extra: str = ""
+) -> Path:
+    tables = tables or seed.TABLES
+    listed = ", ".join(f'"{t}"' for t in tables)
+    path.write_text(
+        f'[source]\ndsn = "{db.url}"\ntables = [{listed}]\n\n[store]\nurl = "{store_url}"\n{extra}'
+    )
+    return path
