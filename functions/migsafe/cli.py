@@ -18,15 +18,15 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from . import inventory
-from .backup import BackupOptions, run_backup
 from .cli_aws import bundle_app
 from .config import Settings
 from .dsn import Dsn, mask
 from .exceptions import MigsafeError
 from .plan import Plan
-from .restore import RestoreOptions, run_restore
 from .store import open_store
+
+# The step modules (psycopg, pydantic models) are imported inside the commands that use them:
+# every command starts faster, and `migsafe --help` needs none of them.
 
 app = typer.Typer(
     add_completion=False,
@@ -122,6 +122,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 @app.command()
 def backup(plan: PlanOpt, json_out: JsonOpt = False) -> None:
     """Back up the plan's tables to its store; prints the backup id on stdout."""
+    from .backup import BackupOptions, run_backup
+
     p = Plan.load(plan)
     s = settings()
     dsn = p.source.resolve_dsn(s.environ)
@@ -145,6 +147,8 @@ def backup(plan: PlanOpt, json_out: JsonOpt = False) -> None:
 @backups_app.command("list")
 def backups_list(store: StoreOpt, json_out: JsonOpt = False) -> None:
     """List backups: id, date, tables, bytes, complete or incomplete."""
+    from . import inventory
+
     refs = inventory.list_backups(open_store(store))
     if json_out:
         out.print(json.dumps([r.model_dump(mode="json") for r in refs], indent=2))
@@ -164,6 +168,8 @@ def backups_list(store: StoreOpt, json_out: JsonOpt = False) -> None:
 @app.command()
 def verify(store: StoreOpt, backup_id: IdOpt, json_out: JsonOpt = False) -> None:
     """Re-read every object of a backup and check its sha256 and size against the manifest."""
+    from . import inventory
+
     report = inventory.verify_backup(open_store(store), backup_id)
     if json_out:
         out.print(report.model_dump_json(indent=2))
@@ -194,6 +200,8 @@ def restore(
     json_out: JsonOpt = False,
 ) -> None:
     """Restore tables from a backup: checksums first, one transaction, verified before COMMIT."""
+    from .restore import RestoreOptions, run_restore
+
     target = Dsn.parse(target_dsn)
     names = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
     opts = RestoreOptions(tables=names, replace=replace, no_owner=no_owner, pg_bindir=settings().pg_bindir)
@@ -229,6 +237,8 @@ def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
 ) -> None:
     """Delete complete backups older than --older-than, and incomplete ones older than a day."""
+    from . import inventory
+
     doomed = inventory.prune(open_store(store), inventory.parse_age(older_than), dry_run=dry_run)
     for r in doomed:
         out.print(

@@ -31,7 +31,14 @@ from psycopg import sql
 
 from . import catalog
 from .dsn import Dsn, mask
-from .exceptions import InputError, RestoreFailed, RestoreRefused, RestoreVerificationFailed, ToolFailed
+from .exceptions import (
+    ChecksumMismatch,
+    InputError,
+    RestoreFailed,
+    RestoreRefused,
+    RestoreVerificationFailed,
+    ToolFailed,
+)
 from .identifiers import QualifiedName
 from .inventory import load_manifest, require_intact, verify_backup
 from .models import Manifest, RestoreReport, TableEntry, TableRestoreCheck, TypeInfo, TypeRestoreCheck
@@ -83,8 +90,8 @@ def run_restore(
     notify("verified", "", {"objects": len(report.objects)})
     with catalog.connect(target, application_name="migsafe restore") as conn:
         plan = _decide(conn, manifest, entries, opts)
-        _execute(conn, store, ref.prefix, manifest, plan, target, opts, notify)
-        result = check_restored(conn, manifest, [e.name for e in entries])
+        counted = _execute(conn, store, ref.prefix, manifest, plan, target, opts, notify)
+        result = check_restored(conn, manifest, [e.name for e in entries], counted)
         if opts.analyze:
             for e in entries:
                 conn.execute(sql.SQL("analyze {}").format(_entry_name(e.name).ident))
@@ -221,7 +228,9 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
 
 # ---------------------------------------------------------------------------------------------
 def _execute(conn: psycopg.Connection[Any], store: Store, prefix: str, manifest: Manifest, plan: _Plan,
-             target: Dsn, opts: RestoreOptions, notify: ProgressFn) -> None:
+             target: Dsn, opts: RestoreOptions, notify: ProgressFn) -> dict[str, int]:
+    """Stream the whole restore into one psql transaction; return the row counts it verified."""
+
     def q(stmt: sql.Composable) -> bytes:
         return (stmt.as_string(conn) + ";\n").encode()
 
@@ -264,6 +273,9 @@ def _execute(conn: psycopg.Connection[Any], store: Store, prefix: str, manifest:
             sink.write(q(sql.SQL("alter table {} add constraint {} {}").format(
                 table.ident, sql.Identifier(name), sql.SQL(definition))))
         sink.write(_verification_sql(conn, plan.entries))
+        changed = [n for n, d in digests.items() if d != manifest.table(n).sha256]
+        if changed:  # the store changed between the checksum pass and the restore: never COMMIT that
+            raise ChecksumMismatch(f"checksum mismatch while restoring {', '.join(changed)}: rolled back")
         sink.write(b"COMMIT;\n")
         sink.close()
     except BrokenPipeError:
@@ -281,9 +293,13 @@ def _execute(conn: psycopg.Connection[Any], store: Store, prefix: str, manifest:
         if "migsafe verification:" in detail:
             raise RestoreVerificationFailed(f"restore rolled back, target unchanged: {detail}")
         raise RestoreFailed(f"restore rolled back, target unchanged: {detail}")
-    bad = [n for n, d in digests.items() if d != manifest.table(n).sha256]
-    if bad:  # pragma: no cover - only if the store changed between the check and the read
-        raise RestoreFailed(f"objects changed while restoring: {', '.join(bad)}")
+    counted: dict[str, int] = {}
+    for line in message.splitlines():
+        _, marker, rest = line.partition("NOTICE:  migsafe-rows ")
+        if marker:
+            n, _, name = rest.partition(" ")
+            counted[name.strip()] = int(n)
+    return counted
 
 
 def _first_error(stderr: str) -> str:
@@ -298,9 +314,10 @@ def _verification_sql(conn: psycopg.Connection[Any], entries: list[TableEntry]) 
         ident = _entry_name(e.name).ident
         parts.append(
             sql.SQL(
-                "if (select count(*) from {t}) <> {n} then raise exception "
-                "'migsafe verification: row count mismatch for %: % restored, % in the manifest', {name}, "
-                "(select count(*) from {t}), {n}; end if;"
+                "n := (select count(*) from {t}); raise notice 'migsafe-rows % %', n, {name}; "
+                "if n <> {n} then raise exception "
+                "'migsafe verification: row count mismatch for %: % restored, % in the manifest', {name}, n, {n}; "
+                "end if;"
             ).format(t=ident, n=sql.Literal(e.rows), name=sql.Literal(e.name))
         )
     body = sql.SQL("\n").join(parts)
@@ -312,7 +329,7 @@ def _verification_sql(conn: psycopg.Connection[Any], entries: list[TableEntry]) 
         "where c.contype = 'f' and not c.convalidated and c.conrelid = any(array[{regs}]) "
         "loop execute format('alter table %s validate constraint %I', r.rel, r.conname); end loop;"
     ).format(regs=regs)
-    block = sql.SQL("do $migsafe$ declare r record; begin {validate}\n{body}\nend $migsafe$").format(
+    block = sql.SQL("do $migsafe$ declare r record; n bigint; begin {validate}\n{body}\nend $migsafe$").format(
         validate=validate, body=body
     )
     return (block.as_string(conn) + ";\n").encode()
@@ -401,8 +418,17 @@ def _run_restore_tool(store: Store, key: str, manifest: Manifest, args: list[str
     return bytes(captured)
 
 
-def check_restored(conn: psycopg.Connection[Any], manifest: Manifest, tables: Sequence[str]) -> RestoreReport:
-    """Compare the target with the manifest: row counts, FK validity, enum labels."""
+def check_restored(
+    conn: psycopg.Connection[Any],
+    manifest: Manifest,
+    tables: Sequence[str],
+    counted: dict[str, int] | None = None,
+) -> RestoreReport:
+    """Compare the target with the manifest: row counts, FK validity, enum labels.
+
+    ``counted`` are the row counts the restore transaction itself measured just before COMMIT
+    (reported by its verification block); tables missing from it are counted now.
+    """
     checks = []
     names = [_entry_name(t) for t in tables]
     existing = catalog.existing_tables(conn, names)
@@ -413,7 +439,9 @@ def check_restored(conn: psycopg.Connection[Any], manifest: Manifest, tables: Se
             checks.append(TableRestoreCheck(name=str(name), rows_expected=entry.rows, rows_restored=0, foreign_keys=0,
                                             foreign_keys_valid=0, problems=[f"{name} does not exist"]))
             continue
-        rows = catalog.count_rows(conn, name)
+        rows = (counted or {}).get(entry.name)
+        if rows is None:
+            rows = catalog.count_rows(conn, name)
         fks = catalog.foreign_keys(conn, [existing[name]])
         if rows != entry.rows:
             problems.append(f"{name}: {rows} rows, the backup has {entry.rows}")
