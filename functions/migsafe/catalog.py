@@ -182,6 +182,12 @@ def count_rows(conn: psycopg.Connection[Any], table: QualifiedName) -> int:
     return int(row[0])
 
 
+def count_and_fingerprint(conn: psycopg.Connection[Any], table: QualifiedName) -> tuple[int, str]:
+    """Row count and content fingerprint in one scan of the table."""
+    digest = fingerprint(conn, table)
+    return int(digest.split(":", 1)[0]), digest
+
+
 def fingerprint(conn: psycopg.Connection[Any], table: QualifiedName) -> str:
     """An order-independent digest of a table's content, computed inside the database.
 

@@ -16,6 +16,7 @@ import contextlib
 import signal
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,10 @@ from . import catalog
 from .backup import BackupOptions, run_backup
 from .config import Settings
 from .dsn import Dsn, mask
-from .exceptions import BackupIncomplete, EnvironmentFault, InputError, MigsafeError
+from .exceptions import BackupIncomplete, EnvironmentFault, MigsafeError, RestoreVerificationFailed
 from .identifiers import QualifiedName
 from .inventory import load_manifest
-from .localpg import sweep
+from .localpg import LocalCluster, sweep
 from .migrate import LockObserver, MigrationRun, Probe, probe, relfilenodes, run_alembic, stronger
 from .plan import Plan
 from .restore import RestoreOptions, run_restore
@@ -80,6 +81,12 @@ class _Run:
         self.failed_step: str | None = None
         self.error: str | None = None
         self.warnings: list[str] = []
+        self.restore_cluster: LocalCluster | None = None
+
+    def cancel_restore_test(self) -> None:
+        """Stop a running restore test quickly (its server goes away, so its restore fails)."""
+        if self.restore_cluster is not None:
+            self.restore_cluster.destroy()
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[None]:
@@ -158,6 +165,8 @@ def rehearse(
             _pipeline(run, source, pr, scratch_dsn, backup_id)
     except (EnvironmentFault, psycopg.Error) as exc:
         fault = exc
+    except MigsafeError:
+        pass  # a step found a problem (e.g. the restore test): recorded as a failed step, so FAIL
     except (KeyboardInterrupt, _Terminated) as exc:
         fault = exc
     finally:
@@ -196,8 +205,9 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup
             missing = sorted(set(tables) - {t.name for t in manifest.tables})
             if missing:
                 raise BackupIncomplete(f"backup {backup_id} does not hold {', '.join(missing)}")
-            run.backup = BackupInfo(id=backup_id, url=store.location(ref.prefix), bytes=manifest.total_bytes,
-                                    store_url=store.url)
+            run.backup = BackupInfo(
+                id=backup_id, url=store.location(ref.prefix), bytes=manifest.total_bytes, store_url=store.url
+            )
         else:
             b = run_backup(
                 source,
@@ -212,6 +222,33 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup
                 ),
             )
             run.backup = BackupInfo(id=b.backup_id, url=b.url, bytes=b.bytes, store_url=store.url)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="migsafe-restore-test") as pool:
+        # Locally the restore test runs on its own throw-away cluster while the scratch copy is made
+        # and the baseline taken (different servers, so the timed migration is never disturbed by it).
+        # With a given scratch server (AWS) it runs there, in its own database, before the baseline.
+        restore_test = (
+            pool.submit(_restore_test_local, run, store, run.backup.id)
+            if plan.scratch.kind == "local"
+            else None
+        )
+        try:
+            _on_scratch(run, source, pr, scratch_dsn, store, tables, restore_test)
+        finally:
+            if restore_test is not None and not restore_test.done():
+                run.cancel_restore_test()
+
+
+def _on_scratch(
+    run: _Run,
+    source: Dsn,
+    pr: Probe,
+    scratch_dsn: Dsn | None,
+    store: Any,
+    tables: list[str],
+    restore_test: Future[None] | None,
+) -> None:
+    plan, settings = run.plan, run.settings
+    assert run.backup is not None
     with run.step("scratch"):
         given = scratch_dsn or (Dsn.parse(plan.scratch.dsn) if plan.scratch.dsn else None)
         run.scratch = create_scratch(
@@ -222,23 +259,28 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup
             pg_bindir=settings.pg_bindir,
         )
     scratch = run.scratch.dsn
-    with run.step("restore_test"):
-        _restore_test(run, store, run.backup.id, scratch)
-    run.backup.restore_tested = True
+    if restore_test is None:
+        with run.step("restore_test"):
+            _restore_test(run, store, run.backup.id, scratch)
+        run.backup.restore_tested = True
     observer = LockObserver(scratch, run.t0)
     with catalog.connect(scratch, application_name="migsafe verify") as conn:
         with run.step("baseline"):
             before_nodes = relfilenodes(conn, tables)
             for t in tables:
                 q = QualifiedName.parse(t)
-                run.tables[t].rows_before = catalog.count_rows(conn, q)
-                run.tables[t].fingerprint_before = catalog.fingerprint(conn, q)
+                run.tables[t].rows_before, run.tables[t].fingerprint_before = catalog.count_and_fingerprint(
+                    conn, q
+                )
             invalid = _invalid_fks(conn, tables)
             if invalid:
                 run.warnings.append(
                     f"foreign keys already not valid before the upgrade: {', '.join(invalid)}"
                 )
             _checks(run, conn, "before")
+        if restore_test is not None:
+            restore_test.result()  # the safety net is proven before the migration runs
+            run.backup.restore_tested = True
         up = run_alembic(
             plan,
             "upgrade",
@@ -259,8 +301,9 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup
             for t in tables:
                 q = QualifiedName.parse(t)
                 run.tables[t].rewritten = before_nodes[t] != after_nodes[t]
-                run.tables[t].rows_after_upgrade = catalog.count_rows(conn, q)
-                run.tables[t].fingerprint_after_upgrade = catalog.fingerprint(conn, q)
+                (run.tables[t].rows_after_upgrade, run.tables[t].fingerprint_after_upgrade) = (
+                    catalog.count_and_fingerprint(conn, q)
+                )
             for fk in _invalid_fks(conn, tables):
                 run.tables[fk.split(":")[0]].fk_invalid_after_upgrade.append(fk.split(":", 1)[1])
             _checks(run, conn, "after_upgrade")
@@ -284,8 +327,9 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup
             for t in tables:
                 q = QualifiedName.parse(t)
                 run.tables[t].rewritten_by_downgrade = after_nodes[t] != final_nodes[t]
-                run.tables[t].rows_after_downgrade = catalog.count_rows(conn, q)
-                run.tables[t].fingerprint_after_downgrade = catalog.fingerprint(conn, q)
+                (run.tables[t].rows_after_downgrade, run.tables[t].fingerprint_after_downgrade) = (
+                    catalog.count_and_fingerprint(conn, q)
+                )
             for fk in _invalid_fks(conn, tables):
                 run.tables[fk.split(":")[0]].fk_invalid_after_downgrade.append(fk.split(":", 1)[1])
             _checks(run, conn, "after_downgrade")
@@ -294,6 +338,24 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup
                 run.warnings.append(
                     f"after the downgrade the revision is {back}, expected {pr.downgrade_dest}"
                 )
+
+
+def _restore_test_local(run: _Run, store: Any, backup_id: str) -> None:
+    """Restore-test on a throw-away cluster of its own (destroyed after, and by sweeps if killed)."""
+    with run.step("restore_test"):
+        cluster = LocalCluster.create("restoretest", run.settings.runtime_dir)
+        run.restore_cluster = cluster
+        try:
+            report = run_restore(
+                store,
+                backup_id,
+                cluster.dsn(),
+                RestoreOptions(no_owner=True, analyze=False, pg_bindir=run.settings.pg_bindir),
+            )
+            if not report.ok:
+                raise RestoreVerificationFailed("restore test failed: " + "; ".join(report.problems()))
+        finally:
+            cluster.destroy()
 
 
 def _restore_test(run: _Run, store: Any, backup_id: str, scratch: Dsn) -> None:
@@ -313,7 +375,7 @@ def _restore_test(run: _Run, store: Any, backup_id: str, scratch: Dsn) -> None:
                 RestoreOptions(no_owner=True, analyze=False, pg_bindir=run.settings.pg_bindir),
             )
             if not report.ok:
-                raise InputError("restore test failed: " + "; ".join(report.problems()))
+                raise RestoreVerificationFailed("restore test failed: " + "; ".join(report.problems()))
         finally:
             conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
 

@@ -57,7 +57,9 @@ def _rehearse(plan_file: Path, runtime_dir: Path, report_dir: Path):  # type: ig
 
 
 def _scratch_dirs(runtime_dir: Path) -> list[Path]:
-    return [p for p in runtime_dir.glob("scratch-*") if (p / MARKER).exists() or (p / "data").exists()]
+    """Scratch and restore-test clusters of this session (the test source cluster is not one)."""
+    found = [*runtime_dir.glob("scratch-*"), *runtime_dir.glob("restoretest-*")]
+    return [p for p in found if (p / MARKER).exists() or (p / "data").exists()]
 
 
 def test_reversible_migration_passes_and_leaves_no_trace(
