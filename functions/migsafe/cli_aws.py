@@ -37,3 +37,63 @@ def push(
                                "bytes": result.bytes, "files": result.files, "uploaded": result.uploaded}))
     else:
         typer.echo(result.sha256)
+
+
+def gate(
+    state_machine: Annotated[str, typer.Option("--state-machine", help="The pre-migration state machine's ARN "
+                                                                        "(stack output PreMigrationStateMachineArn).")],
+    plan: Annotated[Path, typer.Option("--plan", "-p", help="Plan file (TOML or JSON).")],
+    store: Annotated[str | None, typer.Option("--store", help="The stack's store, where the worker fetches bundles "
+                                                             "(stack output StoreUrl; default: the plan's store).")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow the execution to its verdict.")] = False,
+    timeout: Annotated[str, typer.Option("--timeout", help="How long --wait follows (e.g. 90s, 30m, 2h).")] = "30m",
+    create_snapshot: Annotated[bool, typer.Option("--create-snapshot", help="Snapshot the source first instead "
+                                                                            "of using its latest snapshot.")] = False,
+    attempt: Annotated[int, typer.Option("--attempt", help="Rehearse the same change again (after a fault): "
+                                                           "2, 3, ... give a new execution name.")] = 1,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON on stdout.")] = False,
+) -> None:
+    """Gate a deploy on the pre-migration state machine: push the bundle, start (or follow) the
+    execution for this change, print each state, exit 0 PASS / 1 FAIL / 2 bad input / 3 fault."""
+    import boto3
+
+    from . import gate as gate_mod
+    from .dsn import mask
+    from .exceptions import MigsafeError
+
+    def say(line: str) -> None:
+        typer.echo(line, err=json_out)
+
+    try:
+        seconds = gate_mod.parse_duration(timeout)
+        gate_mod.check_state_machine_arn(state_machine)
+        p = Plan.load(plan)
+        target = open_store(store or p.store.url, p.base_dir)
+        if not target.url.startswith("s3://"):
+            raise gate_mod.InputError(f"the gate pushes the bundle to the stack's S3 store; {target.url} is not one "
+                                      "(pass --store s3://<bucket>/backups)")
+        region = state_machine.split(":")[3]
+        outcome = gate_mod.run_gate(p, target, boto3.client("stepfunctions", region_name=region), state_machine,
+                                    wait=wait, timeout_seconds=seconds, say=say, create_snapshot=create_snapshot,
+                                    attempt=attempt)
+    except MigsafeError as exc:
+        typer.echo(f"error: {type(exc).__name__}: {mask(str(exc))}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:  # boto3 without credentials/region, network: an environment fault
+        typer.echo(f"error: {type(exc).__name__}: {mask(str(exc))}", err=True)
+        raise typer.Exit(3) from None
+    if outcome.report_url or outcome.result_url:
+        say(f"report: {outcome.report_url or outcome.result_url}")
+    if outcome.status == "RUNNING" and wait:
+        say(f"timeout: the execution is still running after {timeout}: {outcome.execution_arn} "
+            "(run the gate again to follow it)")
+    elif outcome.status == "RUNNING":
+        say(f"running: {outcome.execution_arn}")
+    elif outcome.exit_code == 0:
+        say("PASS")
+    else:
+        where = f" in {outcome.failed_state}" if outcome.failed_state else ""
+        say(f"{outcome.verdict or 'FAIL'}: {outcome.status}{where}" + (f" ({outcome.error})" if outcome.error else ""))
+    if json_out:
+        typer.echo(json.dumps(outcome.summary()))
+    raise typer.Exit(outcome.exit_code)

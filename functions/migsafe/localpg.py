@@ -251,12 +251,25 @@ def orphans(runtime_dir: Path | None = None) -> Iterator[Path]:
             yield marker.parent
 
 
+def _kill_helpers(root: Path) -> None:
+    """Kill processes still working on a dead run's cluster folder (an orphaned pg_basebackup, say)."""
+    needle = str(root).encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 def sweep(runtime_dir: Path | None = None) -> list[str]:
     """Stop and delete every cluster whose owning process is gone; return their ids."""
     removed = []
     for root in list(orphans(runtime_dir)):
         marker = json.loads((root / MARKER).read_text()) if (root / MARKER).exists() else {}
         cluster = LocalCluster(root=root, port=int(marker.get("port", 0)), purpose=marker.get("purpose", "?"))
-        cluster.destroy()
+        cluster.destroy()  # the server first: a clean immediate stop
+        _kill_helpers(root)  # then whatever else still works on the folder
+        shutil.rmtree(root, ignore_errors=True)
         removed.append(root.name)
     return removed

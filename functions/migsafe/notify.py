@@ -187,7 +187,10 @@ def chatbot_message(result: Result, report_url: str | None = None) -> dict[str, 
     if rewritten:
         lines.append("*Rewritten by the upgrade* " + ", ".join(_code(clip(n, 120)) for n in rewritten[:10]))
     extra = f" · *backup* {_code(r.backup.id)} ({_human_bytes(r.backup.bytes)})" if r.backup else ""
-    destroyed = "destroyed" if r.scratch.destroyed else "*NOT destroyed*"
+    if r.scratch.kind == "dsn":  # on AWS the state machine deletes the instance right after this message
+        destroyed = "deleted by the state machine next"
+    else:
+        destroyed = "destroyed" if r.scratch.destroyed else "*NOT destroyed*"
     lines.append(f"*Total* {seconds(r.seconds)}{extra} · *scratch* {r.scratch.kind} {destroyed}")
     if r.failed_step or r.error:
         lines.append(

@@ -346,7 +346,7 @@ def render_markdown(result: Result) -> str:
     out += [
         f"- **kind:** {_md(r.scratch.kind)}{_md(_method(r))}",
         f"- **id:** {_code(r.scratch.id or '-')}",
-        f"- **destroyed:** {_yes_no(r.scratch.destroyed)}",
+        f"- **destroyed:** {_scratch_fate(r)}",
         "",
     ]
 
@@ -682,8 +682,8 @@ def render_html(result: Result) -> str:
         "<h2>Scratch database</h2><dl>"
         f"<dt>kind</dt><dd>{e(r.scratch.kind)}{e(_method(r))}</dd>"
         f"<dt>id</dt><dd><code>{e(r.scratch.id or '-')}</code></dd>"
-        f'<dt>destroyed</dt><dd class="{"" if r.scratch.destroyed else "bad"}">'
-        f"{e(_yes_no(r.scratch.destroyed))}</dd>"
+        f'<dt>destroyed</dt><dd class="{"" if r.scratch.destroyed or r.scratch.kind == "dsn" else "bad"}">'
+        f"{e(_scratch_fate(r))}</dd>"
         "</dl>"
     )
 
@@ -793,3 +793,9 @@ __all__ = [
     "store_url",
     "write_reports",
 ]
+
+
+def _scratch_fate(r: Result) -> str:
+    if r.scratch.kind == "dsn" and not r.scratch.destroyed:
+        return "no (a given server: the state machine deletes it after this report)"
+    return _yes_no(r.scratch.destroyed)

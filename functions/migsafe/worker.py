@@ -264,6 +264,9 @@ def run(action: str, request_text: str, environ: Mapping[str, str], *, execution
     request = parse_request(action, request_text)
     env = WorkerEnv.from_environ(environ, execution or request.execution)
     with tempfile.TemporaryDirectory(prefix="migsafe-worker-", dir=workdir) as tmp:
+        # the container runs as root and a throw-away cluster's server as `postgres`, which must
+        # traverse this (0700) folder to reach its data directory under clusters/
+        os.chmod(tmp, 0o711)
         if isinstance(request, RestoreRequest):
             return do_restore(request, env, Path(tmp))
         if action == "backup":

@@ -25,6 +25,12 @@ interpreter's service-task classes and nowhere else:
   local runner uses), ``describeDBInstances`` reports that cluster's address and port, and deleting
   the instance destroys the cluster.
 
+- **JSONPath**: moto's ``extract_json`` departs from Step Functions for a definite path *through*
+  an array index (``$.DbInstances[0].DbInstanceStatus`` yields ``["available"]``; AWS yields
+  ``"available"``: a reference path names a single node). The seam evaluates definite paths
+  (only ``.name`` and ``[N]`` steps) to the single node, as AWS does, and leaves every other path
+  to moto.
+
 SNS publishes, S3 (the store) and the RDS API itself are moto's. Faults are injected per seam with
 :meth:`Harness.fail_next`.
 """
@@ -59,18 +65,35 @@ from moto.stepfunctions.parser.asl.component.common.error_name.failure_event imp
     FailureEvent,
     FailureEventException,
 )
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name import StatesErrorName
+from moto.stepfunctions.parser.asl.component.common.error_name.states_error_name_type import (
+    StatesErrorNameType,
+)
+from moto.stepfunctions.parser.asl.component.common.string import string_expression
+from moto.stepfunctions.parser.asl.component.intrinsic.argument import argument
+from moto.stepfunctions.parser.asl.component.state.choice.comparison.operator.implementations import (
+    boolean_equals,
+    numeric,
+    string_operators,
+    timestamp_operators,
+)
 from moto.stepfunctions.parser.asl.component.state.exec.state_task import lambda_eval_utils
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
     state_task_service_aws_sdk,
     state_task_service_ecs,
 )
+from moto.stepfunctions.parser.asl.eval import states
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
+from moto.stepfunctions.parser.asl.utils import json_path
 from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
 
 from infra.definitions import definition_text, state_machines
 from infra.workflows import WORKER_COMMAND
 
+DEFINITE_PATH = re.compile(r"^\$(?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\])*$")
+JSON_PATH_USERS = [string_expression, argument, boolean_equals, numeric, string_operators, timestamp_operators, states, json_path]
 ACCOUNT = "123456789012"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "enum_uppercase"
 REGION = "us-east-1"
 PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 SOURCE_INSTANCE = "migsafe-source"  # cdk.json's default sourceInstanceId
@@ -86,8 +109,15 @@ def aws_error_name(service: str, code: str) -> str:
 
 
 def client_error(code: str, message: str, operation: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": message},
-                        "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": str(uuid.uuid4())}}, operation)
+    response: Any = {"Error": {"Code": code, "Message": message},
+                     "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": str(uuid.uuid4())}}
+    return ClientError(response, operation)
+
+
+def task_failed(**details: str) -> EventDetails:
+    """A TaskFailed event's details, as the interpreter records them."""
+    event: Any = {"taskFailedEventDetails": TaskFailedEventDetails(**details)}  # type: ignore[typeddict-item]
+    return EventDetails(**event)  # type: ignore[typeddict-item]
 
 
 @dataclass
@@ -270,6 +300,17 @@ class Harness:
     def _install_seams(self) -> None:
         harness = self
         mp = self.monkeypatch
+        moto_extract = json_path.extract_json
+
+        def extract_json(path: str, data: Any) -> Any:
+            if DEFINITE_PATH.match(path):
+                matches = json_path.parse(path).find(data)
+                if len(matches) == 1:
+                    return matches[0].value
+            return moto_extract(path, data)
+
+        for module in JSON_PATH_USERS:
+            mp.setattr(module, "extract_json", extract_json)
         mp.setattr(lambda_eval_utils, "_invoke_lambda_function",
                    lambda parameters, region, state_credentials: harness.invoke_lambda(parameters))
 
@@ -310,10 +351,10 @@ class Harness:
             if task.resource.api_name == "rds" and isinstance(ex, ClientError):
                 error = aws_error_name("rds", ex.response["Error"]["Code"])
                 return FailureEvent(env=env, error_name=CustomErrorName(error), event_type=HistoryEventType.TaskFailed,
-                                    event_details=EventDetails(taskFailedEventDetails=TaskFailedEventDetails(
+                                    event_details=task_failed(
                                         error=error, cause=ex.response["Error"].get("Message", ""),
                                         resource=task._get_sfn_resource(),
-                                        resourceType=task._get_sfn_resource_type())))
+                                        resourceType=task._get_sfn_resource_type()))
             return original_error(task, env, ex)
 
         mp.setattr(sdk_cls, "_eval_service_task", sdk_eval)
@@ -391,10 +432,11 @@ class Harness:
                      "Containers": [{"Name": overrides[0]["Name"], "LastStatus": "STOPPED", "ExitCode": exit_code}]}
         if exit_code != 0:
             raise FailureEventException(FailureEvent(
-                env=env, error_name=CustomErrorName("States.TaskFailed"), event_type=HistoryEventType.TaskFailed,
-                event_details=EventDetails(taskFailedEventDetails=TaskFailedEventDetails(
-                    error="States.TaskFailed", cause=json.dumps(described), resource=task._get_sfn_resource(),
-                    resourceType=task._get_sfn_resource_type()))))
+                env=env, error_name=StatesErrorName(typ=StatesErrorNameType.StatesTaskFailed),
+                event_type=HistoryEventType.TaskFailed,
+                event_details=task_failed(error="States.TaskFailed", cause=json.dumps(described),
+                                          resource=task._get_sfn_resource(),
+                                          resourceType=task._get_sfn_resource_type())))
         return described
 
     # rds
@@ -404,7 +446,7 @@ class Harness:
             self._record("rds", operation, False, str(fault))
             raise fault
         response: dict[str, Any] = getattr(client, operation)(**params)
-        ident = params.get("DBInstanceIdentifier")
+        ident = str(params.get("DBInstanceIdentifier"))
         if operation == "restore_db_instance_from_db_snapshot":
             # the snapshot's content is the test's source database
             self.scratches[ident] = create_scratch("local", self.source, runtime_dir=self.runtime_dir)
@@ -445,7 +487,7 @@ class Harness:
         kwargs: dict[str, Any] = {"executionArn": execution_arn, "maxResults": 1000}
         while True:
             page = self.sfn.get_execution_history(**kwargs)
-            events += page["events"]
+            events += [dict(e) for e in page["events"]]
             if not page.get("nextToken"):
                 return events
             kwargs["nextToken"] = page["nextToken"]
@@ -454,14 +496,19 @@ class Harness:
         return [e["stateEnteredEventDetails"]["name"] for e in self.history(execution_arn)
                 if e["type"].endswith("StateEntered")]
 
+    def failure(self, execution_arn: str) -> tuple[str, str]:
+        """``(last state entered, error)`` of a failed execution."""
+        history = self.history(execution_arn)
+        failed = [e for e in history if e["type"] == "ExecutionFailed"]
+        assert failed, self.explain(execution_arn)
+        return self.entered(execution_arn)[-1], str(failed[-1]["executionFailedEventDetails"].get("error"))
+
     def explain(self, execution_arn: str, verbose: bool = False) -> str:
         """A readable account of an execution (for assertion messages): states and failures."""
         lines = []
         for e in self.history(execution_arn):
             if e["type"].endswith("StateEntered"):
                 lines.append(f"> {e['stateEnteredEventDetails']['name']}")
-                if verbose and e["type"] == "ChoiceStateEntered":
-                    lines.append(f"  < {e['stateEnteredEventDetails'].get('input', '')[-600:]}")
             if "taskSucceededEventDetails" in e and verbose:
                 lines.append(f"  = {e['taskSucceededEventDetails'].get('output', '')[:800]}")
             for key in ("taskFailedEventDetails", "lambdaFunctionFailedEventDetails", "executionFailedEventDetails"):

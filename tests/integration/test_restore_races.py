@@ -6,14 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pgsupport import Database
-
-from examples.enum_uppercase import seed
 from migsafe.backup import BackupOptions, run_backup
 from migsafe.exceptions import ChecksumMismatch
 from migsafe.identifiers import QualifiedName
 from migsafe.restore import RestoreOptions, run_restore
 from migsafe.store.file import FileStore
+from pgsupport import Database
+
+from examples.enum_uppercase import seed
 
 
 class FlipsAfterVerification(FileStore):
