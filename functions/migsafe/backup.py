@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from . import __version__, catalog
 from .dsn import Dsn, mask
@@ -210,7 +211,7 @@ def _dump_all(
             p.proc.kill()
 
     def dump_types() -> tuple[list[TypeInfo], ObjectEntry | None]:
-        infos, obj = _dump_types(dsn, store, oids, snapshot, prefix, env, conn, opts)
+        infos, obj = _dump_types(dsn, store, oids, snapshot, prefix, env, opts)
         if obj:
             with lock:
                 written.append(obj.key)  # so a backup that fails later removes it too
@@ -283,19 +284,38 @@ def _dump_types(
     snapshot: str,
     prefix: str,
     env: dict[str, str],
-    conn: psycopg.Connection[Any],
     opts: BackupOptions,
 ) -> tuple[list[TypeInfo], ObjectEntry | None]:
-    """The user types the tables use, as pg_dump writes them: ``types.sql`` plus per-type DDL.
+    """The user types the tables use: ``types.sql`` plus per-type DDL in the manifest.
 
     A table-only ``pg_dump -t`` leaves enum types out, so a table dump alone does not restore into an
-    empty database; this schema-only dump from the same snapshot supplies them.
+    empty database. Enums, domains and composites are written from the catalog, read in the same
+    snapshot; anything else falls back to a schema-only pg_dump of that snapshot.
     """
-    # a separate connection: the main one is busy counting rows
-    with catalog.connect(dsn, application_name="migsafe backup types") as tconn:
+    # a separate connection (the main one is busy counting rows), in the same exported snapshot
+    with catalog.connect(dsn, autocommit=False, application_name="migsafe backup types") as tconn:
+        tconn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        tconn.read_only = True
+        tconn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
         types = catalog.user_types(tconn, list(oids.values()))
+        ddls = {int(t["oid"]): catalog.type_ddl(tconn, int(t["oid"]), t["kind"]) for t in types}
+        tconn.rollback()
     if not types:
         return [], None
+    if all(ddls.values()):
+        infos = [
+            TypeInfo(name=t["name"], kind=t["kind"], labels=list(t["labels"]), ddl=ddls[int(t["oid"])] or "")
+            for t in types
+        ]
+    else:  # a range type (or another kind we do not write ourselves): ask pg_dump
+        infos = _types_from_pg_dump(dsn, types, snapshot, env, opts)
+    return infos, _put_types(store, prefix, infos)
+
+
+def _types_from_pg_dump(
+    dsn: Dsn, types: list[dict[str, Any]], snapshot: str, env: dict[str, str], opts: BackupOptions
+) -> list[TypeInfo]:
+    """Per-type DDL as pg_dump writes it, from a schema-only dump of the same snapshot."""
     with tempfile.TemporaryDirectory(prefix="migsafe-types-") as tmp:
         archive = Path(tmp) / "schema.dump"
         proc = subprocess.run(
@@ -328,11 +348,15 @@ def _dump_types(
             if ddl.returncode != 0:
                 raise ToolFailed(f"pg_restore (type {t['name']}) failed: {ddl.stderr.strip()[-2000:]}")
             infos.append(TypeInfo(name=t["name"], kind=t["kind"], labels=list(t["labels"]), ddl=_entry_body(ddl.stdout)))
+    return infos
+
+
+def _put_types(store: Store, prefix: str, infos: list[TypeInfo]) -> ObjectEntry:
     body = "-- migsafe: user types the backed-up tables depend on; run before pg_restore of the tables\n"
     body += "SET check_function_bodies = false;\n\n" + "\n".join(i.ddl + "\n" for i in infos)
     key = prefix + "types.sql"
     store.put_bytes(key, body.encode())
-    return infos, ObjectEntry(key=key, bytes=len(body.encode()), sha256=hashlib.sha256(body.encode()).hexdigest())
+    return ObjectEntry(key=key, bytes=len(body.encode()), sha256=hashlib.sha256(body.encode()).hexdigest())
 
 
 def _entry_body(script: str) -> str:

@@ -238,3 +238,59 @@ def server_version(conn: psycopg.Connection[Any]) -> str:
     row = conn.execute("show server_version").fetchone()
     assert row is not None
     return str(row[0])
+
+
+def type_ddl(conn: psycopg.Connection[Any], oid: int, kind: str) -> str | None:
+    """CREATE statement for an enum, domain or composite type, from the catalog; None for others.
+
+    Reading the catalog costs milliseconds whatever the database's size, where a schema-only
+    ``pg_dump`` (the fallback, for ranges) grows with the whole catalog. Type names and
+    expressions come from ``format_type``/``pg_get_constraintdef``/``pg_get_expr`` (quoted by the
+    server); every name we add is a ``sql.Identifier`` and every label a ``sql.Literal``.
+    """
+    head = conn.execute(
+        """
+        select n.nspname, t.typname, format_type(t.typbasetype, t.typtypmod), t.typnotnull,
+               pg_get_expr(t.typdefaultbin, 0), t.typrelid
+        from pg_type t join pg_namespace n on n.oid = t.typnamespace where t.oid = %s
+        """,
+        (oid,),
+    ).fetchone()
+    if head is None:
+        return None
+    name = sql.Identifier(head[0], head[1])
+    stmt: sql.Composable
+    if kind == "enum":
+        labels = conn.execute(
+            "select enumlabel from pg_enum where enumtypid = %s order by enumsortorder", (oid,)
+        ).fetchall()
+        stmt = sql.SQL("CREATE TYPE {} AS ENUM ({});").format(
+            name, sql.SQL(", ").join(sql.Literal(r[0]) for r in labels)
+        )
+    elif kind == "domain":
+        parts: list[sql.Composable] = [sql.SQL("CREATE DOMAIN {} AS {}").format(name, sql.SQL(head[2]))]
+        if head[4] is not None:
+            parts.append(sql.SQL("DEFAULT {}").format(sql.SQL(head[4])))
+        if head[3]:
+            parts.append(sql.SQL("NOT NULL"))
+        for conname, definition in conn.execute(
+            "select conname, pg_get_constraintdef(oid) from pg_constraint where contypid = %s and contype = 'c' "
+            "order by conname",
+            (oid,),
+        ).fetchall():
+            parts.append(sql.SQL("CONSTRAINT {} {}").format(sql.Identifier(conname), sql.SQL(definition)))
+        stmt = sql.SQL(" ").join(parts) + sql.SQL(";")
+    elif kind == "composite":
+        attrs = conn.execute(
+            """
+            select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a
+            where a.attrelid = %s and a.attnum > 0 and not a.attisdropped order by a.attnum
+            """,
+            (head[5],),
+        ).fetchall()
+        stmt = sql.SQL("CREATE TYPE {} AS ({});").format(
+            name, sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(a), sql.SQL(t)) for a, t in attrs)
+        )
+    else:
+        return None
+    return stmt.as_string(conn)
