@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .exceptions import InputError
 
@@ -20,6 +21,17 @@ def mask(text: str) -> str:
     """Return ``text`` with any DSN password replaced by ``***`` (URL or key=value form)."""
     text = _URL_PASSWORD.sub(r"\1***\3", text)
     return _KV_PASSWORD.sub(r"\1***", text)
+
+
+def mask_tree(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, strings) with :func:`mask` applied to every string."""
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: mask_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_tree(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)

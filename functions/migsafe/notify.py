@@ -15,7 +15,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, ConnectionError, ReadTimeoutError
 
 from . import exceptions
-from .dsn import mask
+from .dsn import mask, mask_tree
 from .exceptions import NotifyFailed, TransientAwsError
 from .report import (
     is_access_exclusive,
@@ -87,16 +87,6 @@ def _code(text: str) -> str:
     return "`" + text.replace("`", "'") + "`"
 
 
-def _mask_tree(value: Any) -> Any:
-    if isinstance(value, str):
-        return mask(value)
-    if isinstance(value, dict):
-        return {k: _mask_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask_tree(v) for v in value]
-    return value
-
-
 def _human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -153,7 +143,7 @@ def _envelope(
         },
         "metadata": metadata,
     }
-    return _mask_tree(message)  # type: ignore[no-any-return]
+    return mask_tree(message)  # type: ignore[no-any-return]
 
 
 # --- messages ---------------------------------------------------------------------------------
@@ -326,7 +316,7 @@ def publish(
     Throttling and 5xx answers raise :class:`TransientAwsError` (retry); anything else raises
     :class:`NotifyFailed`.
     """
-    body = json.dumps(_mask_tree(message), ensure_ascii=False)
+    body = json.dumps(mask_tree(message), ensure_ascii=False)
     if len(body.encode()) > SNS_MAX_BYTES:
         raise NotifyFailed(f"notification is {len(body.encode())} bytes, over SNS's {SNS_MAX_BYTES}")
     verdict, plan = mask(verdict), mask(plan)

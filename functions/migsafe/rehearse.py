@@ -35,7 +35,7 @@ from .localpg import LocalCluster, sweep
 from .migrate import LockObserver, MigrationRun, Probe, probe, relfilenodes, run_alembic, stronger
 from .plan import Plan
 from .restore import RestoreOptions, run_restore
-from .result import BackupInfo, CheckResult, Result, Revisions, ScratchInfo, StepResult, TableResult
+from .result import BackupInfo, CheckResult, Phase, Result, Revisions, ScratchInfo, StepResult, TableResult
 from .scratch import Scratch, create_scratch
 from .store import open_store
 from .verdict import decide, expectation_met
@@ -281,63 +281,58 @@ def _on_scratch(
         if restore_test is not None:
             restore_test.result()  # the safety net is proven before the migration runs
             run.backup.restore_tested = True
-        up = run_alembic(
-            plan,
-            "upgrade",
-            pr.upgrade_to,
-            scratch,
-            observer,
-            settings.environ,
-            "upgrade",
-            timeout=plan.migration.timeout_seconds,
-            driver=plan.migration.sqlalchemy_driver,
-        )
-        run.add_step(up, "upgrade")
-        _apply_locks(run, up, observer, "upgrade")
-        if not up.ok:
+        after_nodes = _phase(run, conn, observer, "upgrade", pr.upgrade_to, before_nodes)
+        if after_nodes is None:
             return
-        with run.step("verify_upgrade"):
-            after_nodes = relfilenodes(conn, tables)
-            for t in tables:
-                q = QualifiedName.parse(t)
-                run.tables[t].rewritten = before_nodes[t] != after_nodes[t]
-                (run.tables[t].rows_after_upgrade, run.tables[t].fingerprint_after_upgrade) = (
-                    catalog.count_and_fingerprint(conn, q)
-                )
-            for fk in _invalid_fks(conn, tables):
-                run.tables[fk.split(":")[0]].fk_invalid_after_upgrade.append(fk.split(":", 1)[1])
-            _checks(run, conn, "after_upgrade")
-        down = run_alembic(
-            plan,
-            "downgrade",
-            pr.downgrade_dest or "base",
-            scratch,
-            observer,
-            settings.environ,
-            "downgrade",
-            timeout=plan.migration.timeout_seconds,
-            driver=plan.migration.sqlalchemy_driver,
-        )
-        run.add_step(down, "downgrade")
-        _apply_locks(run, down, observer, "downgrade")
-        if not down.ok:
+        if _phase(run, conn, observer, "downgrade", pr.downgrade_dest or "base", after_nodes) is None:
             return
-        with run.step("verify_downgrade"):
-            final_nodes = relfilenodes(conn, tables)
-            for t in tables:
-                q = QualifiedName.parse(t)
-                run.tables[t].rewritten_by_downgrade = after_nodes[t] != final_nodes[t]
-                (run.tables[t].rows_after_downgrade, run.tables[t].fingerprint_after_downgrade) = (
-                    catalog.count_and_fingerprint(conn, q)
-                )
-            for fk in _invalid_fks(conn, tables):
-                run.tables[fk.split(":")[0]].fk_invalid_after_downgrade.append(fk.split(":", 1)[1])
-            _checks(run, conn, "after_downgrade")
-            back = catalog.alembic_revision(conn)
-            if back != (pr.downgrade_dest or None):
-                run.warnings.append(
-                    f"after the downgrade the revision is {back}, expected {pr.downgrade_dest}"
-                )
+        back = catalog.alembic_revision(conn)
+        if back != (pr.downgrade_dest or None):
+            run.warnings.append(f"after the downgrade the revision is {back}, expected {pr.downgrade_dest}")
+
+
+def _phase(
+    run: _Run,
+    conn: psycopg.Connection[Any],
+    observer: LockObserver,
+    phase: Phase,
+    revision: str,
+    nodes_before: dict[str, int | None],
+) -> dict[str, int | None] | None:
+    """Run one direction of the migration, observed, then verify; the relfilenodes after, or None."""
+    plan = run.plan
+    assert run.scratch is not None
+    mig = run_alembic(
+        plan,
+        phase,
+        revision,
+        run.scratch.dsn,
+        observer,
+        run.settings.environ,
+        phase,
+        timeout=plan.migration.timeout_seconds,
+        driver=plan.migration.sqlalchemy_driver,
+    )
+    run.add_step(mig, phase)
+    _apply_locks(run, mig, observer, phase)
+    if not mig.ok:
+        return None
+    tables = list(run.tables)
+    with run.step(f"verify_{phase}"):
+        nodes = relfilenodes(conn, tables)
+        invalid = _invalid_fks(conn, tables)
+        for t, tr in run.tables.items():
+            rows, digest = catalog.count_and_fingerprint(conn, QualifiedName.parse(t))
+            rewritten = nodes_before[t] != nodes[t]
+            fks = [fk.split(":", 1)[1] for fk in invalid if fk.split(":")[0] == t]
+            if phase == "upgrade":
+                tr.rows_after_upgrade, tr.fingerprint_after_upgrade = rows, digest
+                tr.rewritten, tr.fk_invalid_after_upgrade = rewritten, fks
+            else:
+                tr.rows_after_downgrade, tr.fingerprint_after_downgrade = rows, digest
+                tr.rewritten_by_downgrade, tr.fk_invalid_after_downgrade = rewritten, fks
+        _checks(run, conn, f"after_{phase}")
+    return nodes
 
 
 def _restore_test_local(run: _Run, store: Any, backup_id: str) -> None:

@@ -14,28 +14,17 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
-from typing import Any
 
-from .dsn import mask
+from .dsn import mask_tree
 from .result import LockHold, Result, StepResult, TableResult
 
 ACCESS_EXCLUSIVE = "AccessExclusiveLock"
 
 
 # --- shared helpers ---------------------------------------------------------------------------
-def _mask_tree(value: Any) -> Any:
-    if isinstance(value, str):
-        return mask(value)
-    if isinstance(value, dict):
-        return {k: _mask_tree(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_mask_tree(v) for v in value]
-    return value
-
-
 def masked(result: Result) -> Result:
     """A copy of ``result`` whose every string has passed through :func:`mask`."""
-    return Result.model_validate(_mask_tree(result.model_dump(mode="json")))
+    return Result.model_validate(mask_tree(result.model_dump(mode="json")))
 
 
 def is_access_exclusive(mode: str | None) -> bool:
