@@ -268,7 +268,11 @@ def rehearse(
 
     p = Plan.load(plan)
     directory = report_dir or Path("migsafe-reports") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    result = run_rehearsal(p, settings(), report_dir=directory, say=lambda m: err.print(m, markup=False))
+    try:
+        result = run_rehearsal(p, settings(), report_dir=directory, say=lambda m: err.print(m, markup=False))
+    except KeyboardInterrupt:
+        err.print(f"migsafe: interrupted; the scratch copy was destroyed; partial reports in {directory.resolve()}")
+        raise typer.Exit(130) from None
     if json_out:
         out.print(result.model_dump_json(indent=2))
     for r in result.reasons:

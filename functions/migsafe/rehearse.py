@@ -302,17 +302,22 @@ def _phase(
     """Run one direction of the migration, observed, then verify; the relfilenodes after, or None."""
     plan = run.plan
     assert run.scratch is not None
-    mig = run_alembic(
-        plan,
-        phase,
-        revision,
-        run.scratch.dsn,
-        observer,
-        run.settings.environ,
-        phase,
-        timeout=plan.migration.timeout_seconds,
-        driver=plan.migration.sqlalchemy_driver,
-    )
+    started, t = datetime.now(UTC), time.monotonic()
+    try:
+        mig = run_alembic(
+            plan,
+            phase,
+            revision,
+            run.scratch.dsn,
+            observer,
+            run.settings.environ,
+            phase,
+            timeout=plan.migration.timeout_seconds,
+            driver=plan.migration.sqlalchemy_driver,
+        )
+    except BaseException:
+        run._record(phase, started, t, False, "interrupted")  # the report shows where it stopped
+        raise
     run.add_step(mig, phase)
     _apply_locks(run, mig, observer, phase)
     if not mig.ok:

@@ -133,7 +133,8 @@ def _try_basebackup(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -
 def _dump_restore(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -> None:
     """Logical copy of the source database (when replication is not allowed)."""
     with psycopg.connect(cluster.dsn().conninfo(), autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(source.dbname)))
+        if not conn.execute("select 1 from pg_database where datname = %s", (source.dbname,)).fetchone():
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(source.dbname)))
     dump = subprocess.Popen(
         [
             tool("pg_dump", pg_bindir),

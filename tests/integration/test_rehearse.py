@@ -335,3 +335,93 @@ def test_sns_message_is_published_with_the_verdict(
         assert "FAIL" in message["content"]["title"]
         assert "division by zero" in message["content"]["description"]
         assert source.dsn.password is None or source.dsn.password not in envelope["Message"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_rehearsal_destroys_its_scratch(
+    tmp_path: Path, source: Database, runtime_dir: Path, sig: signal.Signals
+) -> None:
+    # Given: a rehearsal whose upgrade sleeps
+    ini = write_project(tmp_path / "proj", upgrade=["SELECT pg_sleep(60)"], downgrade=[])
+    plan = _plan(tmp_path, source, ini)
+    env = {**os.environ, "MIGSAFE_RUNTIME_DIR": str(runtime_dir)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "migsafe",
+            "rehearse",
+            "--plan",
+            str(plan),
+            "--report-dir",
+            str(tmp_path / "r"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while (
+        time.monotonic() < deadline
+        and source.scalar("select count(*) from pg_stat_activity where query like 'SELECT pg_sleep(60)%%'")
+        == 0
+        and not _upgrade_running(runtime_dir)
+    ):
+        time.sleep(0.1)
+    assert _upgrade_running(runtime_dir), "the upgrade never started"
+    # When: Ctrl-C (SIGINT) or a polite kill (SIGTERM), without any sweep afterwards
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    # Then
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert not _scratch_dirs(runtime_dir)
+
+
+def _upgrade_running(runtime_dir: Path) -> bool:
+    """True while some scratch server of this session runs the sleeping upgrade."""
+    import psycopg
+
+    for d in runtime_dir.glob("scratch-*"):
+        pid = d / "data" / "postmaster.pid"
+        if not pid.exists():
+            continue
+        try:
+            port = int(pid.read_text().splitlines()[3])
+            with psycopg.connect(
+                host="127.0.0.1", port=port, user="postgres", dbname="postgres", connect_timeout=2
+            ) as conn:
+                row = conn.execute(
+                    "select count(*) from pg_stat_activity where query like 'SELECT pg_sleep(60)%%'"
+                ).fetchone()
+                if row and row[0]:
+                    return True
+        except (OSError, ValueError, IndexError, psycopg.Error):
+            continue
+    return False
+
+
+def test_source_refusing_replication_is_copied_with_pg_dump(tmp_path: Path, runtime_dir: Path) -> None:
+    # Given: a source server that allows no replication connection (max_wal_senders = 0)
+    from migsafe.localpg import LocalCluster
+
+    cluster = LocalCluster.prepare("norepl", runtime_dir)
+    try:
+        cluster.initdb()
+        with open(cluster.data_dir / "postgresql.conf", "a") as fh:
+            fh.write("max_wal_senders = 0\nwal_level = minimal\n")
+        cluster.start()
+        seed.load(cluster.dsn().conninfo(), 500, alembic=True)
+        db = Database("postgres", cluster.dsn())
+        ini = ROOT / "examples" / "enum_uppercase" / "alembic.ini"
+        plan = _plan(tmp_path, db, ini, ADMIN_CHECK)
+        # When
+        result = _rehearse(plan, runtime_dir, tmp_path / "report")
+        # Then
+        assert result.scratch.method == "pg_dump"
+        assert result.verdict == "PASS", result.reasons
+        assert [c.ok for c in result.checks] == [True, True, True]
+    finally:
+        cluster.destroy()
