@@ -302,7 +302,7 @@ def _phase(
     """Run one direction of the migration, observed, then verify; the relfilenodes after, or None."""
     plan = run.plan
     assert run.scratch is not None
-    started, t = datetime.now(UTC), time.monotonic()
+    began, clock = datetime.now(UTC), time.monotonic()
     try:
         mig = run_alembic(
             plan,
@@ -316,7 +316,7 @@ def _phase(
             driver=plan.migration.sqlalchemy_driver,
         )
     except BaseException:
-        run._record(phase, started, t, False, "interrupted")  # the report shows where it stopped
+        run._record(phase, began, clock, False, "interrupted")  # the report shows where it stopped
         raise
     run.add_step(mig, phase)
     _apply_locks(run, mig, observer, phase)
