@@ -366,6 +366,7 @@ class PreMigrationWorkflow(Construct):
         format_result = _lambda(self, FORMAT_RESULT, format_notification, {
             "kind": "result",
             "execution": JsonPath.string_at("$$.Execution.Name"),
+            "state": REHEARSE,
             "detail": JsonPath.object_at("$"),
         }, "$.message")
         guard(format_result, FORMAT_RESULT, delete_after_failure)

@@ -221,6 +221,7 @@ class NotificationEvent(_Event):
     kind: Literal["result", "failure"]
     execution: str
     detail: dict[str, Any]
+    state: str | None = None  # the state that produced the result (named in a FAIL message)
 
 
 class Message(BaseModel):
@@ -309,7 +310,7 @@ def format_message(event: Mapping[str, Any], results: Store) -> Message:
         body = _restore_message(evaluation, {**detail, "execution": given.execution})
         return Message(text=json.dumps(body), subject=_subject(evaluation.verdict, label), verdict=evaluation.verdict)
     result = Result.model_validate_json(results.get_bytes(str(detail["results_prefix"]) + "result.json"))
-    message = notify.chatbot_message(result, evaluation.report_url)
+    message = notify.chatbot_message(result, evaluation.report_url, state=given.state)
     return Message(text=json.dumps(message), subject=_subject(result.verdict, label), verdict=result.verdict)
 
 

@@ -147,8 +147,11 @@ def _envelope(
 
 
 # --- messages ---------------------------------------------------------------------------------
-def chatbot_message(result: Result, report_url: str | None = None) -> dict[str, Any]:
-    """The Chatbot custom notification for a rehearsal's result."""
+def chatbot_message(result: Result, report_url: str | None = None, state: str | None = None) -> dict[str, Any]:
+    """The Chatbot custom notification for a rehearsal's result.
+
+    ``state`` names the Step Functions state that ran the rehearsal, so a FAIL on AWS says where.
+    """
     r = masked(result)
     icon = ":white_check_mark:" if r.verdict == "PASS" else ":x:"
     rev = r.revisions
@@ -182,6 +185,8 @@ def chatbot_message(result: Result, report_url: str | None = None) -> dict[str, 
     else:
         destroyed = "destroyed" if r.scratch.destroyed else "*NOT destroyed*"
     lines.append(f"*Total* {seconds(r.seconds)}{extra} · *scratch* {r.scratch.kind} {destroyed}")
+    if state and r.verdict == "FAIL":
+        lines.append(f"*Failed in state* {_code(clip(state, 80))}")
     if r.failed_step or r.error:
         lines.append(
             f"*Failed step* {_code(r.failed_step or '?')}: {clip(r.error or '', ITEM_MAX)}".rstrip(": ")

@@ -166,6 +166,7 @@ def test_failing_migration_fails_publishes_fail_and_deletes_the_scratch(harness:
     assert messages[0]["MessageAttributes"]["verdict"]["Value"] == "FAIL"
     content = chatbot(messages[0])["content"]
     assert "FAIL" in content["title"]
+    assert "*Failed in state* `Rehearse on scratch`" in content["description"]
     assert "*Failed step* `upgrade`: NotNullViolation" in content["description"]
     assert 'null value in column \"email\"' in json.dumps(content) or 'null value in column "email"' in content[
         "description"]
