@@ -1,22 +1,29 @@
 """migsafe against the raw PostgreSQL tools, in one run, on the same data.
 
-    .venv/bin/python bench/run.py                 # 1,000,000 rows in user_application_access (~5 minutes)
-    .venv/bin/python bench/run.py --users 20000 --small-users 5000 --repeat 1    # a quick smoke run
+    .venv/bin/python bench/run.py                 # 1,000,000 rows in user_application_access (~10 minutes)
+    .venv/bin/python bench/run.py --users 20000 --small-users 5000 --repeat 1 --rehearse-repeat 1   # smoke
+    .venv/bin/python bench/run.py --only rehearse # the rehearsal section alone (~3 minutes)
 
 What it does (docs/benchmarks.md explains the figures and the choices they led to):
-1. starts a throw-away cluster (migsafe.localpg.LocalCluster) and loads the seed scenario twice:
-   ``--users`` users (333,334 -> 1,000,002 rows in user_application_access) and ``--small-users``
-   (33,334 -> 100,002 rows) for the memory-flatness figure;
-2. backups, each variant once per round, rounds interleaved so that load from other processes on the
+1. starts a throw-away cluster (migsafe.localpg.LocalCluster);
+2. the rehearsal: loads the seed scenario stamped at the example alembic project's baseline
+   (``--users`` users: 333,334 -> 1,000,002 rows in user_application_access) and times, in interleaved
+   rounds (``--rehearse-repeat``), ``python -m migsafe rehearse`` as a subprocess against the same steps
+   run by hand one after another: ``pg_dump -Fc`` of the three tables, ``pg_basebackup`` + start of a
+   copy, ``pg_restore`` into a second fresh cluster, ``alembic upgrade head`` / ``downgrade -1`` on the
+   copy and the count + fingerprint queries before, after the upgrade and after the downgrade;
+3. loads the seed scenario twice more, ``--users`` and ``--small-users`` (33,334 -> 100,002 rows, for
+   the memory-flatness figure);
+4. backups, each variant once per round, rounds interleaved so that load from other processes on the
    machine hits every variant alike: raw ``pg_dump -Fc`` of each table to a file, sequentially (what the
    seed's hand-written kit runs), raw ``pg_dump -Fc -Z0``, and ``migsafe.backup.run_backup`` to a
    ``file://`` store (zstd level 1 and 3, and gzip) in a child process that reports its own peak RSS;
-3. restores into an empty database, the same way: raw ``pg_restore`` and ``pg_restore -j2`` of the
+5. restores into an empty database, the same way: raw ``pg_restore`` and ``pg_restore -j2`` of the
    raw dumps (types first, ``psql -f types.sql``), and ``python -m migsafe restore``;
-4. the smaller size: the default backup and restore, for peak memory at two table sizes;
-5. a profile: where a migsafe restore and backup spend their time (wrapped functions, one run each),
+6. the smaller size: the default backup and restore, for peak memory at two table sizes;
+7. a profile: where a migsafe restore and backup spend their time (wrapped functions, one run each),
    and the single-core speed of zstd and gzip on the uncompressed archive;
-6. prints a table and writes ``bench/results.json`` (git-ignored).
+8. prints a table and writes ``bench/results.json`` (git-ignored).
 
 Timings are medians over ``--repeat`` rounds (best also recorded). The ratios compare figures taken in
 the same run, so they hold on a busy machine where absolute seconds do not.
@@ -36,7 +43,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -121,23 +128,6 @@ def _timed(record: dict[str, list[float]], name: str, fn: Callable[..., Any]) ->
     return wrapper
 
 
-def bounded_decompressed(chunks: Iterable[bytes], compression: str) -> Iterator[bytes]:
-    """``migsafe.streams.decompressed`` with its output bounded: zstd expands a 1 MiB chunk of a dump
-    ~15x in one ``decompress`` call; feeding it 64 KiB slices keeps each output near 1 MiB."""
-    import zstandard
-
-    if compression != "zstd":
-        yield from chunks
-        return
-    dobj = zstandard.ZstdDecompressor().decompressobj()
-    for chunk in chunks:
-        view = memoryview(chunk)
-        for i in range(0, len(view), 1 << 16):
-            out = dobj.decompress(view[i : i + (1 << 16)])
-            if out:
-                yield out
-
-
 def direct_pipe(original: Callable[..., bytes]) -> Callable[..., bytes]:
     """``restore._run_restore_tool`` with pg_restore writing straight into psql's stdin (an OS pipe),
     instead of through a Python read/write loop; the archive is fed from this thread."""
@@ -180,10 +170,6 @@ def worker_profile_restore(args: argparse.Namespace) -> None:
     from migsafe.dsn import Dsn
     from migsafe.store import open_store
 
-    if (
-        args.bounded_decompression
-    ):  # the change proposed in docs/benchmarks.md, tried without editing streams.py
-        restore.decompressed = bounded_decompressed  # type: ignore[attr-defined]
     if args.direct_pipe:  # and pg_restore -> psql without the Python hop
         restore._run_restore_tool = direct_pipe(restore._run_restore_tool)  # type: ignore[attr-defined]
     spent: dict[str, list[float]] = {}
@@ -281,10 +267,14 @@ class Bench:
     def bin(self, name: str) -> str:
         return str(self.bindir / name)
 
-    def run(self, argv: Sequence[str], *, stdout: Any = subprocess.DEVNULL) -> dict[str, Any]:
+    def run(
+        self, argv: Sequence[str], *, stdout: Any = subprocess.DEVNULL, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         """Run to completion; wall seconds, and the child's rusage through wait4."""
         t0 = time.monotonic()
-        proc = subprocess.Popen(list(argv), stdout=stdout, stderr=subprocess.PIPE, env=self.env)
+        proc = subprocess.Popen(
+            list(argv), stdout=stdout, stderr=subprocess.PIPE, env={**self.env, **(env or {})}
+        )
         err = proc.stderr.read() if proc.stderr else b""
         _pid, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - t0
@@ -311,7 +301,7 @@ class Bench:
             conn.execute(stmt)
 
 
-def _scalar(conn: psycopg.Connection[Any], stmt: sql.Composed) -> Any:
+def _scalar(conn: psycopg.Connection[Any], stmt: sql.SQL | sql.Composed) -> Any:
     row = conn.execute(stmt).fetchone()
     assert row is not None
     return row[0]
@@ -462,8 +452,7 @@ def profile(
     for _ in range(bench.repeat):  # interleaved, like the main figures
         for key, extra in (
             ("restore", []),
-            ("restore_bounded_decompression", ["--bounded-decompression"]),
-            ("restore_bounded_direct_pipe", ["--bounded-decompression", "--direct-pipe"]),
+            ("restore_direct_pipe", ["--direct-pipe"]),
         ):
             db = fresh_db("prof")
             _t, prof = bench.py("_profile_restore", "--store", large["store"], "--backup-id", backup_id,
@@ -500,6 +489,246 @@ def profile(
     return out
 
 
+# ---------------------------------------------------------------------------------------------
+# the rehearsal against the same steps run by hand
+# (label, the migsafe step in result.json, the raw steps that do the same work)
+REHEARSAL_STEPS: list[tuple[str, str | None, tuple[str, ...]]] = [
+    ("back up the 3 tables", "backup", ("pg_dump -Fc, 3 tables",)),
+    ("scratch copy", "scratch", ("pg_basebackup + start",)),
+    ("restore test", "restore_test", ("initdb + start a 2nd cluster", "types.sql + pg_restore, 3 dumps")),
+    ("baseline: count + fingerprint", "baseline", ("queries before",)),
+    ("alembic upgrade head", "upgrade", ("alembic upgrade head",)),
+    ("verify after the upgrade", "verify_upgrade", ("queries after upgrade",)),
+    ("alembic downgrade -1", "downgrade", ("alembic downgrade -1",)),
+    ("verify after the downgrade", "verify_downgrade", ("queries after downgrade",)),
+    ("destroy the scratch", "destroy_scratch", ()),
+]
+RAW_DUMP_RESTORE = (
+    "pg_dump -Fc, 3 tables",
+    "initdb + start a 2nd cluster",
+    "types.sql + pg_restore, 3 dumps",
+)
+OVERLAPPED = (  # what migsafe runs between the backup and the upgrade, the restore test concurrently
+    "pg_basebackup + start",
+    "initdb + start a 2nd cluster",
+    "types.sql + pg_restore, 3 dumps",
+    "queries before",
+)
+RAW_TEARDOWN = "stop + delete both clusters"  # timed, not in the raw sum (the brief's raw steps)
+
+
+def fingerprints(conninfo: str) -> dict[str, list[int]]:
+    """count(*) and sum(hashtextextended(t::text, 0)) per table: one scan each, one connection."""
+    with psycopg.connect(conninfo) as conn:
+        out = {}
+        for t in TABLES:
+            row = conn.execute(
+                sql.SQL("select count(*), sum(hashtextextended(t::text, 0)) from {} as t").format(
+                    sql.Identifier(*t.split("."))
+                )
+            ).fetchone()
+            assert row is not None
+            out[t] = [int(row[0]), int(row[1])]
+        return out
+
+
+def raw_rehearsal(bench: Bench, src: Any, types_sql: Path, ini: Path, rnd: int) -> dict[str, Any]:
+    """The rehearsal's steps run by hand, one after another, each timed: what the seed's kit and a
+    careful engineer would type (pg_dump, pg_basebackup, pg_restore, psql queries, alembic)."""
+    from migsafe.localpg import LocalCluster, _as_server_user
+
+    steps: dict[str, float] = {}
+    dumps = bench.work / "rehearse" / "raw" / str(rnd)
+    dumps.mkdir(parents=True)
+    conninfo = src.conninfo()
+
+    def clock(name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.monotonic()
+        try:
+            return fn()
+        finally:
+            steps[name] = steps.get(name, 0.0) + time.monotonic() - t0
+
+    def dump() -> None:  # the seed kit's backup: one pg_dump -Fc per table, sequentially
+        for t in TABLES:
+            bench.run(
+                [
+                    bench.bin("pg_dump"),
+                    "-Fc",
+                    f"--table={t}",
+                    f"--file={dumps / t}.dump",
+                    f"--dbname={conninfo}",
+                ]
+            )
+
+    clock("pg_dump -Fc, 3 tables", dump)
+    scratch = restore = None
+    try:
+        scratch = LocalCluster.prepare("bench-raw-scratch")
+
+        def basebackup() -> None:
+            assert scratch is not None  # the flags of migsafe/scratch.py, as the server's user
+            bench.run(_as_server_user([bench.bin("pg_basebackup"), "-D", str(scratch.data_dir), "-X", "stream",
+                                       "-c", "fast", "--no-sync", "--no-password", "-d", conninfo]))  # fmt: skip
+            scratch.start()
+
+        clock("pg_basebackup + start", basebackup)
+        restore = clock("initdb + start a 2nd cluster", lambda: LocalCluster.create("bench-raw-restore"))
+        target = restore.dsn().conninfo()
+
+        def pg_restore() -> None:
+            bench.run(
+                [bench.bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(types_sql), "-d", target]
+            )
+            for t in TABLES:
+                bench.run(
+                    [bench.bin("pg_restore"), "--exit-on-error", f"--dbname={target}", f"{dumps / t}.dump"]
+                )
+
+        clock("types.sql + pg_restore, 3 dumps", pg_restore)
+        clock(RAW_TEARDOWN, restore.destroy)
+        on_scratch = scratch.dsn(src.dbname)
+        url = {"DATABASE_URL": on_scratch.url().replace("postgresql://", "postgresql+psycopg://", 1)}
+        alembic = [sys.executable, "-m", "alembic", "-c", str(ini)]
+        before = clock("queries before", lambda: fingerprints(on_scratch.conninfo()))
+        clock("alembic upgrade head", lambda: bench.run([*alembic, "upgrade", "head"], env=url))
+        upgraded = clock("queries after upgrade", lambda: fingerprints(on_scratch.conninfo()))
+        clock("alembic downgrade -1", lambda: bench.run([*alembic, "downgrade", "-1"], env=url))
+        after = clock("queries after downgrade", lambda: fingerprints(on_scratch.conninfo()))
+        clock(RAW_TEARDOWN, scratch.destroy)
+    finally:
+        for c in (scratch, restore):
+            if c is not None:
+                c.destroy()
+    shutil.rmtree(dumps, ignore_errors=True)
+    if before != after or any(before[t][0] != upgraded[t][0] for t in TABLES):
+        raise SystemExit(f"bench: the raw rehearsal did not round-trip: {before} -> {upgraded} -> {after}")
+    rewritten = [t for t in TABLES if before[t][1] != upgraded[t][1]]
+    total = sum(v for k, v in steps.items() if k != RAW_TEARDOWN)
+    strict = sum(v for k, v in steps.items() if k != RAW_TEARDOWN and k not in RAW_DUMP_RESTORE)
+    return {
+        "seconds": total,
+        "strict_s": strict,
+        "steps": {k: round(v, 3) for k, v in steps.items()},
+        "upgrade_changed": rewritten,
+    }
+
+
+def migsafe_rehearsal(bench: Bench, plan: Path, rnd: int) -> dict[str, Any]:
+    """``python -m migsafe rehearse`` as a user runs it: wall time, and result.json's step timings."""
+    reports = bench.work / "rehearse" / f"report-{rnd}"
+    timing = bench.run(
+        [sys.executable, "-m", "migsafe", "rehearse", "--plan", str(plan), "--report-dir", str(reports)]
+    )
+    result = json.loads((reports / "result.json").read_text())
+    if result["verdict"] != "PASS" or result["scratch"]["method"] != "pg_basebackup":
+        raise SystemExit(f"bench: rehearsal {result['verdict']} via {result['scratch']['method']}: {result}")
+    steps = {s["name"]: s["seconds"] for s in result["steps"]}
+    started = {s["name"]: datetime.fromisoformat(s["started"]).timestamp() for s in result["steps"]}
+    # the critical path: from the backup's start to the upgrade's, and how long the upgrade waited for
+    # the restore test (running on its own cluster) after the baseline was taken
+    to_upgrade = started["upgrade"] - started["scratch"]
+    waited = started["upgrade"] - (started["baseline"] + steps["baseline"])
+    return {
+        "seconds": timing["seconds"],
+        "cpu_s": timing["cpu_s"],
+        "in_process_s": result["seconds"],
+        "steps": steps,
+        "scratch_to_upgrade_s": round(to_upgrade, 3),
+        "waited_for_restore_test_s": round(max(waited, 0.0), 3),
+        "backup_bytes": result["backup"]["bytes"],
+    }
+
+
+def rehearsal_section(bench: Bench, cluster: Any, users: int, repeat: int, types_sql: Path,
+                      say: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    """The seed scenario stamped at alembic's baseline on the bench cluster, rehearsed ``repeat`` times
+    by migsafe and by hand, interleaved (migsafe first in even rounds, raw first in odd ones)."""
+    from examples.enum_uppercase import seed
+
+    db = "app"
+    work = bench.work / "rehearse"
+    work.mkdir()
+    bench.admin(cluster.dsn().conninfo(), sql.SQL("create database {}").format(sql.Identifier(db)))
+    src = cluster.dsn(db)
+    t0 = time.monotonic()
+    seed.load(src.conninfo(), users, alembic=True)
+    with psycopg.connect(src.conninfo(), autocommit=True) as conn:
+        conn.execute("vacuum (analyze)")  # hint bits and statistics set now, not in the first timed round
+        conn.execute("checkpoint")
+        rows = {t: _scalar(conn, sql.SQL("select count(*) from {}").format(sql.Identifier(*t.split("."))))
+                for t in TABLES}  # fmt: skip
+        cluster_bytes = int(_scalar(conn, sql.SQL("select sum(pg_database_size(oid)) from pg_database")))
+    say(f"rehearsal: seeded {db} {rows} in {time.monotonic() - t0:.1f}s; {repeat} rounds of each side")
+    ini = ROOT / "examples" / "enum_uppercase" / "alembic.ini"
+    plan = work / "plan.toml"
+    store_url = f"file://{work / 'store'}"
+    plan.write_text(
+        'name = "bench-us-6-uppercase-enums"\n[source]\n'
+        f"dsn = {json.dumps(src.url())}\ntables = {json.dumps(TABLES)}\n"
+        f"\n[migration]\nalembic_ini = {json.dumps(str(ini))}\n"
+        'upgrade_to = "head"\ndowngrade_to = "-1"\nurl_env = "DATABASE_URL"\n'
+        '\n[scratch]\nkind = "local"\n'
+        f"\n[store]\nurl = {json.dumps(store_url)}\nretention_days = 1\n\n"
+        + (ROOT / "examples" / "enum_uppercase" / "checks.toml").read_text()
+    )
+    runs: dict[str, list[dict[str, Any]]] = {"migsafe": [], "raw": []}
+    for rnd in range(repeat):
+        order = ("migsafe", "raw") if rnd % 2 == 0 else ("raw", "migsafe")
+        for side in order:
+            r = migsafe_rehearsal(bench, plan, rnd) if side == "migsafe" else raw_rehearsal(
+                bench, src, types_sql, ini, rnd)  # fmt: skip
+            runs[side].append(r)
+        m, w = runs["migsafe"][-1], runs["raw"][-1]
+        say(f"rehearsal round {rnd + 1}/{repeat}: migsafe {m['seconds']:.2f}s, raw sum {w['seconds']:.2f}s "
+            f"(strict {w['strict_s']:.2f}s), ratio {m['seconds'] / w['seconds']:.2f}x")  # fmt: skip
+    bench.admin(cluster.dsn().conninfo(), sql.SQL("drop database {} with (force)").format(sql.Identifier(db)))
+
+    def med(side: str, key: str) -> float:
+        return _median([r[key] for r in runs[side]])
+
+    def med_step(side: str, key: str) -> float:
+        return _median([r["steps"].get(key, 0.0) for r in runs[side]])
+
+    table = []
+    for label, mstep, raw_steps in REHEARSAL_STEPS:
+        table.append({
+            "step": label,
+            "migsafe_step": mstep,
+            "migsafe_s": med_step("migsafe", mstep) if mstep else None,
+            "raw_steps": list(raw_steps),
+            "raw_s": round(sum(med_step("raw", k) for k in raw_steps), 3) if raw_steps else None,
+            "raw_parts_s": {k: med_step("raw", k) for k in raw_steps},
+        })  # fmt: skip
+    wall, raw_sum, strict = med("migsafe", "seconds"), med("raw", "seconds"), med("raw", "strict_s")
+    return {
+        "rows": rows,
+        "cluster_bytes": cluster_bytes,
+        "repeat": repeat,
+        "migsafe_wall_s": wall,
+        "migsafe_in_process_s": med("migsafe", "in_process_s"),
+        "migsafe_outside_steps_s": _median([r["seconds"] - r["in_process_s"] for r in runs["migsafe"]]),
+        "migsafe_steps_sum_s": _median([sum(r["steps"].values()) for r in runs["migsafe"]]),
+        "migsafe_scratch_to_upgrade_s": med("migsafe", "scratch_to_upgrade_s"),
+        "migsafe_waited_for_restore_test_s": med("migsafe", "waited_for_restore_test_s"),
+        "raw_scratch_to_upgrade_s": _median([sum(r["steps"][k] for k in OVERLAPPED) for r in runs["raw"]]),
+        "raw_sum_s": raw_sum,
+        "raw_strict_sum_s": strict,
+        "raw_teardown_s": med_step("raw", RAW_TEARDOWN),
+        "ratio": round(wall / raw_sum, 3),
+        "ratio_strict": round(wall / strict, 3),
+        "ratio_per_round": [
+            round(m["seconds"] / w["seconds"], 3) for m, w in zip(runs["migsafe"], runs["raw"], strict=True)
+        ],
+        "ratio_strict_per_round": [
+            round(m["seconds"] / w["strict_s"], 3) for m, w in zip(runs["migsafe"], runs["raw"], strict=True)
+        ],
+        "target": 1.20,
+        "steps": table,
+        "runs": runs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -510,6 +739,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--workdir", type=Path, default=None, help="dumps and store (default: a temp folder)")
     parser.add_argument("--no-profile", action="store_true", help="skip the phase profile")
+    parser.add_argument("--rehearse-repeat", type=int, default=3, help="rounds of each rehearsal side")
+    parser.add_argument(
+        "--only",
+        choices=("backup", "rehearse"),
+        default=None,
+        help="one section: backup/restore or rehearsal",
+    )
     args = parser.parse_args()
 
     from migsafe.localpg import LocalCluster
@@ -557,6 +793,15 @@ def main() -> None:
 
             def drop_db(name: str) -> None:
                 bench.admin(admin, sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+
+            if args.only != "backup":  # first, while the cluster holds nothing else to copy
+                results["rehearsal"] = rehearsal_section(
+                    bench, cluster, args.users, args.rehearse_repeat, types_sql, say
+                )
+            if args.only == "rehearse":
+                cluster.destroy()
+                finish(results, args, t_start, work)
+                return
 
             sizes: dict[str, Any] = {}
             for label, users in (("large", args.users), ("small", args.small_users)):
@@ -723,11 +968,16 @@ def main() -> None:
             if not args.no_profile:
                 say("profile: instrumented migsafe restore and backup, pg_restore | psql, imports, codecs")
                 results["profile"] = profile(bench, cluster, results["large"], types_sql, fresh_db, drop_db)
-    finally:
-        results["loadavg_end"] = os.getloadavg()
-        results["seconds"] = round(time.monotonic() - t_start, 1)
+    except BaseException:
         shutil.rmtree(work, ignore_errors=True)
+        raise
+    finish(results, args, t_start, work)
 
+
+def finish(results: dict[str, Any], args: argparse.Namespace, t_start: float, work: Path) -> None:
+    results["loadavg_end"] = os.getloadavg()
+    results["seconds"] = round(time.monotonic() - t_start, 1)
+    shutil.rmtree(work, ignore_errors=True)
     results["ratios"] = ratios(results)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
@@ -757,6 +1007,8 @@ def print_table(results: dict[str, Any]) -> None:
         f"\n{m['nproc']} CPUs ({m['cpu']}), {m['memory_gb']} GB, {m['postgresql'].split(' on ')[0]}; "
         f"load average at start {m['loadavg_start'][0]:.2f}, at end {results['loadavg_end'][0]:.2f}"
     )
+    if "rehearsal" in results:
+        print_rehearsal(results["rehearsal"])
     for label in ("large", "small"):
         if label not in results:
             continue
@@ -783,7 +1035,7 @@ def print_table(results: dict[str, Any]) -> None:
     if "profile" not in results:
         return
     pr = results["profile"]
-    for key in ("restore", "restore_bounded_decompression", "restore_bounded_direct_pipe"):
+    for key in ("restore", "restore_direct_pipe"):
         p = pr[key]
         print(
             f"\n{key} profile, median run {p['total_s']}s in-process (peak RSS {p['peak_maxrss_mb']} MB): "
@@ -812,6 +1064,38 @@ def print_table(results: dict[str, Any]) -> None:
     )
 
 
+def print_rehearsal(r: dict[str, Any]) -> None:
+    rows = r["rows"]
+    print(
+        f"\nrehearsal: {rows['public.user_application_access']:,} rows in user_application_access, "
+        f"{sum(rows.values()):,} in all; the cluster copied is {r['cluster_bytes'] / 1e6:.0f} MB; "
+        f"medians of {r['repeat']} rounds per side, interleaved"
+    )
+    print(f"  {'step':34} {'migsafe s':>9} {'raw s':>8}  raw steps")
+    for e in r["steps"]:
+        m = f"{e['migsafe_s']:9.2f}" if e["migsafe_s"] is not None else f"{'':9}"
+        w = f"{e['raw_s']:8.2f}" if e["raw_s"] is not None else f"{'':8}"
+        parts = (
+            " + ".join(f"{k} {v:.2f}" for k, v in e["raw_parts_s"].items()) or "(teardown, not in the sum)"
+        )
+        print(f"  {e['step']:34} {m} {w}  {parts}")
+    print(
+        f"  {'(outside steps: start, preflight, reports)':34} {r['migsafe_outside_steps_s']:9.2f}"
+        f" {'':8}  raw teardown {r['raw_teardown_s']:.2f}s (not in the sum)"
+    )
+    print(
+        f"  migsafe rehearse wall {r['migsafe_wall_s']:.2f}s (steps add up to {r['migsafe_steps_sum_s']:.2f}s; "
+        f"the restore test overlaps the scratch copy and baseline)\n"
+        f"  scratch copy -> upgrade start: migsafe {r['migsafe_scratch_to_upgrade_s']:.2f}s, of which "
+        f"{r['migsafe_waited_for_restore_test_s']:.2f}s waiting for the restore test after the baseline; "
+        f"raw {r['raw_scratch_to_upgrade_s']:.2f}s in sequence\n"
+        f"  raw sum {r['raw_sum_s']:.2f}s -> ratio {r['ratio']:.2f}x (target <= {r['target']:.2f}x; per round "
+        f"{r['ratio_per_round']})\n"
+        f"  raw sum without the dump/restore steps {r['raw_strict_sum_s']:.2f}s -> ratio {r['ratio_strict']:.2f}x "
+        f"(per round {r['ratio_strict_per_round']})"
+    )
+
+
 def _worker_main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -830,7 +1114,6 @@ def _worker_main(argv: list[str]) -> None:
     pr.add_argument("--store", required=True)
     pr.add_argument("--backup-id", required=True)
     pr.add_argument("--dsn", required=True)
-    pr.add_argument("--bounded-decompression", action="store_true")
     pr.add_argument("--direct-pipe", action="store_true")
     args = parser.parse_args(argv)
     if args.cmd == "_cli" and args.argv[:1] == ["--"]:
