@@ -33,7 +33,7 @@ from psycopg import sql
 
 from . import __version__, catalog
 from .dsn import Dsn, mask
-from .exceptions import BackupFailed, DatabaseError, EnvironmentFault, ToolFailed
+from .exceptions import BackupFailed, DatabaseError, EnvironmentFault, InputError, ToolFailed
 from .identifiers import QualifiedName
 from .models import MANIFEST_NAME, BackupResult, Manifest, ObjectEntry, SourceInfo, TableEntry, TypeInfo
 from .pgtools import tool, tool_env
@@ -82,6 +82,18 @@ def _pg_dump_argv(dsn: Dsn, snapshot: str, extra: Sequence[str], bindir: str | N
             f"--dbname={dsn.conninfo(with_password=False)}", *extra]
 
 
+def _refuse_partitions_listed_twice(
+    tables: Sequence[QualifiedName], children: dict[QualifiedName, list[QualifiedName]]
+) -> None:
+    below = {c: parent for parent, kids in children.items() for c in kids}
+    twice = [f"{t} (a partition of {below[t]})" for t in tables if t in below]
+    if twice:
+        raise InputError(
+            "a partitioned table is backed up with all its partitions; do not also list "
+            + ", ".join(twice)
+        )
+
+
 def _check_tool_version(conn: psycopg.Connection[Any], bindir: str | None) -> None:
     server_major = int(catalog.server_version(conn).split(".")[0].split()[0])
     out = subprocess.run([tool("pg_dump", bindir), "--version"], capture_output=True, text=True).stdout
@@ -110,6 +122,8 @@ def run_backup(
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         oids = catalog.resolve_tables(conn, tables)  # UnknownTable: nothing written yet
+        children = {t: catalog.partitions(conn, oids[t]) for t in tables}
+        _refuse_partitions_listed_twice(tables, children)
         _check_tool_version(conn, opts.pg_bindir)
         row = conn.execute("select pg_export_snapshot()").fetchone()
         assert row is not None
@@ -120,7 +134,7 @@ def run_backup(
         written: list[str] = []
         try:
             manifest = _dump_all(conn, dsn, store, tables, oids, snapshot, backup_id, prefix, created,
-                                 opts, notify, written)
+                                 opts, notify, written, children)
             store.put_bytes(prefix + MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -156,6 +170,7 @@ def _dump_all(
     opts: BackupOptions,
     notify: ProgressFn,
     written: list[str],
+    children: dict[QualifiedName, list[QualifiedName]],
 ) -> Manifest:
     cancel = threading.Event()
     env = tool_env(dsn.tool_env())
@@ -177,7 +192,8 @@ def _dump_all(
         key = prefix + _object_name(table, suffix)
         t0 = time.monotonic()
         notify("start", str(table), {})
-        proc = Tool(_pg_dump_argv(dsn, snapshot, [*zlevel, f"--table={table.pattern}", "--strict-names"],
+        selected = [f"--table={t.pattern}" for t in (table, *children[table])]
+        proc = Tool(_pg_dump_argv(dsn, snapshot, [*zlevel, *selected, "--strict-names"],
                                   opts.pg_bindir), env)
         with lock:
             running.add(proc)
@@ -253,6 +269,7 @@ def _dump_all(
             TableEntry(name=str(t), key=key[len(prefix):], bytes=size, sha256=sha, rows=counts[t],
                        relation_bytes=d["relation_bytes"], owner=d["owner"], columns=d["columns"],
                        indexes=d["indexes"], constraints=d["constraints"], types=d["types"],
+                       partitions=[str(c) for c in children[t]],
                        seconds=round(seconds, 3))
         )
         notify("done", str(t), {"bytes": size, "rows": counts[t]})

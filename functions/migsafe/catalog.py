@@ -57,6 +57,27 @@ def resolve_tables(conn: psycopg.Connection[Any], names: Sequence[QualifiedName]
     return found
 
 
+def partitions(conn: psycopg.Connection[Any], oid: int) -> list[QualifiedName]:
+    """Every partition below a partitioned table (all levels); empty for a plain table.
+
+    PostgreSQL 15's ``pg_dump -t parent`` dumps the parent alone -- no rows, since they live in the
+    partitions -- so a partitioned table is dumped with each of its partitions named too.
+    """
+    rows = conn.execute(
+        """
+        with recursive tree(relid) as (
+            select inhrelid from pg_inherits where inhparent = %s
+          union
+            select i.inhrelid from pg_inherits i join tree t on i.inhparent = t.relid
+        )
+        select n.nspname, c.relname from tree join pg_class c on c.oid = tree.relid
+        join pg_namespace n on n.oid = c.relnamespace where c.relispartition order by 1, 2
+        """,
+        (oid,),
+    ).fetchall()
+    return [QualifiedName(r[0], r[1]) for r in rows]
+
+
 def existing_tables(
     conn: psycopg.Connection[Any], names: Iterable[QualifiedName]
 ) -> dict[QualifiedName, int]:

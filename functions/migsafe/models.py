@@ -51,6 +51,7 @@ class TableEntry(_Model):
     indexes: list[str]
     constraints: list[ConstraintInfo]
     types: list[str] = Field(default_factory=list)
+    partitions: list[str] = Field(default_factory=list)  # dumped in the same archive as the parent
     seconds: float = 0.0
 
     @property
