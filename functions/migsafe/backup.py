@@ -208,8 +208,10 @@ def _dump_all(
             assert proc.proc.stdout is not None
             out = stream_to_store(proc.proc.stdout, store, key, opts.compression, zstd_level=opts.zstd_level,
                                   cancel=cancel, on_bytes=on_bytes, finish=lambda: proc.finish(f"dump {table}"))
-        except BaseException:
+        except BaseException as exc:
             proc.kill()
+            if cancel.is_set() and not isinstance(exc, Cancelled):
+                raise Cancelled("cancelled: another part of the backup failed") from exc
             raise
         finally:
             with lock:
@@ -258,8 +260,10 @@ def _dump_all(
         if failed:
             stop_all()
             wait(futures)
-            real = [f.exception() for f in futures if f.exception() and not isinstance(f.exception(), Cancelled)]
-            raise (real or [failed[0].exception()])[0]  # type: ignore[misc]
+            # the failure that started it, not the dumps we killed because of it
+            first = [f.exception() for f in failed if not isinstance(f.exception(), Cancelled)]
+            later = [f.exception() for f in futures if f.exception() and not isinstance(f.exception(), Cancelled)]
+            raise (first or later or [failed[0].exception()])[0]  # type: ignore[misc]
         types_info, types_obj = types_future.result()
     entries = []
     for t, f in zip(tables, [f for f, n in futures.items() if n != "types"], strict=True):

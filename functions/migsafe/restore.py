@@ -40,7 +40,7 @@ from .exceptions import (
     ToolFailed,
 )
 from .identifiers import QualifiedName
-from .inventory import load_manifest, require_intact, verify_backup
+from .inventory import check_object, load_manifest, require_intact, verify_backup
 from .models import Manifest, RestoreReport, TableEntry, TableRestoreCheck, TypeInfo, TypeRestoreCheck
 from .pgtools import tool, tool_env
 from .store import Store
@@ -358,8 +358,16 @@ def _pipe_archive(store: Store, key: str, manifest: Manifest, toc: list[str], si
         if opts.no_owner:
             args += ["--no-owner", "--no-privileges"]
         digest = hashlib.sha256()
-        _run_restore_tool(store, key, manifest, args, opts, sink=sink, header_only=header_only,
-                          digest=None if header_only else digest, notify=notify, name=name)
+        try:
+            _run_restore_tool(store, key, manifest, args, opts, sink=sink, header_only=header_only,
+                              digest=None if header_only else digest, notify=notify, name=name)
+        except ToolFailed as exc:
+            # pg_restore choking on bytes that passed the checksum pass means the store changed
+            # under us: say that (the transaction is rolled back either way)
+            entry = manifest.table(name)
+            if not check_object(store, key, entry.sha256, entry.bytes).ok:
+                raise ChecksumMismatch(f"checksum mismatch: {key} changed while restoring; rolled back") from exc
+            raise
         return digest.hexdigest()
     finally:
         Path(list_path).unlink(missing_ok=True)

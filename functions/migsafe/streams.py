@@ -82,7 +82,7 @@ def stream_to_store(
     """
     digest = hashlib.sha256()
     size = 0
-    compressor = zstandard.ZstdCompressor(level=zstd_level).compressobj() if compression == "zstd" else None
+    compressor = zstandard.ZstdCompressor(level=zstd_level, write_checksum=True).compressobj() if compression == "zstd" else None
     with store.writer(key) as out:
 
         def emit(data: bytes) -> None:
