@@ -260,6 +260,12 @@ def rehearse(
         ),
     ] = None,
     json_out: JsonOpt = False,
+    backup_id: Annotated[
+        str | None,
+        typer.Option(
+            "--backup-id", help="Reuse this complete backup of the plan's tables instead of taking one."
+        ),
+    ] = None,
 ) -> None:
     """Back up, then rehearse the migration's upgrade and downgrade on a scratch copy; exit 0 PASS, 1 FAIL."""
     from datetime import UTC, datetime
@@ -269,9 +275,13 @@ def rehearse(
     p = Plan.load(plan)
     directory = report_dir or Path("migsafe-reports") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     try:
-        result = run_rehearsal(p, settings(), report_dir=directory, say=lambda m: err.print(m, markup=False))
+        result = run_rehearsal(
+            p, settings(), report_dir=directory, say=lambda m: err.print(m, markup=False), backup_id=backup_id
+        )
     except KeyboardInterrupt:
-        err.print(f"migsafe: interrupted; the scratch copy was destroyed; partial reports in {directory.resolve()}")
+        err.print(
+            f"migsafe: interrupted; the scratch copy was destroyed; partial reports in {directory.resolve()}"
+        )
         raise typer.Exit(130) from None
     if json_out:
         out.print(result.model_dump_json(indent=2))

@@ -125,8 +125,8 @@ class _Run:
         )
 
 
-def preflight(plan: Plan, settings: Settings) -> tuple[Dsn, str | None, Probe]:
-    """Refuse bad input before anything is created: tables, revisions, store."""
+def preflight(plan: Plan, settings: Settings, backup_id: str | None = None) -> tuple[Dsn, str | None, Probe]:
+    """Refuse bad input before anything is created: tables, revisions, store, a reused backup."""
     source = plan.source.resolve_dsn(settings.environ)
     with catalog.connect(
         source, application_name="migsafe preflight", options="-c default_transaction_read_only=on"
@@ -134,7 +134,13 @@ def preflight(plan: Plan, settings: Settings) -> tuple[Dsn, str | None, Probe]:
         catalog.resolve_tables(conn, plan.source.qualified_tables)
         revision = catalog.alembic_revision(conn)
     pr = probe(plan, revision, settings.environ)
-    open_store(plan.store.url, plan.base_dir).check()
+    store = open_store(plan.store.url, plan.base_dir)
+    store.check()
+    if backup_id is not None:
+        _, manifest = load_manifest(store, backup_id)  # BackupNotFound / BackupIncomplete: exit 2
+        missing = sorted(set(plan.source.table_names) - {t.name for t in manifest.tables})
+        if missing:
+            raise BackupIncomplete(f"backup {backup_id} does not hold {', '.join(missing)}")
     return source, revision, pr
 
 
@@ -153,7 +159,7 @@ def rehearse(
     parallel with the snapshot restore); it must be complete and hold every table of the plan.
     """
     say = say or (lambda _m: None)
-    source, source_rev, pr = preflight(plan, settings)
+    source, source_rev, pr = preflight(plan, settings, backup_id)
     if plan.scratch.kind == "local":
         removed = sweep(settings.runtime_dir)
         if removed:
@@ -200,11 +206,8 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup
     tables = plan.source.table_names
     store = open_store(plan.store.url, plan.base_dir)
     with run.step("backup"):
-        if backup_id is not None:
+        if backup_id is not None:  # checked by preflight; its objects are verified by the restore test
             ref, manifest = load_manifest(store, backup_id)
-            missing = sorted(set(tables) - {t.name for t in manifest.tables})
-            if missing:
-                raise BackupIncomplete(f"backup {backup_id} does not hold {', '.join(missing)}")
             run.backup = BackupInfo(
                 id=backup_id, url=store.location(ref.prefix), bytes=manifest.total_bytes, store_url=store.url
             )

@@ -425,3 +425,30 @@ def test_source_refusing_replication_is_copied_with_pg_dump(tmp_path: Path, runt
         assert [c.ok for c in result.checks] == [True, True, True]
     finally:
         cluster.destroy()
+
+
+def test_rehearsal_can_reuse_a_backup_and_refuses_an_unknown_one(
+    tmp_path: Path, source: Database, runtime_dir: Path, migsafe: Callable[..., CliResult]
+) -> None:
+    # Given: a backup of the plan's tables already in the store
+    ini = write_project(
+        tmp_path / "proj",
+        upgrade=["ALTER TABLE users ADD COLUMN x int"],
+        downgrade=["ALTER TABLE users DROP COLUMN x"],
+    )
+    plan = _plan(tmp_path, source, ini)
+    taken = migsafe("backup", "--plan", str(plan))
+    assert taken.code == 0, taken.output
+    backup_id = taken.stdout.strip().splitlines()[-1]
+    # When
+    reused = migsafe(
+        "rehearse", "--plan", str(plan), "--backup-id", backup_id, "--report-dir", str(tmp_path / "r")
+    )
+    unknown = migsafe("rehearse", "--plan", str(plan), "--backup-id", "20200101T000000Z-abcdef")
+    # Then: the same backup, restore-tested, and no second one
+    assert reused.code == 0, reused.output
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert result["backup"]["id"] == backup_id and result["backup"]["restore_tested"] is True
+    assert len(list_backups(open_store(f"file://{tmp_path / 'store'}"))) == 1
+    assert unknown.code == 2 and "no backup 20200101T000000Z-abcdef" in unknown.stderr
+    assert not _scratch_dirs(runtime_dir)
