@@ -27,36 +27,42 @@ def check_backup_id(backup_id: str) -> str:
     return backup_id
 
 
-def list_backups(store: Store) -> list[BackupRef]:
-    """Every backup folder, newest first; complete means its manifest exists and parses."""
+def _scan(store: Store, prefix: str = "") -> list[BackupRef]:
     groups: dict[tuple[str, str], list[tuple[str, int]]] = defaultdict(list)
-    for obj in store.list(""):
+    for obj in store.list(prefix):
         m = _FOLDER.match(obj.key)
         if m:
             groups[(m.group("date"), m.group("id"))].append((m.group("name"), obj.size))
     refs = []
     for (date, backup_id), objects in groups.items():
-        prefix = f"{date}/{backup_id}/"
+        folder = f"{date}/{backup_id}/"
         names = {n for n, _ in objects}
         tables: list[str] = []
         complete = False
         if MANIFEST_NAME in names:
             try:
-                manifest = Manifest.model_validate_json(store.get_bytes(prefix + MANIFEST_NAME))
+                manifest = Manifest.model_validate_json(store.get_bytes(folder + MANIFEST_NAME))
                 tables = [t.name for t in manifest.tables]
                 complete = True
             except (ValidationError, ValueError):
                 complete = False
         refs.append(
-            BackupRef(backup_id=backup_id, date=date, prefix=prefix, complete=complete, tables=tables,
+            BackupRef(backup_id=backup_id, date=date, prefix=folder, complete=complete, tables=tables,
                       bytes=sum(s for _, s in objects), created_at=_created(backup_id), objects=len(objects))
         )
     return sorted(refs, key=lambda r: r.backup_id, reverse=True)
 
 
+def list_backups(store: Store) -> list[BackupRef]:
+    """Every backup folder, newest first; complete means its manifest exists and parses."""
+    return _scan(store)
+
+
 def find_backup(store: Store, backup_id: str) -> BackupRef:
+    """One backup, found by its folder (the id names its date): no scan of the whole store."""
     check_backup_id(backup_id)
-    for ref in list_backups(store):
+    folder = f"{_created(backup_id):%Y-%m-%d}/{backup_id}/"
+    for ref in _scan(store, folder):
         if ref.backup_id == backup_id:
             return ref
     raise BackupNotFound(f"no backup {backup_id} in {store.url}")

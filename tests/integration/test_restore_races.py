@@ -48,3 +48,32 @@ def test_bytes_changing_during_restore_roll_everything_back(
         run_restore(store, backup.backup_id, target.dsn, RestoreOptions())
     assert store.reads  # the store really was read again after the checksum pass
     assert target.scalar("select count(*) from pg_tables where schemaname = 'public'") == 0
+
+
+class CountingStore(FileStore):
+    """Records every key read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.read_keys: list[str] = []
+
+    def read(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        self.read_keys.append(key)
+        yield from super().read(key, chunk_size)
+
+
+def test_finding_one_backup_reads_only_its_own_folder(tmp_path: Path, seeded: Database) -> None:
+    # Given: two backups in one store
+    from migsafe.inventory import load_manifest
+
+    store = CountingStore(tmp_path / "store")
+    tables = [QualifiedName.parse("users")]
+    first = run_backup(seeded.dsn, store, tables)
+    second = run_backup(seeded.dsn, store, tables)
+    store.read_keys.clear()
+    # When
+    _, manifest = load_manifest(store, first.backup_id)
+    # Then: a restore or verify of one backup never reads the other backups' manifests
+    assert manifest.backup_id == first.backup_id
+    assert store.read_keys and all(first.backup_id in k for k in store.read_keys)
+    assert not any(second.backup_id in k for k in store.read_keys)
