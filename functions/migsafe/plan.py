@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from .dsn import Dsn
+from .dsn import Dsn, mask_tree
 from .exceptions import PlanInvalid, UnsafeIdentifier
 from .identifiers import QualifiedName
 
@@ -171,8 +171,13 @@ class Plan(_Strict):
         return self.name or ",".join(self.source.table_names)
 
     def digest(self) -> str:
-        """sha256 of the plan's canonical JSON (no secrets are hashed into anything printed)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """sha256 of the plan's canonical JSON, with DSN passwords masked first.
+
+        The digest names executions and sits in manifests: a password hashed into it could be
+        guessed offline, so it never goes in.
+        """
+        data = mask_tree(self.model_dump(mode="json"))
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @classmethod

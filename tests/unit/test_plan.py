@@ -48,3 +48,13 @@ def test_unsafe_table_names_are_refused(bad: str) -> None:
 def test_quoted_names_keep_their_case() -> None:
     assert QualifiedName.parse('"Sales"."Order Items"') == QualifiedName("Sales", "Order Items")
     assert QualifiedName.parse("Sales.Orders") == QualifiedName("sales", "orders")
+
+
+def test_digest_does_not_depend_on_the_password() -> None:
+    # Given: the same plan with two passwords, and with another table
+    def plan(dsn: str, table: str = "users") -> Plan:
+        return Plan.from_json(json.dumps({"source": {"dsn": dsn, "tables": [table]}}))
+
+    # When / Then: the password never reaches the digest (it names executions, sits in manifests)
+    assert plan("postgresql://app:one@db/app").digest() == plan("postgresql://app:two@db/app").digest()
+    assert plan("postgresql://app:one@db/app").digest() != plan("postgresql://app:one@db/app", "orders").digest()
