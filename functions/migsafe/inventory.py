@@ -104,15 +104,20 @@ def check_object(store: Store, key: str, expected_sha256: str, expected_bytes: i
 def verify_backup(store: Store, backup_id: str, tables: list[str] | None = None) -> VerifyReport:
     """Re-read every object (or those of ``tables`` and the types) and check sha256 and size."""
     ref, manifest = load_manifest(store, backup_id)
+    return verify_objects(store, ref.prefix, manifest, tables)
+
+
+def verify_objects(store: Store, prefix: str, manifest: Manifest, tables: list[str] | None = None) -> VerifyReport:
+    """The checks of :func:`verify_backup` for a manifest already loaded from ``prefix``."""
     wanted = set(tables) if tables else None
     checks = []
     for entry in manifest.tables:
         if wanted is None or entry.name in wanted:
-            checks.append(check_object(store, ref.prefix + entry.key, entry.sha256, entry.bytes))
+            checks.append(check_object(store, prefix + entry.key, entry.sha256, entry.bytes))
     if manifest.types_object:
         o = manifest.types_object
-        checks.append(check_object(store, ref.prefix + o.key, o.sha256, o.bytes))
-    return VerifyReport(backup_id=backup_id, objects=checks)
+        checks.append(check_object(store, prefix + o.key, o.sha256, o.bytes))
+    return VerifyReport(backup_id=manifest.backup_id, objects=checks)
 
 
 def require_intact(report: VerifyReport) -> None:

@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -40,11 +40,11 @@ from .exceptions import (
     ToolFailed,
 )
 from .identifiers import QualifiedName
-from .inventory import check_object, load_manifest, require_intact, verify_backup
+from .inventory import check_object, load_manifest, require_intact, verify_objects
 from .models import Manifest, RestoreReport, TableEntry, TableRestoreCheck, TypeInfo, TypeRestoreCheck
 from .pgtools import tool, tool_env
 from .store import Store
-from .streams import decompressed
+from .streams import decompressed, hashed_chunks
 
 ProgressFn = Callable[[str, str, dict[str, Any]], None]
 
@@ -85,7 +85,7 @@ def run_restore(
     ref, manifest = load_manifest(store, backup_id)
     entries = _select(manifest, opts.tables)
     # 1. checksums before touching the target
-    report = verify_backup(store, backup_id, [e.name for e in entries])
+    report = verify_objects(store, ref.prefix, manifest, [e.name for e in entries])
     require_intact(report)
     notify("verified", "", {"objects": len(report.objects)})
     with catalog.connect(target, application_name="migsafe restore") as conn:
@@ -335,13 +335,6 @@ def _verification_sql(conn: psycopg.Connection[Any], entries: list[TableEntry]) 
     return (block.as_string(conn) + ";\n").encode()
 
 
-def _archive_chunks(store: Store, key: str, manifest: Manifest, digest: Any | None) -> Iterator[bytes]:
-    for chunk in store.read(key):
-        if digest is not None:
-            digest.update(chunk)
-        yield chunk
-
-
 def _toc(store: Store, key: str, manifest: Manifest, opts: RestoreOptions) -> list[str]:
     """The archive's table of contents (``pg_restore --list``), reading only its header."""
     out = _run_restore_tool(store, key, manifest, ["--list"], opts, capture=True, header_only=True)
@@ -385,7 +378,8 @@ def _run_restore_tool(store: Store, key: str, manifest: Manifest, args: list[str
     def feed() -> None:
         assert proc.stdin is not None
         try:
-            for chunk in decompressed(_archive_chunks(store, key, manifest, digest), manifest.compression):
+            stored = store.read(key) if digest is None else hashed_chunks(store.read(key), digest)
+            for chunk in decompressed(stored, manifest.compression):
                 proc.stdin.write(chunk)
         except BrokenPipeError:
             if not header_only:
