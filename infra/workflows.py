@@ -148,6 +148,30 @@ def _fallback_message(scope: Construct, name: str, text: str) -> sfn.Pass:
     })
 
 
+def _failure_path(scope: Construct, *, topic: sns.ITopic, format_notification: lambda_.IFunction,
+                  fail_name: str, what: str) -> tasks.LambdaInvoke:
+    """Format the FAIL message -> publish it -> Fail; a formatting error falls back to a fixed text.
+
+    Both state machines end every failure this way; the returned state is where Catches lead.
+    """
+    failed = sfn.Fail(scope, fail_name, error="MigsafeFailed",
+                      cause="a step failed; the FAIL message on the results topic names it")
+    publish_failure = _publish(scope, PUBLISH_FAILURE, topic)
+    publish_failure.add_catch(failed, errors=["States.ALL"], result_path="$.notify_error")
+    publish_failure.next(failed)
+    format_failure = _lambda(scope, FORMAT_FAILURE, format_notification, {
+        "kind": "failure",
+        "execution": JsonPath.string_at("$$.Execution.Name"),
+        "detail": JsonPath.object_at("$"),
+    }, "$.message")
+    fallback = _fallback_message(scope, "Fallback failure message",
+                                 f"migsafe: {what} failed; see the Step Functions console.")
+    fallback.next(publish_failure)
+    format_failure.add_catch(fallback, errors=["States.ALL"], result_path="$.format_error")
+    format_failure.next(publish_failure)
+    return format_failure
+
+
 class PreMigrationWorkflow(Construct):
     def __init__(
         self,
@@ -175,21 +199,8 @@ class PreMigrationWorkflow(Construct):
         scratch_id = JsonPath.string_at("$.scratch.instance_id")
 
         # --- the failure path (declared first: everything after Prepare catches into it) ----------
-        failed = sfn.Fail(self, "Rehearsal could not run", error="MigsafeFailed",
-                          cause="a step failed; the FAIL message on the results topic names it")
-        publish_failure = _publish(self, PUBLISH_FAILURE, topic)
-        publish_failure.add_catch(failed, errors=["States.ALL"], result_path="$.notify_error")
-        publish_failure.next(failed)
-        format_failure = _lambda(self, FORMAT_FAILURE, format_notification, {
-            "kind": "failure",
-            "execution": JsonPath.string_at("$$.Execution.Name"),
-            "detail": JsonPath.object_at("$"),
-        }, "$.message")
-        fallback = _fallback_message(self, "Fallback failure message",
-                                     "migsafe: a pre-migration execution failed; see the Step Functions console.")
-        fallback.next(publish_failure)
-        format_failure.add_catch(fallback, errors=["States.ALL"], result_path="$.format_error")
-        format_failure.next(publish_failure)
+        format_failure = _failure_path(self, topic=topic, format_notification=format_notification,
+                                       fail_name="Rehearsal could not run", what="a pre-migration execution")
 
         delete_after_failure = tasks.CallAwsService(
             self, DELETE_AFTER_FAILURE,
@@ -414,21 +425,8 @@ class RestoreWorkflow(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
-        failed = sfn.Fail(self, "Restore could not run", error="MigsafeFailed",
-                          cause="a step failed; the FAIL message on the results topic names it")
-        publish_failure = _publish(self, PUBLISH_FAILURE, topic)
-        publish_failure.add_catch(failed, errors=["States.ALL"], result_path="$.notify_error")
-        publish_failure.next(failed)
-        format_failure = _lambda(self, FORMAT_FAILURE, format_notification, {
-            "kind": "failure",
-            "execution": JsonPath.string_at("$$.Execution.Name"),
-            "detail": JsonPath.object_at("$"),
-        }, "$.message")
-        fallback = _fallback_message(self, "Fallback failure message",
-                                     "migsafe: a restore execution failed; see the Step Functions console.")
-        fallback.next(publish_failure)
-        format_failure.add_catch(fallback, errors=["States.ALL"], result_path="$.format_error")
-        format_failure.next(publish_failure)
+        format_failure = _failure_path(self, topic=topic, format_notification=format_notification,
+                                       fail_name="Restore could not run", what="a restore execution")
 
         def guard(state: sfn.TaskStateBase, name: str) -> None:
             marker = sfn.Pass(self, f"{name} failed", result=sfn.Result.from_string(name),
