@@ -27,13 +27,19 @@ from generate_series(1, 3000) g;
 """
 
 
+@pytest.fixture
+def source(make_database: Callable[..., Database]) -> Database:
+    """A database holding the two-level partitioned table ``events``."""
+    db = make_database()
+    with db.connect() as conn:
+        conn.execute(SCHEMA)
+    return db
+
+
 def test_partitioned_table_is_backed_up_with_every_partition(
-    tmp_path: Path, make_database: Callable[..., Database]
+    tmp_path: Path, source: Database, make_database: Callable[..., Database]
 ) -> None:
     # Given: a two-level partitioned table
-    source = make_database()
-    with source.connect() as conn:
-        conn.execute(SCHEMA)
     store = FileStore(tmp_path / "store")
     # When
     backup = run_backup(source.dsn, store, [QualifiedName.parse("events")])
@@ -53,13 +59,8 @@ def test_partitioned_table_is_backed_up_with_every_partition(
     assert target.scalar("select count(*) from events_2025_b") == source.scalar("select count(*) from events_2025_b")
 
 
-def test_listing_a_partition_beside_its_parent_is_refused(
-    tmp_path: Path, make_database: Callable[..., Database]
-) -> None:
+def test_listing_a_partition_beside_its_parent_is_refused(tmp_path: Path, source: Database) -> None:
     # Given
-    source = make_database()
-    with source.connect() as conn:
-        conn.execute(SCHEMA)
     store = FileStore(tmp_path / "store")
     # When / Then: nothing is written
     with pytest.raises(InputError, match=r"public.events_2026 \(a partition of public.events\)"):
