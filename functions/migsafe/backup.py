@@ -243,9 +243,9 @@ def _dump_all(
         try:
             # while the dumps stream, count rows and read the catalog in the same snapshot
             details = {t: catalog.describe(conn, oids[t]) for t in tables}
-            counts = {}
-            for t in tables:
-                counts[t] = catalog.count_rows(conn, t)
+            counts, prints = {}, {}
+            for t in tables:  # count and fingerprint in one scan of the same snapshot
+                counts[t], prints[t] = catalog.count_and_fingerprint(conn, t)
                 notify("rows", str(t), {"rows": counts[t]})
             revision = catalog.alembic_revision(conn)
             version = catalog.server_version(conn)
@@ -274,7 +274,7 @@ def _dump_all(
                        relation_bytes=d["relation_bytes"], owner=d["owner"], columns=d["columns"],
                        indexes=d["indexes"], constraints=d["constraints"], types=d["types"],
                        partitions=[str(c) for c in children[t]],
-                       seconds=round(seconds, 3))
+                       seconds=round(seconds, 3), fingerprint=prints[t], schema_name=t.schema)
         )
         notify("done", str(t), {"bytes": size, "rows": counts[t]})
     return Manifest(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -53,6 +53,10 @@ class TableEntry(_Model):
     types: list[str] = Field(default_factory=list)
     partitions: list[str] = Field(default_factory=list)  # dumped in the same archive as the parent
     seconds: float = 0.0
+    # order-independent content digest (catalog.fingerprint), taken in the dump's snapshot; None in
+    # manifests written before it existed (their restores skip the comparison)
+    fingerprint: str | None = None
+    schema_name: str | None = None  # the schema, verbatim (``name`` is ambiguous when it holds a dot)
 
     @property
     def foreign_keys(self) -> list[ConstraintInfo]:
@@ -172,6 +176,14 @@ class TypeRestoreCheck(_Model):
         return self.labels_found == self.labels_expected
 
 
+class MergeCount(_Model):
+    """What ``restore --merge`` did to one table."""
+
+    name: str
+    inserted: int = 0
+    updated: int = 0
+
+
 class RestoreReport(_Model):
     backup_id: str
     target: str  # masked
@@ -179,6 +191,12 @@ class RestoreReport(_Model):
     types: list[TypeRestoreCheck]
     replaced: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+    restore_id: str = ""
+    # how long the target tables were held ACCESS EXCLUSIVE by the swap (0 when nothing was replaced)
+    lock_window_seconds: float = 0.0
+    undo_schema: str | None = None  # where the replaced tables wait for `restore --undo` or prune
+    merged: list[MergeCount] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -192,3 +210,32 @@ class RestoreReport(_Model):
             if not t.ok
         ]
         return out
+
+
+class TableDiff(_Model):
+    """One table of a backup compared with the live table, by primary key."""
+
+    name: str
+    key: list[str]  # primary-key columns
+    only_in_backup: int  # rows deleted since the backup
+    only_in_target: int  # rows written since the backup
+    changed: int  # rows whose key exists in both, with other values
+    sample: dict[str, list[dict[str, object]]] = Field(default_factory=dict)  # category -> keys (+ columns)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def equal(self) -> bool:
+        return not (self.only_in_backup or self.only_in_target or self.changed)
+
+
+class DiffReport(_Model):
+    backup_id: str
+    target: str  # masked
+    restore_id: str = ""
+    tables: list[TableDiff]
+    seconds: float = 0.0
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def equal(self) -> bool:
+        return all(t.equal for t in self.tables)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -57,6 +57,8 @@ class RestoreOptions:
     lock_timeout: str = "30s"
     analyze: bool = True
     pg_bindir: str | None = None
+    jobs: int | None = None  # parallel sessions loading the staging schema; None = CPU count
+    merge: Literal["keep", "overwrite"] | None = None  # bring back rows instead of replacing tables
 
 
 @dataclass
@@ -465,3 +467,8 @@ def check_restored(
         if t.name in needed
     ]
     return RestoreReport(backup_id=manifest.backup_id, target="", tables=checks, types=types)
+
+
+def run_undo(target: Dsn, restore_id: str, *, lock_timeout: str = "30s") -> RestoreReport:
+    """Swap the tables a restore replaced back into place (contract; implemented with the swap)."""
+    raise NotImplementedError
