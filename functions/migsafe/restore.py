@@ -1,50 +1,63 @@
-"""Restore tables from a backup: checksums first, then one transaction, verified before COMMIT.
+"""Restore tables from a backup: load and verify them in staging, then swap them in, briefly.
 
-Why one transaction: a restore is what you run when things already went wrong, so it must never
-make them worse. Every statement -- dropping the tables being replaced, creating missing types,
-each table's ``pg_restore`` script, the foreign keys, and the verification of row counts and
-constraints -- runs in a single ``psql`` session between ``BEGIN`` and ``COMMIT`` with
-``ON_ERROR_STOP``. Any error, a row count that differs from the manifest, or a stored object whose
-sha256 changed while it was being read, rolls everything back: the target is either restored and
-verified, or untouched.
+A restore is what you run when things already went wrong, so it must never make them worse:
 
-Why ``pg_restore`` and not our own loader: every dump must stay restorable with stock tools, so we
-use the same tools; ``pg_restore --file=-`` turns each archive into SQL that we stream into psql.
-Foreign keys are held back until every table of the backup is loaded, so tables restore in any order.
+1. Decide before touching anything: every reason to refuse (data present without ``--replace``,
+   foreign keys to tables the target lacks, an enum with other labels that other tables use,
+   missing owner roles, materialized views on a replaced table) is reported at once, exit 2.
+2. Load every selected table into ``migsafe_staging_<restore id>`` in parallel (``--jobs``),
+   its archive read once and hashed as it streams (:mod:`migsafe.staging`). The live tables are
+   neither changed nor locked meanwhile.
+3. Verify staging against the manifest: row counts, content fingerprints, columns, foreign keys
+   among the restored tables, enum labels. Any difference, or any object whose sha256 differs,
+   drops the staging schema: nothing was swapped (exit 1).
+4. Swap in one short transaction (:mod:`migsafe.swap`); the replaced tables wait in
+   ``migsafe_undo_<restore id>`` for ``restore --undo`` or ``prune``.
+
+``--merge`` replaces step 4 with one transaction that brings back the rows only the backup has
+(and, with ``overwrite``, the backup's values of changed rows), keeping every row written since.
+
+A restore killed at any point leaves the target either unchanged or fully swapped; its staging
+schema is dropped by the next restore (or diff, or prune) of that database: each run holds an
+advisory lock on its restore id, so a live restore's staging is never mistaken for a leftover.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import subprocess
-import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
 
 from . import catalog
 from .dsn import Dsn, mask
-from .exceptions import (
-    ChecksumMismatch,
-    InputError,
-    RestoreFailed,
-    RestoreRefused,
-    RestoreVerificationFailed,
-    ToolFailed,
-)
+from .exceptions import DatabaseError, InputError, RestoreFailed, RestoreRefused, RestoreVerificationFailed
 from .identifiers import QualifiedName
-from .inventory import check_object, load_manifest, require_intact, verify_objects
-from .models import Manifest, RestoreReport, TableEntry, TableRestoreCheck, TypeInfo, TypeRestoreCheck
-from .pgtools import tool, tool_env
+from .inventory import check_object, load_manifest
+from .models import Manifest, MergeCount, RestoreReport, TableEntry, TypeInfo
+from .staging import (
+    ADVISORY_CLASS,
+    STAGING_PREFIX,
+    UNDO_PREFIX,
+    Loader,
+    Staged,
+    advisory_key,
+    drop_schemas,
+    entry_name,
+    new_restore_id,
+    partition_names,
+    restore_id_of,
+    schema_for,
+    split_name,
+    sweep_staging,
+)
 from .store import Store
-from .streams import decompressed, hashed_chunks
+from .swap import UNDO_TABLE, Item, swap
 
 ProgressFn = Callable[[str, str, dict[str, Any]], None]
 
@@ -66,11 +79,8 @@ class _Plan:
     """What the restore will do, decided before anything is touched."""
 
     entries: list[TableEntry]
-    drop_tables: list[QualifiedName] = field(default_factory=list)
-    incoming_fks: list[tuple[QualifiedName, str, str]] = field(default_factory=list)  # table, name, definition
-    create_types: list[TypeInfo] = field(default_factory=list)
-    drop_types: list[TypeInfo] = field(default_factory=list)
-    schemas: list[str] = field(default_factory=list)
+    existing: list[QualifiedName] = field(default_factory=list)
+    stage_types: list[TypeInfo] = field(default_factory=list)
 
 
 def run_restore(
@@ -82,120 +92,156 @@ def run_restore(
     progress: ProgressFn | None = None,
 ) -> RestoreReport:
     opts = options or RestoreOptions()
-    notify = progress or (lambda *_: None)
     started = time.monotonic()
+    with staged_backup(store, backup_id, target, opts, progress=progress) as (conn, manifest, plan, staged):
+        report = RestoreReport(backup_id=manifest.backup_id, target=str(target), tables=staged.checks,
+                               types=staged.type_checks, restore_id=staged.restore_id)
+        if opts.merge:
+            report.merged = merge(conn, manifest, plan.entries, staged, overwrite=opts.merge == "overwrite")
+        else:
+            items = [Item("table", entry_name(e), staged.tables[e.name].schema) for e in plan.entries]
+            items += [Item("partition", p, staged.schemas[p.schema]) for e in plan.entries for p in partition_names(e)]
+            items += [Item("type", split_name(t.name), staged.types[t.name].schema) for t in plan.stage_types]
+            result = swap(conn, items, restore_id=staged.restore_id, backup_id=manifest.backup_id,
+                          replace=opts.replace, lock_timeout=opts.lock_timeout)
+            report.replaced = result.replaced
+            report.lock_window_seconds = result.lock_window_seconds
+            report.undo_schema = result.undo_schema
+            report.warnings = result.warnings
+    report.seconds = round(time.monotonic() - started, 3)
+    return report
+
+
+@contextlib.contextmanager
+def staged_backup(
+    store: Store, backup_id: str, target: Dsn, opts: RestoreOptions, *, progress: ProgressFn | None = None,
+    require_key: bool = False,
+) -> Iterator[tuple[psycopg.Connection[Any], Manifest, _Plan, Staged]]:
+    """The backup's selected tables loaded and verified in staging; the staging is dropped after."""
+    notify = progress or (lambda *_: None)
     ref, manifest = load_manifest(store, backup_id)
-    entries = _select(manifest, opts.tables)
-    # 1. checksums before touching the target
-    report = verify_objects(store, ref.prefix, manifest, [e.name for e in entries])
-    require_intact(report)
-    notify("verified", "", {"objects": len(report.objects)})
+    entries = select(manifest, opts.tables)
+    if require_key:
+        refuse_without_key(entries)
+    restore_id = new_restore_id()
     with catalog.connect(target, application_name="migsafe restore") as conn:
+        # held until this session ends: the staging of a live restore is never swept as a leftover
+        conn.execute("select pg_advisory_lock(%s, %s)", (ADVISORY_CLASS, advisory_key(restore_id)))
+        sweep_staging(conn)
         plan = _decide(conn, manifest, entries, opts)
-        counted = _execute(conn, store, ref.prefix, manifest, plan, target, opts, notify)
-        result = check_restored(conn, manifest, [e.name for e in entries], counted)
-        if opts.analyze:
-            for e in entries:
-                conn.execute(sql.SQL("analyze {}").format(_entry_name(e.name).ident))
-    result.target = str(target)
-    result.replaced = [str(t) for t in plan.drop_tables]
-    result.seconds = round(time.monotonic() - started, 3)
-    return result
+        if manifest.types_object:  # the types are created from the manifest; the object is checked too
+            o = manifest.types_object
+            check = check_object(store, ref.prefix + o.key, o.sha256, o.bytes)
+            if not check.ok:
+                from .exceptions import ChecksumMismatch
+
+                raise ChecksumMismatch(f"backup {backup_id} failed verification: {o.key}: {check.problem}")
+        loader = Loader(store, ref.prefix, manifest, target, restore_id, jobs=opts.jobs, no_owner=opts.no_owner,
+                        pg_bindir=opts.pg_bindir, notify=notify, analyze=opts.analyze)
+        schemas = list(loader.plan_schemas(plan.entries, plan.stage_types).values())
+        try:
+            try:
+                staged = loader.load(conn, plan.entries, plan.stage_types)
+            except psycopg.Error as exc:
+                raise RestoreFailed(f"loading the staging schema failed, nothing swapped: "
+                                    f"{mask(str(exc)).strip()}") from exc
+            notify("verified", "", {"objects": len(plan.entries)})
+            loader.verify(conn, staged, plan.entries, manifest.types)
+            yield conn, manifest, plan, staged
+        finally:
+            drop_schemas(conn, schemas)
 
 
-def _entry_name(name: str) -> QualifiedName:
-    """A name as the manifest stores it: ``schema.table`` spelled as in the catalog.
-
-    Never :meth:`QualifiedName.parse` it: that folds ``Orders`` to ``orders`` and refuses
-    ``Sales Data.Order Items``, names the catalog holds verbatim.
-    """
-    schema, _, table = name.partition(".")
-    return QualifiedName(schema, table)
-
-
-def _select(manifest: Manifest, tables: Sequence[str] | None) -> list[TableEntry]:
+def select(manifest: Manifest, tables: Sequence[str] | None) -> list[TableEntry]:
     if not tables:
         return list(manifest.tables)
-    wanted = [str(QualifiedName.parse(t)) for t in tables]
-    known = {t.name for t in manifest.tables}
-    unknown = [t for t in wanted if t not in known]
+    wanted = [QualifiedName.parse(t) for t in tables]
+    by_name = {entry_name(t): t for t in manifest.tables}
+    unknown = [str(t) for t in wanted if t not in by_name]
     if unknown:
-        raise InputError(f"not in backup {manifest.backup_id}: {', '.join(unknown)} (it holds {', '.join(sorted(known))})")
-    return [t for t in manifest.tables if t.name in wanted]
+        known = ", ".join(sorted(t.name for t in manifest.tables))
+        raise InputError(f"not in backup {manifest.backup_id}: {', '.join(unknown)} (it holds {known})")
+    chosen = {by_name[t].name for t in wanted}
+    return [t for t in manifest.tables if t.name in chosen]
+
+
+def refuse_without_key(entries: Sequence[TableEntry]) -> None:
+    keyless = [e.name for e in entries if not any(c.type == "p" for c in e.constraints)]
+    if keyless:
+        raise InputError(
+            f"tables without a primary key cannot be compared or merged row by row: {', '.join(keyless)} "
+            "(restore them with --replace, or leave them out with --tables)"
+        )
 
 
 def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[TableEntry], opts: RestoreOptions) -> _Plan:
-    """Refuse unsafe restores with every reason at once; otherwise say exactly what will change."""
+    """Refuse unsafe restores with every reason at once; otherwise say what will be staged."""
     plan = _Plan(entries=entries)
-    names = [_entry_name(e.name) for e in entries]
-    selected = {str(n) for n in names}
+    names = [entry_name(e) for e in entries]
+    selected = {e.name for e in entries}
     existing = catalog.existing_tables(conn, names)
+    plan.existing = [n for n in names if n in existing]
     problems: list[str] = []
 
-    # tables that hold data are only replaced on request
-    for name in existing:
-        has_rows = conn.execute(sql.SQL("select exists (select 1 from {})").format(name.ident)).fetchone()
-        if has_rows and has_rows[0] and not opts.replace:
-            problems.append(f"{name} already holds data (use --replace to drop and restore it)")
-        plan.drop_tables.append(name)
+    if opts.merge:
+        missing = [str(n) for n in names if n not in existing]
+        if missing:
+            problems.append(f"{', '.join(missing)} missing in the target: --merge adds rows to existing tables "
+                            "(restore them without --merge)")
+        refuse_without_key(entries)
+    else:
+        for name in plan.existing:  # rechecked under the swap's lock
+            has_rows = conn.execute(sql.SQL("select exists (select 1 from {})").format(name.ident)).fetchone()
+            if has_rows and has_rows[0] and not opts.replace:
+                problems.append(f"{name} already holds data (use --replace to drop and restore it)")
     # foreign keys that leave the backup must find their tables in the target
     outside = sorted({fk.references for e in entries for fk in e.foreign_keys
                       if fk.references and fk.references not in selected})
-    present = catalog.existing_tables(conn, [_entry_name(t) for t in outside if t])
-    missing_refs = [t for t in outside if t and _entry_name(t) not in present]
+    present = catalog.existing_tables(conn, [split_name(t) for t in outside])
+    missing_refs = [t for t in outside if split_name(t) not in present]
     if missing_refs:
         refusing = sorted({e.name for e in entries for fk in e.foreign_keys if fk.references in missing_refs})
         problems.append(
             f"{', '.join(refusing)} reference {', '.join(missing_refs)} by foreign key, which the target lacks "
             "(restore those tables too, or create them first)"
         )
-    if plan.drop_tables:
-        oids = [existing[n] for n in plan.drop_tables]
-        views = conn.execute(
+    replaced_oids = [existing[n] for n in plan.existing]
+    if replaced_oids and not opts.merge:
+        matviews = conn.execute(
             """
             select distinct v.oid::regclass::text from pg_depend d
             join pg_rewrite r on r.oid = d.objid join pg_class v on v.oid = r.ev_class
             where d.classid = 'pg_rewrite'::regclass and d.refobjid = any(%s::oid[]) and v.oid <> all(%s::oid[])
+              and v.relkind = 'm'
             """,
-            (oids, oids),
+            (replaced_oids, replaced_oids),
         ).fetchall()
-        if views:
-            problems.append(f"views depend on tables to replace: {', '.join(v[0] for v in views)} (drop them first)")
-        with conn.transaction():
-            # an empty search_path makes pg_get_constraintdef qualify every name: the definitions are
-            # replayed in the restore session, where pg_restore's script has emptied the search_path
-            conn.execute("set local search_path = ''")
-            incoming = conn.execute(
-                """
-                select n.nspname, r.relname, c.conname, pg_get_constraintdef(c.oid)
-                from pg_catalog.pg_constraint c join pg_catalog.pg_class r on r.oid = c.conrelid
-                join pg_catalog.pg_namespace n on n.oid = r.relnamespace
-                where c.contype = 'f' and c.confrelid = any(%s::oid[]) and c.conrelid <> all(%s::oid[])
-                """,
-                (oids, oids),
-            ).fetchall()
-        for row in incoming:
-            plan.incoming_fks.append((QualifiedName(row[0], row[1]), row[2], row[3]))
-    # types: create the missing ones; an enum with other labels is replaced only with its tables
+        if matviews:
+            problems.append(f"materialized views depend on tables to replace: {', '.join(v[0] for v in matviews)} "
+                            "(drop them first; plain views are recreated on the restored tables)")
+    # types: stage the missing ones; an enum with other labels is swapped only with all its tables
     needed = {t for e in entries for t in e.types}
-    replaced_oids = [existing[n] for n in plan.drop_tables]
     for info in manifest.types:
         if info.name not in needed:
             continue
+        tname = split_name(info.name)
         row = conn.execute(
-            """
-            select t.oid, t.typtype::text from pg_type t join pg_namespace n on n.oid = t.typnamespace
-            where n.nspname = %s and t.typname = %s
-            """,
-            tuple(info.name.split(".", 1)),
+            "select t.oid from pg_type t join pg_namespace n on n.oid = t.typnamespace "
+            "where n.nspname = %s and t.typname = %s",
+            (tname.schema, tname.name),
         ).fetchone()
         if row is None:
-            plan.create_types.append(info)
+            plan.stage_types.append(info)
             continue
         if info.kind != "enum":
             continue
-        labels = catalog.enum_labels(conn, info.name)
+        from .staging import enum_labels
+
+        labels = enum_labels(conn, tname)
         if labels == info.labels:
+            continue
+        if opts.merge:  # the rows are compared and merged as text; the target keeps its type
+            plan.stage_types.append(info)
             continue
         users = conn.execute(
             """
@@ -203,13 +249,13 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
             join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
             where a.atttypid in (select %s union select typarray from pg_type where oid = %s)
               and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'm', 'c', 'f')
+              and not c.relispartition
             """,
             (row[0], row[0]),
         ).fetchall()
         others = [u[0] for u in users if u[1] not in replaced_oids]
         if opts.replace and not others:
-            plan.drop_types.append(info)
-            plan.create_types.append(info)
+            plan.stage_types.append(info)
         else:
             problems.append(
                 f"type {info.name} has labels {labels} in the target but {info.labels} in the backup"
@@ -224,251 +270,196 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
             problems.append(f"owner role(s) {', '.join(missing_roles)} missing in the target (use --no-owner)")
     if problems:
         raise RestoreRefused("restore refused, nothing changed: " + "; ".join(problems))
-    plan.schemas = sorted({n.schema for n in names} | {t.name.split(".", 1)[0] for t in plan.create_types})
     return plan
 
 
-# ---------------------------------------------------------------------------------------------
-def _execute(conn: psycopg.Connection[Any], store: Store, prefix: str, manifest: Manifest, plan: _Plan,
-             target: Dsn, opts: RestoreOptions, notify: ProgressFn) -> dict[str, int]:
-    """Stream the whole restore into one psql transaction; return the row counts it verified."""
+# --- merge ------------------------------------------------------------------------------------
+def fk_order(entries: Sequence[TableEntry]) -> list[TableEntry]:
+    """Referenced tables before the tables that reference them (cycles keep manifest order)."""
+    by_name = {e.name: e for e in entries}
+    done: list[TableEntry] = []
+    seen: set[str] = set()
 
-    def q(stmt: sql.Composable) -> bytes:
-        return (stmt.as_string(conn) + ";\n").encode()
+    def visit(e: TableEntry, path: set[str]) -> None:
+        if e.name in seen or e.name in path:
+            return
+        for fk in e.foreign_keys:
+            if fk.references in by_name and fk.references != e.name:
+                visit(by_name[fk.references], path | {e.name})
+        seen.add(e.name)
+        done.append(e)
 
-    env = tool_env(target.tool_env())
-    psql = subprocess.Popen(
-        [tool("psql", opts.pg_bindir), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-psqlrc",
-         f"--dbname={target.conninfo(with_password=False)}", "--set=application_name=migsafe restore"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=(err := tempfile.TemporaryFile()), env=env,  # noqa: SIM115 - closed below
-    )
-    assert psql.stdin is not None
-    sink: IO[bytes] = psql.stdin
-    digests: dict[str, str] = {}
-    try:
-        sink.write(b"BEGIN;\n")
-        sink.write(q(sql.SQL("set local lock_timeout = {}").format(sql.Literal(opts.lock_timeout))))
-        sink.write(b"SET LOCAL maintenance_work_mem = '256MB';\n")
-        for schema in plan.schemas:
-            sink.write(q(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema))))
-        for table, name, _ in plan.incoming_fks:
-            sink.write(q(sql.SQL("alter table {} drop constraint {}").format(table.ident, sql.Identifier(name))))
-        if plan.drop_tables:
-            sink.write(q(sql.SQL("drop table {}").format(sql.SQL(", ").join(t.ident for t in plan.drop_tables))))
-        for info in plan.drop_types:
-            sink.write(q(sql.SQL("drop type {}").format(_entry_name(info.name).ident)))
-        for info in plan.create_types:
-            sink.write(info.ddl.encode() + b"\n")
-        listings: dict[str, list[str]] = {}
-        for entry in plan.entries:
-            key = prefix + entry.key
-            listings[entry.name] = _toc(store, key, manifest, opts)
-            keep = [line for line in listings[entry.name] if " FK CONSTRAINT " not in line]
-            notify("start", entry.name, {})
-            digests[entry.name] = _pipe_archive(store, key, manifest, keep, sink, opts, notify, entry.name)
-            notify("loaded", entry.name, {"rows": entry.rows})
-        for entry in plan.entries:
-            fks = [line for line in listings[entry.name] if " FK CONSTRAINT " in line]
-            if fks:
-                _pipe_archive(store, prefix + entry.key, manifest, fks, sink, opts, None, entry.name, header_only=True)
-        for table, name, definition in plan.incoming_fks:
-            sink.write(q(sql.SQL("alter table {} add constraint {} {}").format(
-                table.ident, sql.Identifier(name), sql.SQL(definition))))
-        sink.write(_verification_sql(conn, plan.entries))
-        changed = [n for n, d in digests.items() if d != manifest.table(n).sha256]
-        if changed:  # the store changed between the checksum pass and the restore: never COMMIT that
-            raise ChecksumMismatch(f"checksum mismatch while restoring {', '.join(changed)}: rolled back")
-        sink.write(b"COMMIT;\n")
-        sink.close()
-    except BrokenPipeError:
-        pass  # psql stopped on an error: its message is read below
-    except BaseException:
-        psql.kill()
-        psql.wait()
-        raise
-    rc = psql.wait()
-    err.seek(0)
-    message = mask(err.read().decode(errors="replace").strip())
-    err.close()
-    if rc != 0:
-        detail = _first_error(message)
-        if "migsafe verification:" in detail:
-            raise RestoreVerificationFailed(f"restore rolled back, target unchanged: {detail}")
-        raise RestoreFailed(f"restore rolled back, target unchanged: {detail}")
-    counted: dict[str, int] = {}
-    for line in message.splitlines():
-        _, marker, rest = line.partition("NOTICE:  migsafe-rows ")
-        if marker:
-            n, _, name = rest.partition(" ")
-            counted[name.strip()] = int(n)
-    return counted
-
-
-def _first_error(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if "ERROR" in line or "FATAL" in line]
-    return (lines[0].split("ERROR:", 1)[-1].strip() if lines else stderr[-1000:]) or "psql failed"
-
-
-def _verification_sql(conn: psycopg.Connection[Any], entries: list[TableEntry]) -> bytes:
-    """A DO block that aborts the transaction unless counts and foreign keys are as promised."""
-    parts = []
     for e in entries:
-        ident = _entry_name(e.name).ident
-        parts.append(
-            sql.SQL(
-                "n := (select count(*) from {t}); raise notice 'migsafe-rows % %', n, {name}; "
-                "if n <> {n} then raise exception "
-                "'migsafe verification: row count mismatch for %: % restored, % in the manifest', {name}, n, {n}; "
-                "end if;"
-            ).format(t=ident, n=sql.Literal(e.rows), name=sql.Literal(e.name))
-        )
-    body = sql.SQL("\n").join(parts)
-    regs = sql.SQL(", ").join(
-        sql.SQL("to_regclass({})").format(sql.Literal('"{}"."{}"'.format(*_entry_name(e.name)))) for e in entries
-    )
-    validate = sql.SQL(
-        "for r in select c.conrelid::regclass as rel, c.conname from pg_constraint c "
-        "where c.contype = 'f' and not c.convalidated and c.conrelid = any(array[{regs}]) "
-        "loop execute format('alter table %s validate constraint %I', r.rel, r.conname); end loop;"
-    ).format(regs=regs)
-    block = sql.SQL("do $migsafe$ declare r record; n bigint; begin {validate}\n{body}\nend $migsafe$").format(
-        validate=validate, body=body
-    )
-    return (block.as_string(conn) + ";\n").encode()
+        visit(e, set())
+    return done
 
 
-def _toc(store: Store, key: str, manifest: Manifest, opts: RestoreOptions) -> list[str]:
-    """The archive's table of contents (``pg_restore --list``), reading only its header."""
-    out = _run_restore_tool(store, key, manifest, ["--list"], opts, capture=True, header_only=True)
-    return [line for line in out.decode().splitlines() if line and not line.startswith(";")]
+def columns_of(conn: psycopg.Connection[Any], table: QualifiedName) -> dict[str, tuple[int, str, bool]]:
+    """column -> (type oid, formatted type, generated) in column order."""
+    rows = conn.execute(
+        """
+        select a.attname, a.atttypid, format_type(a.atttypid, a.atttypmod), a.attgenerated <> ''
+        from pg_attribute a join pg_class c on c.oid = a.attrelid join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname = %s and c.relname = %s and a.attnum > 0 and not a.attisdropped order by a.attnum
+        """,
+        (table.schema, table.name),
+    ).fetchall()
+    return {r[0]: (int(r[1]), str(r[2]), bool(r[3])) for r in rows}
 
 
-def _pipe_archive(store: Store, key: str, manifest: Manifest, toc: list[str], sink: IO[bytes],
-                  opts: RestoreOptions, notify: ProgressFn | None, name: str, header_only: bool = False) -> str:
-    with tempfile.NamedTemporaryFile("w", suffix=".list", delete=False) as fh:
-        fh.write("\n".join(toc) + "\n")
-        list_path = fh.name
-    try:
-        args = [f"--use-list={list_path}", "--file=-"]
-        if opts.no_owner:
-            args += ["--no-owner", "--no-privileges"]
-        digest = hashlib.sha256()
-        try:
-            _run_restore_tool(store, key, manifest, args, opts, sink=sink, header_only=header_only,
-                              digest=None if header_only else digest, notify=notify, name=name)
-        except ToolFailed as exc:
-            # pg_restore choking on bytes that passed the checksum pass means the store changed
-            # under us: say that (the transaction is rolled back either way)
-            entry = manifest.table(name)
-            if not check_object(store, key, entry.sha256, entry.bytes).ok:
-                raise ChecksumMismatch(f"checksum mismatch: {key} changed while restoring; rolled back") from exc
-            raise
-        return digest.hexdigest()
-    finally:
-        Path(list_path).unlink(missing_ok=True)
+def primary_key(conn: psycopg.Connection[Any], table: QualifiedName) -> list[str]:
+    rows = conn.execute(
+        """
+        select a.attname from pg_index i
+        join pg_class c on c.oid = i.indrelid join pg_namespace n on n.oid = c.relnamespace
+        cross join lateral unnest(i.indkey) with ordinality as k(attnum, ord)
+        join pg_attribute a on a.attrelid = c.oid and a.attnum = k.attnum
+        where n.nspname = %s and c.relname = %s and i.indisprimary order by k.ord
+        """,
+        (table.schema, table.name),
+    ).fetchall()
+    return [r[0] for r in rows]
 
 
-def _run_restore_tool(store: Store, key: str, manifest: Manifest, args: list[str], opts: RestoreOptions, *,
-                      capture: bool = False, sink: IO[bytes] | None = None, header_only: bool = False,
-                      digest: Any | None = None, notify: ProgressFn | None = None, name: str = "") -> bytes:
-    """Run pg_restore on the archive streamed from the store; its output goes to ``sink`` or is returned."""
-    proc = subprocess.Popen([tool("pg_restore", opts.pg_bindir), *args], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=(err := tempfile.TemporaryFile()))  # noqa: SIM115
-    assert proc.stdin is not None and proc.stdout is not None
-    feed_error: list[BaseException] = []
+@dataclass
+class Pairing:
+    """How one staged table lines up with its live table: key and shared columns, as SQL pieces."""
 
-    def feed() -> None:
-        assert proc.stdin is not None
-        try:
-            stored = store.read(key) if digest is None else hashed_chunks(store.read(key), digest)
-            for chunk in decompressed(stored, manifest.compression):
-                proc.stdin.write(chunk)
-        except BrokenPipeError:
-            if not header_only:
-                feed_error.append(ToolFailed(f"pg_restore stopped reading {key}"))
-        except BaseException as exc:
-            feed_error.append(exc)
-        finally:
-            with contextlib.suppress(BrokenPipeError, OSError):
-                proc.stdin.close()
+    live: QualifiedName
+    stage: QualifiedName
+    key: list[str]
+    columns: list[str]  # shared, not generated, in live order
+    same_type: dict[str, bool]
+    live_types: dict[str, str]
 
-    feeder = threading.Thread(target=feed, name="migsafe-restore-feed", daemon=True)
-    feeder.start()
-    captured = bytearray()
-    moved = 0
-    try:
-        while chunk := proc.stdout.read(1 << 20):
-            if capture:
-                captured += chunk
-            else:
-                assert sink is not None
-                sink.write(chunk)
-                moved += len(chunk)
-                if notify:
-                    notify("bytes", name, {"bytes": moved})
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        rc = proc.wait()
-        feeder.join()
-        err.seek(0)
-        message = err.read().decode(errors="replace").strip()
-        err.close()
-    if feed_error:
-        raise feed_error[0]
-    if rc != 0:
-        raise ToolFailed(f"pg_restore failed on {key}: {message[-1500:]}")
-    return bytes(captured)
+    def value(self, alias: str, column: str) -> sql.Composable:
+        """A staged column as the live column's type (through text when the types differ)."""
+        ref = sql.Identifier(alias, column)
+        if self.same_type[column]:
+            return ref
+        return sql.SQL("{}::text::{}").format(ref, sql.SQL(self.live_types[column]))  # type: ignore[arg-type]
+
+    def as_text(self, alias: str, column: str) -> sql.Composable:
+        return sql.SQL("{}::text").format(sql.Identifier(alias, column))
+
+    def key_match(self, live: str, stage: str) -> sql.Composable:
+        return sql.SQL(" and ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(live, k), self.value(stage, k)) for k in self.key)
+
+    def differs(self, live: str, stage: str) -> sql.Composable:
+        rest = [c for c in self.columns if c not in self.key]
+        if not rest:
+            return sql.SQL("false")
+        return sql.SQL("row({}) is distinct from row({})").format(
+            sql.SQL(", ").join(self.as_text(live, c) for c in rest),
+            sql.SQL(", ").join(self.as_text(stage, c) for c in rest))
 
 
-def check_restored(
-    conn: psycopg.Connection[Any],
-    manifest: Manifest,
-    tables: Sequence[str],
-    counted: dict[str, int] | None = None,
-) -> RestoreReport:
-    """Compare the target with the manifest: row counts, FK validity, enum labels.
+def pair(conn: psycopg.Connection[Any], live: QualifiedName, stage: QualifiedName) -> Pairing:
+    lc = columns_of(conn, live)
+    sc = columns_of(conn, stage)
+    key = primary_key(conn, live) or primary_key(conn, stage)
+    if not key:
+        raise InputError(f"{live} has no primary key in the target: it cannot be compared or merged row by row")
+    shared = [c for c in lc if c in sc and not lc[c][2]]
+    missing_key = [k for k in key if k not in shared]
+    if missing_key:
+        raise InputError(f"{live}: key column(s) {', '.join(missing_key)} are not in the backup")
+    return Pairing(live=live, stage=stage, key=key, columns=shared,
+                   same_type={c: lc[c][0] == sc[c][0] for c in shared}, live_types={c: lc[c][1] for c in shared})
 
-    ``counted`` are the row counts the restore transaction itself measured just before COMMIT
-    (reported by its verification block); tables missing from it are counted now.
+
+def merge(conn: psycopg.Connection[Any], manifest: Manifest, entries: Sequence[TableEntry], staged: Staged, *,
+          overwrite: bool) -> list[MergeCount]:
+    """Bring back the rows only the backup has (and, with ``overwrite``, its values of changed rows).
+
+    One transaction, referenced tables first, so foreign keys hold at every statement; rows written
+    since the backup are kept (``ON CONFLICT DO NOTHING``).
     """
-    checks = []
-    names = [_entry_name(t) for t in tables]
-    existing = catalog.existing_tables(conn, names)
-    for name in names:
-        entry = manifest.table(str(name))
-        problems = []
-        if name not in existing:
-            checks.append(TableRestoreCheck(name=str(name), rows_expected=entry.rows, rows_restored=0, foreign_keys=0,
-                                            foreign_keys_valid=0, problems=[f"{name} does not exist"]))
-            continue
-        rows = (counted or {}).get(entry.name)
-        if rows is None:
-            rows = catalog.count_rows(conn, name)
-        fks = catalog.foreign_keys(conn, [existing[name]])
-        if rows != entry.rows:
-            problems.append(f"{name}: {rows} rows, the backup has {entry.rows}")
-        invalid = [fk["name"] for fk in fks if not fk["validated"]]
-        if invalid:
-            problems.append(f"{name}: foreign keys not valid: {', '.join(invalid)}")
-        expected_fks = {c.name for c in entry.foreign_keys}
-        missing = sorted(expected_fks - {fk["name"] for fk in fks})
-        if missing:
-            problems.append(f"{name}: foreign keys missing: {', '.join(missing)}")
-        checks.append(TableRestoreCheck(name=str(name), rows_expected=entry.rows, rows_restored=rows,
-                                        foreign_keys=len(fks), foreign_keys_valid=len(fks) - len(invalid),
-                                        problems=problems))
-    needed = {t for name in tables for t in manifest.table(name).types}
-    types = [
-        TypeRestoreCheck(name=t.name, labels_expected=t.labels,
-                         labels_found=catalog.enum_labels(conn, t.name) if t.kind == "enum" else t.labels, created=False)
-        for t in manifest.types
-        if t.name in needed
-    ]
-    return RestoreReport(backup_id=manifest.backup_id, target="", tables=checks, types=types)
+    counts: list[MergeCount] = []
+    try:
+        with conn.transaction():
+            for e in fk_order(entries):
+                p = pair(conn, entry_name(e), staged.tables[e.name])
+                count = MergeCount(name=e.name)
+                cols = sql.SQL(", ").join(sql.Identifier(c) for c in p.columns)
+                if overwrite:
+                    rest = [c for c in p.columns if c not in p.key]
+                    if rest:
+                        cur = conn.execute(sql.SQL("update {live} as t set ({cols}) = row({vals}) from {stage} as s "
+                                                   "where {match} and {differs}").format(
+                            live=p.live.ident, stage=p.stage.ident,
+                            cols=sql.SQL(", ").join(sql.Identifier(c) for c in rest),
+                            vals=sql.SQL(", ").join(p.value("s", c) for c in rest),
+                            match=p.key_match("t", "s"), differs=p.differs("t", "s")))
+                        count.updated = max(cur.rowcount, 0)
+                cur = conn.execute(sql.SQL("insert into {live} ({cols}) overriding system value "
+                                           "select {vals} from {stage} as s on conflict do nothing").format(
+                    live=p.live.ident, cols=cols, stage=p.stage.ident,
+                    vals=sql.SQL(", ").join(p.value("s", c) for c in p.columns)))
+                count.inserted = max(cur.rowcount, 0)
+                counts.append(count)
+    except psycopg.errors.IntegrityError as exc:
+        raise RestoreVerificationFailed(f"merge rolled back, target unchanged: {mask(str(exc)).strip()}") from exc
+    except psycopg.Error as exc:
+        raise RestoreFailed(f"merge rolled back, target unchanged: {mask(str(exc)).strip()}") from exc
+    order = {e.name: i for i, e in enumerate(entries)}
+    return sorted(counts, key=lambda c: order[c.name])
 
 
+# --- undo and prune ---------------------------------------------------------------------------
 def run_undo(target: Dsn, restore_id: str, *, lock_timeout: str = "30s") -> RestoreReport:
-    """Swap the tables a restore replaced back into place (contract; implemented with the swap)."""
-    raise NotImplementedError
+    """Swap the tables a restore replaced back into place; what it put there waits in a new undo schema."""
+    if restore_id_of(STAGING_PREFIX + restore_id) != restore_id:
+        raise InputError(f"not a restore id: {restore_id!r} (expected YYYYMMDDHHMMSS_xxxxxx, as a restore prints)")
+    started = time.monotonic()
+    first = schema_for(UNDO_PREFIX, restore_id, 0)
+    with catalog.connect(target, application_name="migsafe restore --undo") as conn:
+        try:
+            rows = conn.execute(sql.SQL("select kind, schema_name, name, undo_schema, had_old, backup_id from {}")
+                                .format(sql.Identifier(first, UNDO_TABLE))).fetchall()
+        except psycopg.errors.UndefinedTable:
+            raise InputError(f"no undo schema {first} in the target: nothing to undo for restore {restore_id} "
+                             "(pruned, or the restore replaced nothing)") from None
+        items = [Item(r[0], QualifiedName(r[1], r[2]), r[3] if r[4] else None) for r in rows]
+        backup_id = rows[0][5] if rows else ""
+        new_id = new_restore_id()
+        result = swap(conn, items, restore_id=new_id, backup_id=backup_id or "", replace=True,
+                      lock_timeout=lock_timeout, mode="undo")
+        drop_schemas(conn, sorted({r[3] for r in rows} | {first}))
+    return RestoreReport(backup_id=backup_id or "", target=str(target), tables=[], types=[],
+                         replaced=result.replaced, restore_id=new_id, lock_window_seconds=result.lock_window_seconds,
+                         undo_schema=result.undo_schema, warnings=result.warnings,
+                         seconds=round(time.monotonic() - started, 3))
+
+
+def prune_target(target: Dsn, keep_undo: timedelta, *, now: datetime | None = None,
+                 dry_run: bool = False) -> list[str]:
+    """Drop undo schemas older than ``keep_undo`` and staging schemas no running restore holds."""
+    now = now or datetime.now(UTC)
+    doomed: list[str] = []
+    with catalog.connect(target, application_name="migsafe prune") as conn:
+        try:
+            rows = conn.execute(
+                "select nspname from pg_namespace where starts_with(nspname, %s) or starts_with(nspname, %s) "
+                "order by 1", (UNDO_PREFIX, STAGING_PREFIX)).fetchall()
+            for (schema,) in rows:
+                rid = restore_id_of(schema)
+                if rid is None:
+                    continue
+                if schema.startswith(STAGING_PREFIX):
+                    key = advisory_key(rid)
+                    free = conn.execute("select pg_try_advisory_lock(%s, %s)", (ADVISORY_CLASS, key)).fetchone()
+                    if free and free[0]:
+                        conn.execute("select pg_advisory_unlock(%s, %s)", (ADVISORY_CLASS, key))
+                        doomed.append(schema)
+                    continue
+                made = datetime.strptime(rid[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+                if now - made > keep_undo:
+                    doomed.append(schema)
+            if not dry_run:
+                sweep_staging(conn)
+                drop_schemas(conn, [s for s in doomed if s.startswith(UNDO_PREFIX)])
+        except psycopg.Error as exc:
+            raise DatabaseError(f"prune of {target} failed: {mask(str(exc)).strip()}") from exc
+    return doomed

@@ -1,4 +1,4 @@
-"""A store that changes between the checksum pass and the restore's own read never gets committed."""
+"""Bytes that change as the restore streams them are caught before anything is swapped."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pgsupport import Database
 from examples.enum_uppercase import seed
 
 
-class FlipsAfterVerification(FileStore):
-    """Serves the true bytes to the checksum pass, then a changed byte in the data pass."""
+class FlipsWhileStreaming(FileStore):
+    """Serves one dump with a changed byte (the restore hashes as it streams: there is no earlier pass)."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
@@ -27,7 +27,7 @@ class FlipsAfterVerification(FileStore):
         self.reads[key] = self.reads.get(key, 0) + 1
         first = True
         for chunk in super().read(key, chunk_size):
-            if self.reads[key] > 1 and "user_invitations.dump" in key and first and len(chunk) > 100:
+            if "user_invitations.dump" in key and first and len(chunk) > 100:
                 chunk = chunk[:-50] + bytes([chunk[-50] ^ 0x01]) + chunk[-49:]
             first = False
             yield chunk
@@ -37,8 +37,8 @@ class FlipsAfterVerification(FileStore):
 def test_bytes_changing_during_restore_roll_everything_back(
     tmp_path: Path, seeded: Database, make_database, compression: str
 ) -> None:  # type: ignore[no-untyped-def]
-    # Given: a good backup, read back through a store that changes after the checksum pass
-    store = FlipsAfterVerification(tmp_path / "store")
+    # Given: a good backup, read back through a store that changes a byte of one dump
+    store = FlipsWhileStreaming(tmp_path / "store")
     backup = run_backup(
         seeded.dsn, store, [QualifiedName.parse(t) for t in seed.TABLES], BackupOptions(compression=compression)
     )
@@ -46,7 +46,7 @@ def test_bytes_changing_during_restore_roll_everything_back(
     # When / Then: the changed bytes are caught (by zstd's frame check or our digest), never committed
     with pytest.raises(ChecksumMismatch, match="checksum mismatch"):
         run_restore(store, backup.backup_id, target.dsn, RestoreOptions())
-    assert store.reads  # the store really was read again after the checksum pass
+    assert store.reads
     assert target.scalar("select count(*) from pg_tables where schemaname = 'public'") == 0
 
 

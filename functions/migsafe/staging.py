@@ -1,0 +1,517 @@
+"""Load a backup's tables into staging schemas, in parallel, and verify them there.
+
+Why a staging schema: the live tables stay untouched (and unlocked) while the slow part runs --
+reading the store, loading rows, building indexes, validating foreign keys. The swap that follows
+only renames schemas of finished, verified tables (see :mod:`migsafe.swap`).
+
+Why we still run ``pg_restore``: every dump must stay restorable with stock tools, so we use the
+same tool to turn each archive into SQL. One ``pg_restore --file=-`` per table reads the archive
+once, as it streams from the store through sha256; its output is split by the entry headers
+pg_dump writes (``-- Name: x; Type: T; Schema: s; Owner: o``):
+
+* table definitions and rows go straight into one ``psql`` session per table (``--jobs`` at once);
+* indexes and constraints are kept (they are small) and built afterwards, also in parallel --
+  several ``CREATE INDEX`` on one table run concurrently in separate sessions;
+* foreign keys come last, once every referenced key exists.
+
+The SQL names objects schema-qualified (``public.users``). Each qualified name of a relation of the
+restore -- the tables, their partitions, sequences and indexes, listed by the entry headers -- is
+rewritten to the staging schema, spelled exactly as pg_dump spells it (``quote_ident``), outside
+COPY data only. Names with dots, quotes, spaces and mixed case keep working because nothing is
+parsed from the names themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import psycopg
+from psycopg import sql
+
+from . import catalog
+from .dsn import Dsn, mask
+from .exceptions import ChecksumMismatch, DatabaseError, RestoreFailed, RestoreVerificationFailed, ToolFailed
+from .identifiers import QualifiedName
+from .models import Manifest, TableEntry, TableRestoreCheck, TypeInfo, TypeRestoreCheck
+from .pgtools import tool, tool_env
+from .store import Store
+from .streams import decompressed, hashed_chunks
+
+ProgressFn = Callable[[str, str, dict[str, Any]], None]
+
+STAGING_PREFIX = "migsafe_staging_"
+UNDO_PREFIX = "migsafe_undo_"
+ADVISORY_CLASS = 0x6D6967  # "mig": the restore holding staging schemas of its id keeps this lock
+
+_HEADER = re.compile(rb"^-- (?:Data for )?Name: (.*); Type: (.*?); Schema: (.*?); Owner: ?(.*)$")
+# entries that go into the table's own session, in order, before and with its rows
+_LOAD = {b"TABLE", b"SEQUENCE", b"SEQUENCE OWNED BY", b"DEFAULT", b"TABLE ATTACH", b"TABLE DATA",
+         b"SEQUENCE SET", b"SHELL TYPE"}
+_BUILD = {b"CONSTRAINT", b"INDEX", b"CHECK CONSTRAINT"}  # phase 2, in parallel
+# everything else (triggers, policies, row security, grants, index attach, rules) is phase 3,
+# foreign keys phase 4
+
+
+def split_name(name: str, schema: str | None = None) -> QualifiedName:
+    """A manifest name as the catalog spells it; ``schema`` (when the manifest has it) disambiguates dots.
+
+    Never :meth:`QualifiedName.parse` it: that folds ``Orders`` to ``orders`` and refuses
+    ``Sales Data.Order Items``, names the catalog holds verbatim.
+    """
+    if schema is not None and name.startswith(schema + "."):
+        return QualifiedName(schema, name[len(schema) + 1:])
+    first, _, rest = name.partition(".")
+    return QualifiedName(first, rest)
+
+
+def entry_name(entry: TableEntry) -> QualifiedName:
+    return split_name(entry.name, entry.schema_name)
+
+
+def partition_names(entry: TableEntry) -> list[QualifiedName]:
+    return [split_name(p, entry.schema_name if p.startswith((entry.schema_name or "\0") + ".") else None)
+            for p in entry.partitions]
+
+
+def new_restore_id() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y%m%d%H%M%S") + "_" + os.urandom(3).hex()
+
+
+def schema_for(prefix: str, restore_id: str, index: int) -> str:
+    """``migsafe_staging_<id>`` for the first real schema of a restore, ``..._<id>_<k>`` for others."""
+    return f"{prefix}{restore_id}" + (f"_{index}" if index else "")
+
+
+def restore_id_of(schema: str) -> str | None:
+    for prefix in (STAGING_PREFIX, UNDO_PREFIX):
+        if schema.startswith(prefix):
+            m = re.match(r"^(\d{14}_[0-9a-f]{6})", schema[len(prefix):])
+            return m.group(1) if m else None
+    return None
+
+
+def advisory_key(restore_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(restore_id.encode()).digest()[:4], "big", signed=True)
+
+
+@dataclass
+class Staged:
+    """What the staging load produced: where each object lives, and what the checks found."""
+
+    restore_id: str
+    schemas: dict[str, str]  # real schema -> staging schema
+    tables: dict[str, QualifiedName] = field(default_factory=dict)  # manifest name -> staged name
+    types: dict[str, QualifiedName] = field(default_factory=dict)  # manifest type name -> staged name
+    checks: list[TableRestoreCheck] = field(default_factory=list)
+    type_checks: list[TypeRestoreCheck] = field(default_factory=list)
+
+    def staged(self, real: QualifiedName) -> QualifiedName:
+        return QualifiedName(self.schemas[real.schema], real.name)
+
+
+class _Rewriter:
+    """Rewrites the qualified names of the restore's relations to their staging schemas."""
+
+    def __init__(self, mapping: dict[bytes, bytes]) -> None:
+        self.reset(mapping)
+
+    def reset(self, mapping: dict[bytes, bytes]) -> None:
+        self.mapping = dict(mapping)
+        if mapping:
+            alternatives = b"|".join(re.escape(k) for k in sorted(mapping, key=len, reverse=True))
+            self.pattern: re.Pattern[bytes] | None = re.compile(rb'(?<![\w$."])(' + alternatives + rb")(?![\w$])")
+        else:
+            self.pattern = None
+
+    def __call__(self, line: bytes) -> bytes:
+        if self.pattern is None or b"." not in line:
+            return line
+        return self.pattern.sub(lambda m: self.mapping[m.group(1)], line)
+
+
+class Quoter:
+    """Quotes a name as pg_dump's fmtId does: plain lower-case non-keywords bare, the rest in quotes.
+
+    The keyword list comes from the server (``pg_get_keywords``), so it matches the tools' version.
+    """
+
+    _PLAIN = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.reserved = {r[0] for r in conn.execute("select word from pg_get_keywords() where catcode <> 'U'")}
+
+    def __call__(self, name: str) -> str:
+        if self._PLAIN.match(name) and name not in self.reserved:
+            return name
+        return '"' + name.replace('"', '""') + '"'
+
+    def qualified(self, schema: str, name: str) -> bytes:
+        return f"{self(schema)}.{self(name)}".encode()
+
+
+class Loader:
+    """Loads entries into staging schemas of ``target``; one instance per restore or diff."""
+
+    def __init__(self, store: Store, prefix: str, manifest: Manifest, target: Dsn, restore_id: str, *,
+                 jobs: int | None, no_owner: bool, pg_bindir: str | None, notify: ProgressFn,
+                 analyze: bool = True) -> None:
+        self.analyze = analyze
+        self.store = store
+        self.prefix = prefix
+        self.manifest = manifest
+        self.target = target
+        self.restore_id = restore_id
+        self.jobs = max(1, jobs or os.cpu_count() or 2)
+        self.no_owner = no_owner
+        self.pg_bindir = pg_bindir
+        self.notify = notify
+        self.env = tool_env(target.tool_env())
+
+    # -- naming ------------------------------------------------------------------------------
+    def plan_schemas(self, entries: Sequence[TableEntry], types: Sequence[TypeInfo]) -> dict[str, str]:
+        real = sorted({entry_name(e).schema for e in entries}
+                      | {p.schema for e in entries for p in partition_names(e)}
+                      | {split_name(t.name).schema for t in types})
+        return {s: schema_for(STAGING_PREFIX, self.restore_id, i) for i, s in enumerate(real)}
+
+    # -- the load ----------------------------------------------------------------------------
+    def load(self, conn: psycopg.Connection[Any], entries: Sequence[TableEntry],
+             stage_types: Sequence[TypeInfo]) -> Staged:
+        """Create the staging schemas and load ``entries``; ChecksumMismatch/RestoreFailed on failure.
+
+        ``stage_types`` are created in staging (missing in the target, or with other enum labels);
+        the others are used as the target has them.
+        """
+        schemas = self.plan_schemas(entries, stage_types)
+        staged = Staged(restore_id=self.restore_id, schemas=schemas)
+        for s in schemas.values():
+            conn.execute(sql.SQL("create schema {}").format(sql.Identifier(s)))
+        # the names to rewrite: tables, partitions and staged types (relation names inside each
+        # archive -- sequences, indexes -- are added per archive from its entry headers)
+        q = Quoter(conn)
+        mapping: dict[bytes, bytes] = {}
+
+        def add(schema: str, name: str) -> None:
+            if schema in schemas:
+                mapping.setdefault(q.qualified(schema, name), q.qualified(schemas[schema], name))
+
+        relations: dict[str, set[str]] = {}
+        for e in entries:
+            staged.tables[e.name] = staged.staged(entry_name(e))
+            for n in (entry_name(e), *partition_names(e)):
+                add(n.schema, n.name)
+                relations.setdefault(n.schema, set()).add(n.name)
+        for t in stage_types:
+            n = split_name(t.name)
+            add(n.schema, n.name)
+            # catalog.type_ddl writes sql.Identifier names: always double-quoted
+            mapping[sql.Identifier(n.schema, n.name).as_string(conn).encode()] = q.qualified(schemas[n.schema], n.name)
+            staged.types[t.name] = staged.staged(n)
+        rewrite = _Rewriter(mapping)
+        with conn.transaction():
+            conn.execute("set local search_path = ''")
+            conn.execute("set local check_function_bodies = false")
+            for t in stage_types:
+                conn.execute(rewrite(t.ddl.encode()).decode())
+        # phase 1: definitions and rows, one psql session per table
+        names: dict[str, set[tuple[str, str]]] = {}
+        later: dict[str, list[tuple[bytes, bytes]]] = {}
+        lock = threading.Lock()
+
+        def one(entry: TableEntry) -> None:
+            found, kept = self._load_table(entry, rewrite, mapping, lock, q, schemas, relations)
+            with lock:
+                names[entry.name] = found
+                later[entry.name] = kept
+
+        self._parallel(one, entries)
+        # phases 2-4 -- the rewriter now knows every sequence and index name of every archive
+        built = [(kind, body) for e in entries for kind, body in later[e.name]]
+        self._run_sql([rewrite_block(rewrite, b) for k, b in built if k in _BUILD], "index")
+        self._run_sql([rewrite_block(rewrite, b) for k, b in built if k not in _BUILD and k != b"FK CONSTRAINT"],
+                      "object")
+        self._run_sql([rewrite_block(rewrite, b) for k, b in built if k == b"FK CONSTRAINT"], "foreign key")
+        if self.analyze:  # statistics travel with the table: the planner knows it from the first query
+            self._parallel(lambda e: self._exec(sql.SQL("analyze {}").format(staged.tables[e.name].ident)), entries)
+        return staged
+
+    def _parallel(self, fn: Callable[[Any], None], items: Sequence[Any]) -> None:
+        if not items:
+            return
+        with ThreadPoolExecutor(max_workers=min(self.jobs, len(items)), thread_name_prefix="migsafe-stage") as pool:
+            futures = [pool.submit(fn, i) for i in items]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            # a checksum mismatch explains the rest; otherwise the first failure
+            first = next((e for e in errors if isinstance(e, ChecksumMismatch)), errors[0])
+            raise first  # type: ignore[misc]
+
+    def _exec(self, stmt: sql.Composed | sql.SQL | str) -> None:
+        with catalog.connect(self.target, application_name="migsafe restore staging") as conn:
+            conn.execute("set search_path = ''")
+            conn.execute("set check_function_bodies = false")
+            conn.execute("set maintenance_work_mem = '256MB'")
+            conn.execute(stmt.encode() if isinstance(stmt, str) else stmt)
+
+    def _run_sql(self, blocks: list[bytes], what: str) -> None:
+        def run(block: bytes) -> None:
+            try:
+                self._exec(block.decode())
+            except psycopg.errors.ForeignKeyViolation as exc:
+                raise RestoreVerificationFailed(
+                    f"foreign key check failed in staging, nothing swapped: {mask(str(exc)).strip()}") from exc
+            except psycopg.Error as exc:
+                raise RestoreFailed(f"building {what} in staging failed: {mask(str(exc)).strip()}") from exc
+
+        self._parallel(run, [b for b in blocks if b.strip()])
+
+    def _load_table(self, entry: TableEntry, rewrite: _Rewriter, mapping: dict[bytes, bytes], lock: threading.Lock,
+                    q: Quoter, schemas: dict[str, str], relations: dict[str, set[str]]
+                    ) -> tuple[set[tuple[str, str]], list[tuple[bytes, bytes]]]:
+        """Stream one archive: definitions and rows into psql, the rest kept for later phases."""
+        key = self.prefix + entry.key
+        self.notify("start", entry.name, {})
+        psql = subprocess.Popen(
+            [tool("psql", self.pg_bindir), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-psqlrc",
+             f"--dbname={self.target.conninfo(with_password=False)}",
+             "--set=application_name=migsafe restore staging"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=(perr := tempfile.TemporaryFile()),  # noqa: SIM115
+            env=self.env,
+        )
+        args = ["--file=-"] + (["--no-owner", "--no-privileges"] if self.no_owner else [])
+        restore = subprocess.Popen([tool("pg_restore", self.pg_bindir), *args], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=(rerr := tempfile.TemporaryFile()))  # noqa: SIM115
+        assert psql.stdin is not None and restore.stdin is not None and restore.stdout is not None
+        digest = hashlib.sha256()
+        size = [0]
+        feed_error: list[BaseException] = []
+
+        def feed() -> None:
+            assert restore.stdin is not None
+            stored = hashed_chunks(self.store.read(key), digest)
+            try:
+                for chunk in decompressed(_counted(stored, size), self.manifest.compression):
+                    restore.stdin.write(chunk)
+            except BrokenPipeError:
+                # pg_restore stopped early (it failed): still hash every byte, so a changed object
+                # is reported as such
+                with contextlib.suppress(Exception):
+                    for _ in _counted(stored, size):
+                        pass
+            except BaseException as exc:
+                feed_error.append(exc)
+            finally:
+                with contextlib.suppress(BrokenPipeError, OSError):
+                    restore.stdin.close()
+
+        feeder = threading.Thread(target=feed, name="migsafe-stage-feed", daemon=True)
+        feeder.start()
+        sink: IO[bytes] = psql.stdin
+        found: set[tuple[str, str]] = set()
+        kept: list[tuple[bytes, bytes]] = []
+        current: list[bytes] | None = None  # lines of an entry kept for later
+        kind = b""
+        in_copy = False
+        moved = 0
+        broken = False
+        try:
+            sink.write(b"SET maintenance_work_mem = '256MB';\n")
+            for line in restore.stdout:
+                if in_copy:
+                    if not broken:
+                        try:
+                            sink.write(line)
+                        except BrokenPipeError:
+                            broken = True
+                    moved += len(line)
+                    if line == b"\\.\n":
+                        in_copy = False
+                        self.notify("bytes", entry.name, {"bytes": moved})
+                    continue
+                m = _HEADER.match(line.rstrip(b"\n"))
+                if m:
+                    kind = m.group(2)
+                    schema = m.group(3).decode(errors="replace")
+                    name = m.group(1).decode(errors="replace")
+                    if kind == b"CONSTRAINT" and schema in schemas:
+                        # "table constraint": a unique/primary key's index is a relation too
+                        # (partition indexes are attached by name)
+                        owner = next((t for t in relations.get(schema, ()) if name.startswith(t + " ")), None)
+                        name = name[len(owner) + 1:] if owner else ""
+                    if kind in (b"SEQUENCE", b"INDEX", b"TABLE", b"CONSTRAINT") and schema in schemas and name:
+                        found.add((schema, name))
+                        with lock:
+                            before = len(mapping)
+                            mapping.setdefault(q.qualified(schema, name), q.qualified(schemas[schema], name))
+                            if len(mapping) != before:
+                                rewrite.reset(mapping)
+                    if kind in _LOAD:
+                        current = None
+                    else:
+                        current = [line]
+                        kept.append((kind, b""))
+                    continue
+                if current is not None:
+                    current.append(line)
+                    kept[-1] = (kind, b"".join(current))
+                    continue
+                if line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
+                    in_copy = True
+                if not broken:
+                    try:
+                        sink.write(rewrite(line))
+                    except BrokenPipeError:
+                        broken = True
+            with contextlib.suppress(BrokenPipeError):
+                sink.close()
+        except BaseException:
+            restore.kill()
+            psql.kill()
+            raise
+        finally:
+            rrc = restore.wait()
+            feeder.join()
+            prc = psql.wait()
+            rerr.seek(0)
+            perr.seek(0)
+            restore_msg = rerr.read().decode(errors="replace").strip()
+            psql_msg = mask(perr.read().decode(errors="replace").strip())
+            rerr.close()
+            perr.close()
+        if feed_error:
+            raise feed_error[0]
+        if digest.hexdigest() != entry.sha256 or size[0] != entry.bytes:
+            raise ChecksumMismatch(f"checksum mismatch: {key} differs from the manifest; nothing was swapped")
+        if rrc != 0:
+            raise ToolFailed(f"pg_restore failed on {key}: {restore_msg[-1500:]}")
+        if prc != 0:
+            raise RestoreFailed(f"loading {entry.name} into staging failed: {_first_error(psql_msg)}")
+        self.notify("loaded", entry.name, {"rows": entry.rows})
+        return found, kept
+
+    # -- verification ------------------------------------------------------------------------
+    def verify(self, conn: psycopg.Connection[Any], staged: Staged, entries: Sequence[TableEntry],
+               types: Sequence[TypeInfo]) -> None:
+        """Row counts, fingerprints, columns, foreign keys and enum labels against the manifest."""
+        checks: list[TableRestoreCheck] = []
+        lock = threading.Lock()
+
+        def check(entry: TableEntry) -> None:
+            name = staged.tables[entry.name]
+            with catalog.connect(self.target, application_name="migsafe restore verify") as c:
+                rows, fingerprint = catalog.count_and_fingerprint(c, name)
+                oid = catalog.resolve_tables(c, [name])[name]
+                columns = [r[0] for r in c.execute(
+                    "select attname from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped "
+                    "order by attnum", (oid,)).fetchall()]
+                fks = catalog.foreign_keys(c, [oid])
+            problems = []
+            if rows != entry.rows:
+                problems.append(f"{entry.name}: {rows} rows, the backup has {entry.rows}")
+            elif entry.fingerprint is not None and fingerprint != entry.fingerprint:
+                problems.append(f"{entry.name}: content fingerprint {fingerprint} differs from the backup's "
+                                f"{entry.fingerprint}")
+            expected_columns = [c.name for c in entry.columns]
+            if columns != expected_columns:
+                problems.append(f"{entry.name}: columns {columns} differ from the backup's {expected_columns}")
+            invalid = [fk["name"] for fk in fks if not fk["validated"]]
+            if invalid:
+                problems.append(f"{entry.name}: foreign keys not valid: {', '.join(invalid)}")
+            missing = sorted({c.name for c in entry.foreign_keys} - {fk["name"] for fk in fks})
+            if missing:
+                problems.append(f"{entry.name}: foreign keys missing: {', '.join(missing)}")
+            with lock:
+                checks.append(TableRestoreCheck(name=entry.name, rows_expected=entry.rows, rows_restored=rows,
+                                                foreign_keys=len(fks), foreign_keys_valid=len(fks) - len(invalid),
+                                                problems=problems))
+
+        self._parallel(check, entries)
+        order = {e.name: i for i, e in enumerate(entries)}
+        staged.checks = sorted(checks, key=lambda c: order[c.name])
+        needed = {t for e in entries for t in e.types}
+        for t in types:
+            if t.name not in needed:
+                continue
+            where = staged.types.get(t.name) or split_name(t.name)
+            found = enum_labels(conn, where) if t.kind == "enum" else t.labels
+            staged.type_checks.append(TypeRestoreCheck(name=t.name, labels_expected=t.labels, labels_found=found,
+                                                       created=t.name in staged.types))
+        problems = [p for c in staged.checks for p in c.problems] + [
+            f"type {t.name}: labels {t.labels_found} differ from the backup's {t.labels_expected}"
+            for t in staged.type_checks if not t.ok]
+        if problems:
+            raise RestoreVerificationFailed("verification failed in staging, nothing swapped: " + "; ".join(problems))
+
+
+def rewrite_block(rewrite: _Rewriter, block: bytes) -> bytes:
+    """One kept entry, rewritten, without comments or psql meta-commands (run through psycopg)."""
+    lines = [rewrite(line) for line in block.splitlines(keepends=True)
+             if not line.startswith((b"--", b"\\"))]
+    return b"".join(lines)
+
+
+def _counted(chunks: Iterable[bytes], size: list[int]) -> Iterable[bytes]:
+    for chunk in chunks:
+        size[0] += len(chunk)
+        yield chunk
+
+
+def _first_error(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if "ERROR" in line or "FATAL" in line]
+    return (lines[0].split("ERROR:", 1)[-1].strip() if lines else stderr[-1000:]) or "psql failed"
+
+
+def drop_schemas(conn: psycopg.Connection[Any], schemas: Iterable[str]) -> None:
+    for s in schemas:
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(s)))
+
+
+def sweep_staging(conn: psycopg.Connection[Any]) -> list[str]:
+    """Drop staging schemas whose restore is gone (its advisory lock is free); return their names."""
+    rows = conn.execute(
+        "select nspname from pg_namespace where starts_with(nspname, %s) order by 1", (STAGING_PREFIX,)
+    ).fetchall()
+    dropped = []
+    for (schema,) in rows:
+        rid = restore_id_of(schema)
+        if rid is None:
+            continue
+        key = advisory_key(rid)
+        got = conn.execute("select pg_try_advisory_lock(%s, %s)", (ADVISORY_CLASS, key)).fetchone()
+        if not got or not got[0]:
+            continue  # a live restore owns it
+        try:
+            conn.execute(sql.SQL("drop schema if exists {} cascade").format(sql.Identifier(schema)))
+            dropped.append(schema)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot drop leftover staging schema {schema}: {mask(str(exc)).strip()}") from exc
+        finally:
+            conn.execute("select pg_advisory_unlock(%s, %s)", (ADVISORY_CLASS, key))
+    return dropped
+
+
+def enum_labels(conn: psycopg.Connection[Any], name: QualifiedName) -> list[str] | None:
+    """An enum's labels in order (None when no such type), by verbatim schema and name."""
+    row = conn.execute(
+        """
+        select coalesce(array_agg(e.enumlabel order by e.enumsortorder) filter (where e.enumlabel is not null), '{}')
+        from pg_type t join pg_namespace n on n.oid = t.typnamespace
+        left join pg_enum e on e.enumtypid = t.oid
+        where n.nspname = %s and t.typname = %s group by t.oid
+        """,
+        (name.schema, name.name),
+    ).fetchone()
+    return list(row[0]) if row else None
