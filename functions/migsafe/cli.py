@@ -186,26 +186,56 @@ def verify(store: StoreOpt, backup_id: IdOpt, json_out: JsonOpt = False) -> None
 
 @app.command()
 def restore(
-    store: StoreOpt,
-    backup_id: IdOpt,
     target_dsn: Annotated[str, typer.Option("--target-dsn", help="Database to restore into.")],
+    store: Annotated[str | None, typer.Option("--store", help="Store URL: file:///path or s3://bucket/prefix.")] = None,
+    backup_id: Annotated[str | None, typer.Option("--backup-id", help="Backup id, as printed by `migsafe backup`.")] = None,
     tables: Annotated[
         str | None, typer.Option("--tables", help="Comma-separated subset of the backup's tables.")
     ] = None,
     replace: Annotated[
-        bool, typer.Option("--replace", help="Drop and restore tables that already hold data.")
+        bool, typer.Option("--replace", help="Replace tables that already hold data (they wait in an undo schema).")
     ] = False,
     no_owner: Annotated[
         bool, typer.Option("--no-owner", help="Skip ownership and grants (other cluster).")
     ] = False,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, help="Parallel sessions loading staging (default: CPUs).")
+    ] = None,
+    merge: Annotated[
+        str | None,
+        typer.Option("--merge", help="Bring back rows only the backup has, keep rows written since "
+                     "(--merge); --merge=overwrite also rewrites changed rows to the backup's values."),
+    ] = None,
+    undo: Annotated[
+        str | None, typer.Option("--undo", help="Swap back the tables a restore (this restore id) replaced.")
+    ] = None,
+    lock_timeout: Annotated[
+        str, typer.Option("--lock-timeout", help="How long the swap waits for its locks per attempt.")
+    ] = "30s",
     json_out: JsonOpt = False,
 ) -> None:
-    """Restore tables from a backup: checksums first, one transaction, verified before COMMIT."""
-    from .restore import RestoreOptions, run_restore
+    """Restore tables: load and verify them in a staging schema, then swap them in briefly (or --merge)."""
+    from .exceptions import InputError
+    from .restore import RestoreOptions, run_restore, run_undo
 
     target = Dsn.parse(target_dsn)
+    if undo is not None:
+        if store or backup_id or tables or replace or merge:
+            raise InputError("--undo takes only --target-dsn (and --lock-timeout, --json)")
+        report = run_undo(target, undo, lock_timeout=lock_timeout)
+        out.print(report.model_dump_json(indent=2) if json_out else report.restore_id)
+        err.print(f"undid restore {undo}: {', '.join(report.replaced) or 'nothing'} back in place "
+                  f"(lock window {report.lock_window_seconds:.3f}s); undo this undo with --undo {report.restore_id}")
+        return
+    if not store or not backup_id:
+        raise InputError("restore needs --store and --backup-id (or --undo RESTORE_ID)")
+    if merge not in (None, "keep", "overwrite"):
+        raise InputError(f"--merge takes no value or =overwrite, not {merge!r}")
+    if merge and replace:
+        raise InputError("--merge keeps the target's tables; it cannot be combined with --replace")
     names = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
-    opts = RestoreOptions(tables=names, replace=replace, no_owner=no_owner, pg_bindir=settings().pg_bindir)
+    opts = RestoreOptions(tables=names, replace=replace, no_owner=no_owner, pg_bindir=settings().pg_bindir,
+                          jobs=jobs, merge=merge, lock_timeout=lock_timeout)  # type: ignore[arg-type]
     with _Reporter("restore") as rep:
         report = run_restore(open_store(store), backup_id, target, opts, progress=rep)
     if json_out:
@@ -223,30 +253,95 @@ def restore(
         for ty in report.types:
             t.add_row(f"type {ty.name}", "", "", "", "yes" if ty.ok else "[red]labels differ[/red]")
         out.print(t)
+        for m in report.merged:
+            out.print(f"merged {m.name}: {m.inserted:,} rows inserted, {m.updated:,} updated")
+    for w in report.warnings:
+        err.print(f"  ! {w}", markup=False)
     if not report.ok:
         err.print("migsafe: restore verification failed: " + "; ".join(report.problems()))
         raise typer.Exit(1)
+    how = "merged" if merge else "restored"
     err.print(
-        f"restored {len(report.tables)} tables from {backup_id} into {report.target} in {report.seconds:.1f}s"
+        f"{how} {len(report.tables)} tables from {backup_id} into {report.target} in {report.seconds:.1f}s "
+        f"(restore id {report.restore_id}, lock window {report.lock_window_seconds:.3f}s"
+        + (f"; undo with: migsafe restore --target-dsn ... --undo {report.restore_id}" if report.undo_schema else "")
+        + ")"
     )
 
 
 @app.command()
-def prune(
+def diff(
     store: StoreOpt,
-    older_than: Annotated[str, typer.Option("--older-than", help="Age like 7d, 36h, 2w.")],
+    backup_id: IdOpt,
+    target_dsn: Annotated[str, typer.Option("--target-dsn", help="Database to compare with.")],
+    tables: Annotated[
+        str | None, typer.Option("--tables", help="Comma-separated subset of the backup's tables.")
+    ] = None,
+    jobs: Annotated[
+        int | None, typer.Option("--jobs", "-j", min=1, help="Parallel sessions loading staging (default: CPUs).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare a backup with the live tables by primary key; exit 0 equal, 1 different."""
+    from .diff import run_diff
+
+    names = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
+    report = run_diff(open_store(store), backup_id, Dsn.parse(target_dsn), names, jobs=jobs,
+                      pg_bindir=settings().pg_bindir)
+    if json_out:
+        out.print(report.model_dump_json(indent=2))
+    else:
+        t = Table("table", "only in backup", "only in target", "changed", box=None)
+        for d in report.tables:
+            t.add_row(d.name, f"{d.only_in_backup:,}", f"{d.only_in_target:,}", f"{d.changed:,}")
+        out.print(t)
+        for d in report.tables:
+            for what, keys in d.sample.items():
+                if keys:
+                    out.print(f"{d.name} {what} (sample): " + json.dumps(keys, default=str), markup=False)
+    err.print(f"backup {backup_id} and {report.target}: " + ("equal" if report.equal else "differ"))
+    raise typer.Exit(0 if report.equal else 1)
+
+
+@app.command()
+def prune(
+    store: Annotated[str | None, typer.Option("--store", help="Store URL whose old backups to delete.")] = None,
+    older_than: Annotated[str | None, typer.Option("--older-than", help="Backup age like 7d, 36h, 2w.")] = None,
+    target_dsn: Annotated[
+        str | None, typer.Option("--target-dsn", help="Database whose old undo and leftover staging schemas to drop.")
+    ] = None,
+    keep_undo: Annotated[
+        str, typer.Option("--keep-undo", help="With --target-dsn: keep undo schemas this young (like 7d).")
+    ] = "7d",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
 ) -> None:
-    """Delete complete backups older than --older-than, and incomplete ones older than a day."""
+    """Delete old backups of a store (--store --older-than) and/or old undo schemas of a database (--target-dsn)."""
     from . import inventory
+    from .exceptions import InputError
 
-    doomed = inventory.prune(open_store(store), inventory.parse_age(older_than), dry_run=dry_run)
-    for r in doomed:
-        out.print(
-            f"{'would delete' if dry_run else 'deleted'} {r.backup_id} ({'complete' if r.complete else 'incomplete'}, "
-            f"{_human(r.bytes)})"
-        )
-    err.print(f"{len(doomed)} backup(s) {'to prune' if dry_run else 'pruned'}")
+    if not store and not target_dsn:
+        raise InputError("prune needs --store (with --older-than) and/or --target-dsn")
+    if store and not older_than:
+        raise InputError("prune --store needs --older-than (like 7d)")
+    if older_than and not store:
+        raise InputError("--older-than applies to --store backups; for a database use --target-dsn --keep-undo")
+    keep = inventory.parse_age(keep_undo)
+    if store and older_than:
+        doomed = inventory.prune(open_store(store), inventory.parse_age(older_than), dry_run=dry_run)
+        for r in doomed:
+            out.print(
+                f"{'would delete' if dry_run else 'deleted'} {r.backup_id} "
+                f"({'complete' if r.complete else 'incomplete'}, {_human(r.bytes)})"
+            )
+        err.print(f"{len(doomed)} backup(s) {'to prune' if dry_run else 'pruned'}")
+    if target_dsn:
+        from .restore import prune_target
+
+        target = Dsn.parse(target_dsn)
+        schemas = prune_target(target, keep, dry_run=dry_run)
+        for schema in schemas:
+            out.print(f"{'would drop' if dry_run else 'dropped'} schema {schema}")
+        err.print(f"{len(schemas)} undo/staging schema(s) {'to prune' if dry_run else 'pruned'} in {target}")
 
 
 @app.command()
@@ -310,8 +405,11 @@ def main(argv: list[str] | None = None) -> None:
 
     Usage errors exit 2 (click's own convention, which matches "bad input").
     """
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `restore --merge` takes an optional value: a bare --merge means --merge=keep
+    args = ["--merge=keep" if a == "--merge" else a for a in args]
     try:
-        app(args=argv, prog_name="migsafe")
+        app(args=args, prog_name="migsafe")
     except MigsafeError as exc:
         err.print(f"migsafe: error: {mask(str(exc))}", markup=False)
         sys.exit(exc.exit_code)

@@ -197,8 +197,10 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
     # foreign keys that leave the backup must find their tables in the target
     outside = sorted({fk.references for e in entries for fk in e.foreign_keys
                       if fk.references and fk.references not in selected})
-    present = catalog.existing_tables(conn, [split_name(t) for t in outside])
-    missing_refs = [t for t in outside if split_name(t) not in present]
+    # "schema.table" is ambiguous when a name holds a dot: any reading the target has will do
+    readings = {t: [QualifiedName(t[:i], t[i + 1:]) for i, ch in enumerate(t) if ch == "."] for t in outside}
+    present = catalog.existing_tables(conn, [q for qs in readings.values() for q in qs])
+    missing_refs = [t for t in outside if not any(q in present for q in readings[t])]
     if missing_refs:
         refusing = sorted({e.name for e in entries for fk in e.foreign_keys if fk.references in missing_refs})
         problems.append(
