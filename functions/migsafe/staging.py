@@ -459,7 +459,7 @@ def rewrite_block(rewrite: _Rewriter, block: bytes) -> bytes:
     """One kept entry, rewritten, without comments or psql meta-commands (run through psycopg)."""
     lines = [rewrite(line) for line in block.splitlines(keepends=True)
              if not line.startswith((b"--", b"\\"))]
-    return b"".join(lines)
+    return b"".join(lines).strip()
 
 
 def _counted(chunks: Iterable[bytes], size: list[int]) -> Iterable[bytes]:

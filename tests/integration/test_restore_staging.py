@@ -300,3 +300,77 @@ def test_a_concurrent_reader_waits_no_longer_than_the_reported_lock_window(
     assert report.lock_window_seconds < 0.2 * report.seconds
     assert len(waits) > 10
 
+
+
+def _activity(db: Database, query: str) -> int:
+    with psycopg.connect(db.conninfo, autocommit=True) as conn:
+        row = conn.execute(query, (db.name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+@pytest.mark.parametrize("point", ["loading", "building", "swapping"])
+def test_a_restore_killed_at_any_point_leaves_the_target_whole_and_its_staging_is_swept(
+    point: str, make_database: Callable[..., Database], migsafe: Cli, tmp_path: Path, runtime_dir: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from pgsupport import ROOT
+
+    # Given a backup of a large table, and a target that holds other rows of it
+    source = _big(make_database)
+    store = tmp_path / "store"
+    backup = run_backup(source.dsn, FileStore(store), [QualifiedName.parse("big")])
+    target = _big(make_database, rows=1000)
+    before = table_fingerprints(target, ["public.big"])
+    blocker = psycopg.connect(target.conninfo)
+    if point == "swapping":  # a reader in a long transaction: the swap waits for its lock
+        blocker.execute("select count(*) from big").fetchone()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "migsafe", "restore", "--store", file_url(store), "--backup-id", backup.backup_id,
+         "--target-dsn", target.url, "--replace", "--jobs", "2"],
+        cwd=ROOT, env={**os.environ, "MIGSAFE_RUNTIME_DIR": str(runtime_dir)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    reached = {
+        "loading": "select count(*) from pg_stat_activity where datname = %s and starts_with(query, 'COPY ')",
+        "building": "select count(*) from pg_stat_activity where datname = %s and application_name = "
+                    "'migsafe restore staging' and (query ilike 'create%%index%%' or query ilike 'alter table%%')",
+        "swapping": "select count(*) from pg_stat_activity where datname = %s and application_name = "
+                    "'migsafe restore' and wait_event_type = 'Lock'",
+    }[point]
+    try:
+        deadline = time.monotonic() + 120
+        while not _activity(target, reached):
+            assert proc.poll() is None, f"the restore ended before reaching {point}"
+            assert time.monotonic() < deadline, f"the restore never reached {point}"
+            time.sleep(0.002)
+
+        # When its whole process group is killed there
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        blocker.close()
+
+    # Then the target is unchanged (every kill point is before the swap's COMMIT)
+    assert table_fingerprints(target, ["public.big"]) == before
+    assert [s for s in _staging_schemas(target) if s.startswith("migsafe_staging_")]
+    # and the leftover staging is removed by prune (or by the next restore)
+    deadline = time.monotonic() + 60
+    while _activity(target, "select count(*) from pg_stat_activity where datname = %s and "
+                            "starts_with(application_name, 'migsafe restore')"):
+        assert time.monotonic() < deadline, "sessions of the killed restore lingered"
+        time.sleep(0.05)
+    if point == "building":
+        again = _restore(migsafe, store, backup.backup_id, target, "--replace", "--json")
+        assert again.code == 0, again.output
+        assert table_fingerprints(target, ["public.big"]) == table_fingerprints(source, ["public.big"])
+        assert _staging_schemas(target) == [json.loads(again.stdout)["undo_schema"]]
+    else:
+        pruned = migsafe("prune", "--target-dsn", target.url)
+        assert pruned.code == 0, pruned.output
+        assert "migsafe_staging_" in pruned.stdout
+        assert _staging_schemas(target) == []
