@@ -240,9 +240,24 @@ class Loader:
         # phases 2-4 -- the rewriter now knows every sequence and index name of every archive
         built = [(kind, body) for e in entries for kind, body in later[e.name]]
         self._run_sql([rewrite_block(rewrite, b) for k, b in built if k in _BUILD], "index")
-        self._run_sql([rewrite_block(rewrite, b) for k, b in built if k not in _BUILD and k != b"FK CONSTRAINT"],
+        # triggers, policies, row security, grants, comments: quick, and run one after another --
+        # GRANT and ALTER TABLE ... ROW LEVEL SECURITY on one table update the same catalog row
+        self._run_sql([b";\n".join(rewrite_block(rewrite, b).rstrip(b";") for k, b in built
+                                   if k not in _BUILD and k != b"FK CONSTRAINT" and rewrite_block(rewrite, b))],
                       "object")
-        self._run_sql([rewrite_block(rewrite, b) for k, b in built if k == b"FK CONSTRAINT"], "foreign key")
+        # foreign keys: added NOT VALID, then validated -- VALIDATE takes only ROW SHARE on the
+        # referenced table, so a live table outside the restore keeps taking writes meanwhile
+        fks = [rewrite_block(rewrite, b) for k, b in built if k == b"FK CONSTRAINT"]
+        self._run_sql([_not_valid(b) for b in fks], "foreign key")
+        pending = conn.execute(
+            """
+            select n.nspname, r.relname, c.conname from pg_constraint c join pg_class r on r.oid = c.conrelid
+            join pg_namespace n on n.oid = r.relnamespace
+            where c.contype = 'f' and not c.convalidated and n.nspname = any(%s) order by 1, 2, 3
+            """, (list(schemas.values()),)).fetchall()
+        self._run_sql([sql.SQL("alter table {} validate constraint {}").format(
+            sql.Identifier(r[0], r[1]), sql.Identifier(r[2])).as_string(conn).encode() for r in pending],
+            "foreign key")
         if self.analyze:  # statistics travel with the table: the planner knows it from the first query
             self._parallel(lambda e: self._exec(sql.SQL("analyze {}").format(staged.tables[e.name].ident)), entries)
         return staged
@@ -460,6 +475,12 @@ def rewrite_block(rewrite: _Rewriter, block: bytes) -> bytes:
     lines = [rewrite(line) for line in block.splitlines(keepends=True)
              if not line.startswith((b"--", b"\\"))]
     return b"".join(lines).strip()
+
+
+def _not_valid(block: bytes) -> bytes:
+    """pg_dump's ``ALTER TABLE ... ADD CONSTRAINT ... FOREIGN KEY ...;`` as ``... NOT VALID;``."""
+    body = block.rstrip()
+    return body[:-1] + b" NOT VALID;" if body.endswith(b";") and body.count(b";") == 1 else block
 
 
 def _counted(chunks: Iterable[bytes], size: list[int]) -> Iterable[bytes]:
