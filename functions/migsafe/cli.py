@@ -212,6 +212,10 @@ def restore(
     lock_timeout: Annotated[
         str, typer.Option("--lock-timeout", help="How long the swap waits for its locks per attempt.")
     ] = "30s",
+    restore_schema: Annotated[
+        bool, typer.Option("--restore-schema", help="The target's schema differs from the backup's (columns, "
+                           "enum labels, alembic revision): restore the backup's schema too instead of refusing.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Restore tables: load and verify them in a staging schema, then swap them in briefly (or --merge)."""
@@ -220,7 +224,7 @@ def restore(
 
     target = Dsn.parse(target_dsn)
     if undo is not None:
-        if store or backup_id or tables or replace or merge:
+        if store or backup_id or tables or replace or merge or restore_schema:
             raise InputError("--undo takes only --target-dsn (and --lock-timeout, --json)")
         report = run_undo(target, undo, lock_timeout=lock_timeout)
         out.print(report.model_dump_json(indent=2) if json_out else report.restore_id)
@@ -235,7 +239,8 @@ def restore(
         raise InputError("--merge keeps the target's tables; it cannot be combined with --replace")
     names = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
     opts = RestoreOptions(tables=names, replace=replace, no_owner=no_owner, pg_bindir=settings().pg_bindir,
-                          jobs=jobs, merge=merge, lock_timeout=lock_timeout)  # type: ignore[arg-type]
+                          jobs=jobs, merge=merge, lock_timeout=lock_timeout,  # type: ignore[arg-type]
+                          restore_schema=restore_schema)
     with _Reporter("restore") as rep:
         report = run_restore(open_store(store), backup_id, target, opts, progress=rep)
     if json_out:

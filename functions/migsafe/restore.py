@@ -72,6 +72,9 @@ class RestoreOptions:
     pg_bindir: str | None = None
     jobs: int | None = None  # parallel sessions loading the staging schema; None = CPU count
     merge: Literal["keep", "overwrite"] | None = None  # bring back rows instead of replacing tables
+    # the target's schema differs from the backup's (a migration ran): replace it with the backup's
+    # instead of refusing with "run the downgrade first"
+    restore_schema: bool = False
 
 
 @dataclass
@@ -81,6 +84,7 @@ class _Plan:
     entries: list[TableEntry]
     existing: list[QualifiedName] = field(default_factory=list)
     stage_types: list[TypeInfo] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def run_restore(
@@ -107,7 +111,7 @@ def run_restore(
             report.replaced = result.replaced
             report.lock_window_seconds = result.lock_window_seconds
             report.undo_schema = result.undo_schema
-            report.warnings = result.warnings
+            report.warnings = plan.warnings + result.warnings
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
@@ -221,6 +225,8 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
         if matviews:
             problems.append(f"materialized views depend on tables to replace: {', '.join(v[0] for v in matviews)} "
                             "(drop them first; plain views are recreated on the restored tables)")
+    if not opts.merge:
+        problems += _schema_drift(conn, manifest, entries, plan.existing, opts, plan.warnings)
     # types: stage the missing ones; an enum with other labels is swapped only with all its tables
     needed = {t for e in entries for t in e.types}
     for info in manifest.types:
@@ -256,12 +262,13 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
             (row[0], row[0]),
         ).fetchall()
         others = [u[0] for u in users if u[1] not in replaced_oids]
-        if opts.replace and not others:
+        if opts.replace and opts.restore_schema and not others:
             plan.stage_types.append(info)
         else:
             problems.append(
                 f"type {info.name} has labels {labels} in the target but {info.labels} in the backup"
-                + (f"; other relations use it: {', '.join(others)}" if others else " (use --replace)")
+                + (f"; other relations use it: {', '.join(others)}" if others
+                   else " (the backup's type comes back only with --replace --restore-schema)")
                 + " -- run the migration's downgrade first, or restore into an empty database"
             )
     if not opts.no_owner:
@@ -273,6 +280,45 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
     if problems:
         raise RestoreRefused("restore refused, nothing changed: " + "; ".join(problems))
     return plan
+
+
+def _schema_drift(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[TableEntry],
+                  existing: list[QualifiedName], opts: RestoreOptions, warnings: list[str]) -> list[str]:
+    """Where the target's schema is not the backup's: columns and types, the alembic revision.
+
+    Restoring the backup's tables under a migrated schema would leave the database inconsistent
+    (the application and ``alembic_version`` say "upgraded", the tables say otherwise), so the
+    downgrade runs first -- or ``--restore-schema`` says to bring back the recorded schema too.
+    """
+    problems: list[str] = []
+    by_name = {entry_name(e): e for e in entries}
+    for name in existing if not opts.restore_schema else []:
+        entry = by_name[name]
+        have = [(c, t) for c, (_, t, _) in columns_of(conn, name).items()]
+        want = [(c.name, c.type) for c in entry.columns]
+        if have != want:
+            gone = [f"{c} {t}" for c, t in want if (c, t) not in have]
+            new = [f"{c} {t}" for c, t in have if (c, t) not in want]
+            problems.append(
+                f"{name}: the target's columns differ from the backup's"
+                + (f" (backup only: {', '.join(gone)}" if gone else " (")
+                + (f"; target only: {', '.join(new)})" if new else ")")
+                + " -- run the migration's downgrade first, or pass --restore-schema to restore the backup's "
+                "schema too"
+            )
+    restores_version = any(entry_name(e).name == "alembic_version" for e in entries)
+    if manifest.alembic_revision and existing and not restores_version:
+        current = catalog.alembic_revision(conn)
+        if current is not None and current != manifest.alembic_revision:
+            if opts.restore_schema:
+                warnings.append(f"alembic_version stays at {current}; the restored tables are at "
+                                f"{manifest.alembic_revision}: run `alembic stamp {manifest.alembic_revision}`")
+                return []
+            problems.append(
+                f"the target is at alembic revision {current}, the backup was taken at {manifest.alembic_revision} "
+                f"-- run `alembic downgrade {manifest.alembic_revision}` first, or pass --restore-schema"
+            )
+    return problems
 
 
 # --- merge ------------------------------------------------------------------------------------

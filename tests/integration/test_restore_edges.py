@@ -48,13 +48,17 @@ def test_replace_restores_an_enum_whose_labels_a_migration_changed(
     assert _restore(migsafe, store, backup_id, target).code == 0
     _upper_case_the_enum(target)
 
-    # When it is restored without and then with --replace
+    # When it is restored without --replace, with --replace, and with --replace --restore-schema
     refused = _restore(migsafe, store, backup_id, target)
-    replaced = _restore(migsafe, store, backup_id, target, "--replace")
+    migrated = _restore(migsafe, store, backup_id, target, "--replace")
+    replaced = _restore(migsafe, store, backup_id, target, "--replace", "--restore-schema")
 
-    # Then the first is refused, and the second brings back the lower-case labels and the rows
+    # Then the first two are refused (the second saying the downgrade must run first), and the
+    # third brings back the lower-case labels and the rows
     assert refused.code == 2, refused.output
     assert "public.applicationtype" in refused.output
+    assert migrated.code == 2, migrated.output
+    assert "public.applicationtype" in migrated.output and "downgrade first" in migrated.output
     assert replaced.code == 0, replaced.output
     assert target.scalar("select enum_range(null::applicationtype)::text") == "{market_edge,causal_edge,value_edge}"
     assert table_fingerprints(target, TABLES) == table_fingerprints(seeded, TABLES)
@@ -147,3 +151,38 @@ def test_tables_with_unusual_names_in_another_schema_round_trip(
     assert one.scalar('select count(*) from "Sales Data"."Order_Items"') == 70
     assert one.scalar("""select count(*) from pg_tables where schemaname = 'Sales Data'""") == 1
 
+
+
+def test_a_migrated_target_is_refused_until_downgraded_or_told_to_restore_the_schema(
+    seeded: Database, make_database: Callable[..., Database], migsafe: Cli, tmp_path: Path
+) -> None:
+    # Given a backup taken at revision "base", and a target restored from it and then migrated:
+    # a column added, alembic_version moved on
+    with seeded.connect() as conn:
+        conn.execute("create table alembic_version (version_num varchar(32) primary key)")
+        conn.execute("insert into alembic_version values ('base')")
+    store, backup_id = _backup(migsafe, tmp_path, seeded)
+    target = make_database()
+    assert _restore(migsafe, store, backup_id, target).code == 0
+    with target.connect() as conn:
+        conn.execute("create table alembic_version (version_num varchar(32) primary key)")
+        conn.execute("insert into alembic_version values ('head')")
+        conn.execute("alter table users add column nickname text")
+        conn.execute("update users set full_name = 'x'")
+    before = table_fingerprints(target, TABLES)
+
+    # When it is restored with --replace, then with --restore-schema too
+    refused = _restore(migsafe, store, backup_id, target, "--replace", "--tables", "public.users")
+    after_refusal = table_fingerprints(target, TABLES)
+    forced = _restore(migsafe, store, backup_id, target, "--replace", "--tables", "public.users", "--restore-schema")
+
+    # Then the first is refused naming the drift and the downgrade, changing nothing
+    assert refused.code == 2, refused.output
+    assert "nickname text" in refused.output
+    assert "alembic revision head" in refused.output and "alembic downgrade base" in refused.output
+    assert after_refusal == before
+    # and the second restores the backup's table, schema included, and says to stamp the revision
+    assert forced.code == 0, forced.output
+    assert "alembic stamp base" in forced.output
+    assert table_fingerprints(target, ["public.users"]) == table_fingerprints(seeded, ["public.users"])
+    assert before["public.users"] != table_fingerprints(target, ["public.users"])["public.users"]
