@@ -64,6 +64,27 @@ def test_replace_restores_an_enum_whose_labels_a_migration_changed(
     assert table_fingerprints(target, TABLES) == table_fingerprints(seeded, TABLES)
 
 
+def test_undo_brings_back_the_migrated_enum_with_its_tables(
+    seeded: Database, make_database: Callable[..., Database], migsafe: Cli, tmp_path: Path
+) -> None:
+    # Given a target whose enum was upper-cased, replaced from the backup with its schema
+    store, backup_id = _backup(migsafe, tmp_path, seeded)
+    target = make_database()
+    assert _restore(migsafe, store, backup_id, target).code == 0
+    _upper_case_the_enum(target)
+    migrated = table_fingerprints(target, TABLES)
+    replaced = _restore(migsafe, store, backup_id, target, "--replace", "--restore-schema", "--json")
+    assert replaced.code == 0, replaced.output
+
+    # When that restore is undone
+    undone = migsafe("restore", "--target-dsn", target.url, "--undo", json.loads(replaced.stdout)["restore_id"])
+
+    # Then the upper-case enum and the migrated rows are back
+    assert undone.code == 0, undone.output
+    assert target.scalar("select enum_range(null::applicationtype)::text") == "{MARKET_EDGE,CAUSAL_EDGE,VALUE_EDGE}"
+    assert table_fingerprints(target, TABLES) == migrated
+
+
 def test_an_enum_used_outside_the_restored_tables_is_never_dropped(
     seeded: Database, make_database: Callable[..., Database], migsafe: Cli, tmp_path: Path
 ) -> None:
