@@ -116,9 +116,19 @@ class Staged:
     types: dict[str, QualifiedName] = field(default_factory=dict)  # manifest type name -> staged name
     checks: list[TableRestoreCheck] = field(default_factory=list)
     type_checks: list[TypeRestoreCheck] = field(default_factory=list)
+    measured: dict[str, tuple[int, str]] = field(default_factory=dict)  # rows and fingerprint, once loaded
 
     def staged(self, real: QualifiedName) -> QualifiedName:
         return QualifiedName(self.schemas[real.schema], real.name)
+
+
+@dataclass
+class _Measure:
+    """A row count and fingerprint to take beside the index builds."""
+
+    entry: str
+    name: QualifiedName
+    result: tuple[int, str] | None = None
 
 
 class _Rewriter:
@@ -239,7 +249,11 @@ class Loader:
         self._parallel(one, entries)
         # phases 2-4 -- the rewriter now knows every sequence and index name of every archive
         built = [(kind, body) for e in entries for kind, body in later[e.name]]
-        self._run_sql([rewrite_block(rewrite, b) for k, b in built if k in _BUILD], "index")
+        # the count and fingerprint scan (ACCESS SHARE) runs beside the index builds (SHARE): both
+        # only read the rows, and the scan fills a core an index build leaves idle
+        measure = [_Measure(e.name, staged.tables[e.name]) for e in entries]
+        self._run_sql([rewrite_block(rewrite, b) for k, b in built if k in _BUILD], "index", extra=measure)
+        staged.measured = {m.entry: m.result for m in measure if m.result is not None}
         # triggers, policies, row security, grants, comments: quick, and run one after another --
         # GRANT and ALTER TABLE ... ROW LEVEL SECURITY on one table update the same catalog row
         self._run_sql([b";\n".join(rewrite_block(rewrite, b).rstrip(b";") for k, b in built
@@ -280,8 +294,12 @@ class Loader:
             conn.execute("set maintenance_work_mem = '256MB'")
             conn.execute(stmt.encode() if isinstance(stmt, str) else stmt)
 
-    def _run_sql(self, blocks: list[bytes], what: str) -> None:
-        def run(block: bytes) -> None:
+    def _run_sql(self, blocks: list[bytes], what: str, extra: Sequence[_Measure] = ()) -> None:
+        def run(block: bytes | _Measure) -> None:
+            if isinstance(block, _Measure):
+                with catalog.connect(self.target, application_name="migsafe restore verify") as c:
+                    block.result = catalog.count_and_fingerprint(c, block.name)
+                return
             try:
                 self._exec(block.decode())
             except psycopg.errors.ForeignKeyViolation as exc:
@@ -290,7 +308,8 @@ class Loader:
             except psycopg.Error as exc:
                 raise RestoreFailed(f"building {what} in staging failed: {mask(str(exc)).strip()}") from exc
 
-        self._parallel(run, [b for b in blocks if b.strip()])
+        # the scans first: an index build is shorter than a scan that hashes every row
+        self._parallel(run, [*extra, *(b for b in blocks if b.strip())])
 
     def _load_table(self, entry: TableEntry, rewrite: _Rewriter, mapping: dict[bytes, bytes], lock: threading.Lock,
                     q: Quoter, schemas: dict[str, str], relations: dict[str, set[str]]
@@ -431,7 +450,7 @@ class Loader:
         def check(entry: TableEntry) -> None:
             name = staged.tables[entry.name]
             with catalog.connect(self.target, application_name="migsafe restore verify") as c:
-                rows, fingerprint = catalog.count_and_fingerprint(c, name)
+                rows, fingerprint = staged.measured.get(entry.name) or catalog.count_and_fingerprint(c, name)
                 oid = catalog.resolve_tables(c, [name])[name]
                 columns = [r[0] for r in c.execute(
                     "select attname from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped "
