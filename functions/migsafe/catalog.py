@@ -216,11 +216,19 @@ def fingerprint(conn: psycopg.Connection[Any], table: QualifiedName) -> str:
     physical order, so a table rewritten by a migration and back compares equal when its data is
     unchanged.
     """
-    row = conn.execute(
-        sql.SQL(
-            "select count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) from {} as t"
-        ).format(table.ident)
-    ).fetchone()
+    with conn.transaction():
+        # a row's text form depends on session settings (a timestamptz on TimeZone, ...): fix them,
+        # so a backup taken from one client and a restore checked from another compare equal
+        conn.execute(
+            "select set_config('TimeZone', 'UTC', true), set_config('DateStyle', 'ISO, MDY', true), "
+            "set_config('IntervalStyle', 'postgres', true), set_config('extra_float_digits', '1', true), "
+            "set_config('bytea_output', 'hex', true)"
+        )
+        row = conn.execute(
+            sql.SQL(
+                "select count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) from {} as t"
+            ).format(table.ident)
+        ).fetchone()
     assert row is not None
     return f"{int(row[0])}:{int(row[1]):x}".replace("-", "n")
 

@@ -374,3 +374,28 @@ def test_a_restore_killed_at_any_point_leaves_the_target_whole_and_its_staging_i
         assert pruned.code == 0, pruned.output
         assert "migsafe_staging_" in pruned.stdout
         assert _staging_schemas(target) == []
+
+
+def test_fingerprints_do_not_depend_on_the_clients_time_zone(
+    make_database: Callable[..., Database], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a table of timestamps, backed up by a client in Tokyo
+    source = make_database()
+    with source.connect() as conn:
+        conn.execute("create table events (id int primary key, at timestamptz not null, span interval)")
+        conn.execute("insert into events select g, timestamptz '2026-01-01 00:00+00' + g * interval '37 minutes', "
+                     "g * interval '1 hour' from generate_series(1, 200) g")
+    store = FileStore(tmp_path / "store")
+    monkeypatch.setenv("PGTZ", "Asia/Tokyo")
+    monkeypatch.setenv("PGDATESTYLE", "German")
+    backup = run_backup(source.dsn, store, [QualifiedName.parse("events")])
+    target = make_database()
+
+    # When it is restored by a client in UTC
+    monkeypatch.setenv("PGTZ", "UTC")
+    monkeypatch.delenv("PGDATESTYLE")
+    report = run_restore(store, backup.backup_id, target.dsn, RestoreOptions())
+
+    # Then the fingerprints taken by either compare equal
+    assert report.ok, report.problems()
+    assert target.scalar("select count(*) from events") == 200
