@@ -399,3 +399,27 @@ def test_fingerprints_do_not_depend_on_the_clients_time_zone(
     # Then the fingerprints taken by either compare equal
     assert report.ok, report.problems()
     assert target.scalar("select count(*) from events") == 200
+
+
+def test_prune_drops_undo_schemas_older_than_keep_undo_only(
+    seeded: Database, make_database: Callable[..., Database], migsafe: Cli, tmp_path: Path
+) -> None:
+    # Given a target whose tables were replaced (their old version waits in an undo schema)
+    store, backup_id = _backup(migsafe, tmp_path, seeded)
+    target = make_database(users=30)
+    replaced = _restore(migsafe, store, backup_id, target, "--replace", "--json")
+    assert replaced.code == 0, replaced.output
+    report = json.loads(replaced.stdout)
+
+    # When the database is pruned keeping 7 days of undo, then keeping none
+    kept = migsafe("prune", "--target-dsn", target.url)
+    dropped = migsafe("prune", "--target-dsn", target.url, "--keep-undo", "0s")
+    undo = migsafe("restore", "--target-dsn", target.url, "--undo", report["restore_id"])
+
+    # Then the young undo schema survives the first, not the second, and can no longer be undone
+    assert kept.code == 0 and dropped.code == 0, kept.output + dropped.output
+    assert report["undo_schema"] not in kept.stdout
+    assert f"dropped schema {report['undo_schema']}" in dropped.stdout
+    assert _staging_schemas(target) == []
+    assert undo.code == 2, undo.output
+    assert table_fingerprints(target, TABLES) == table_fingerprints(seeded, TABLES)
