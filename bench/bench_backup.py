@@ -18,13 +18,14 @@ from migsafe.backup import BackupOptions
 from bench.common import Context, interleave, ratio, raw_dump, summarize
 
 NAME = "backup"
-DEFAULT = "migsafe"  # the plan's defaults: zstd, level 1 since this branch (was 3), one job per CPU
-# name: extra worker arguments
+DEFAULT = "migsafe"  # BackupOptions' defaults, as the plan's
+# name: extra worker arguments; the levers of issue 11, one at a time against the default
 VARIANTS: dict[str, list[str]] = {
     DEFAULT: [],
-    "migsafe zstd-3": ["--level", "3"],
+    "migsafe readahead=0": ["--readahead", "0"],
+    "migsafe zstd-1": ["--level", "1"],
     "migsafe zstd-1 threads=1": ["--level", "1", "--threads", "1"],
-    "migsafe jobs=1": ["--jobs", "1"],
+    "migsafe zstd-3 threads=1": ["--level", "3", "--threads", "1"],
 }
 SMOKE_VARIANTS = [DEFAULT]
 GOALS = {"1M": 0.45, "5M": 0.35}
@@ -32,10 +33,15 @@ GOALS = {"1M": 0.45, "5M": 0.35}
 
 def run(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {"figures": {}, "ratios": {}}
-    variants = SMOKE_VARIANTS if ctx.smoke else list(VARIANTS)
+    variants = SMOKE_VARIANTS if ctx.smoke else ctx.shared.get("backup_variants", list(VARIANTS))
+    if set(variants) - set(VARIANTS):
+        raise ValueError(f"unknown backup variants {sorted(set(variants) - set(VARIANTS))}: {list(VARIANTS)}")
     if "zstd_threads" not in {f.name for f in dataclasses.fields(BackupOptions)}:
         out["unavailable"] = {v: "BackupOptions.zstd_threads is missing" for v in variants if "--threads" in VARIANTS[v]}
-        variants = [v for v in variants if v not in out["unavailable"]]
+    if "readahead" not in {f.name for f in dataclasses.fields(BackupOptions)}:
+        out.setdefault("unavailable", {}).update({v: "BackupOptions.readahead is missing" for v in variants
+                                                  if "--readahead" in VARIANTS[v]})
+    variants = [v for v in variants if v not in out.get("unavailable", {})]
     for label in ctx.sizes:
         src = ctx.source(label)
         raw = ctx.bench.work / label / "raw"

@@ -62,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds per figure (median reported)")
     parser.add_argument("--rehearse-repeat", type=int, default=3, help="rounds of each rehearsal side")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(BENCHMARKS)}")
+    parser.add_argument("--backup-variants", default=None, help="comma-separated subset of bench_backup.VARIANTS")
     parser.add_argument("--smoke", action="store_true", help="each benchmark once, tiny size, no timings judged")
     parser.add_argument("--out", type=Path, default=None, help="results file (default bench/results.json)")
     parser.add_argument("--workdir", type=Path, default=None, help="dumps and stores (default: a temp folder)")
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             ctx = Context(bench=bench, cluster=cluster, sizes=sizes, repeat=args.repeat, smoke=args.smoke,
                           types_sql=types_sql, say=say)  # fmt: skip
             ctx.shared["rehearse_repeat"] = args.rehearse_repeat
+            if args.backup_variants:
+                ctx.shared["backup_variants"] = [v.strip() for v in args.backup_variants.split(",")]
             for name in args.chosen:
                 module = importlib.import_module(f"bench.bench_{name}")
                 say(f"{name}: start")

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -36,11 +36,14 @@ def backup_options(args: argparse.Namespace) -> Any:
     from migsafe.backup import BackupOptions
 
     fields = {f.name for f in dataclasses.fields(BackupOptions)}
-    kw: dict[str, Any] = {"compression": args.compression, "zstd_level": args.level, "jobs": args.jobs}
-    if args.threads is not None:
-        if "zstd_threads" not in fields:
-            raise LookupError("BackupOptions.zstd_threads")
-        kw["zstd_threads"] = args.threads
+    kw: dict[str, Any] = {"compression": args.compression, "jobs": args.jobs}
+    if args.level is not None:
+        kw["zstd_level"] = args.level
+    for option, value in (("zstd_threads", args.threads), ("readahead", args.readahead)):
+        if value is not None:
+            if option not in fields:
+                raise LookupError(f"BackupOptions.{option}")
+            kw[option] = value
     return BackupOptions(**kw)
 
 
@@ -147,19 +150,23 @@ def worker_profile_backup(args: argparse.Namespace) -> None:
 
 def worker_split(args: argparse.Namespace) -> None:
     """Prototype, not migsafe's format: one table as ``--parts`` COPY streams over ctid ranges of one
-    exported snapshot, each through zstd (level ``--level``) and sha256 into a file, in parallel.
+    exported snapshot, each a ``psql`` whose stdout goes through migsafe's ``stream_to_store`` (zstd,
+    sha256, read-ahead) into a file store, in parallel threads.
 
     What it measures is the floor a split backup could reach: the server's COPY, the transfer and the
     compression spread over N sessions. The schema would still come from one pg_dump per table.
     """
     import psycopg
-    import zstandard
     from migsafe.identifiers import QualifiedName
+    from migsafe.pgtools import tool
+    from migsafe.store import FileStore
+    from migsafe.streams import stream_to_store
     from psycopg import sql
 
     table = QualifiedName.parse(args.table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    store = FileStore(out)
     t0 = time.monotonic()
     with psycopg.connect(args.dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -169,35 +176,29 @@ def worker_split(args: argparse.Namespace) -> None:
         assert row is not None
         snapshot, pages = str(row[0]), int(row[1])
         step = pages // args.parts + 1
-        bounds = [(i * step, (i + 1) * step if i < args.parts - 1 else None) for i in range(args.parts)]
         sizes: list[int] = [0] * args.parts
         errors: list[BaseException] = []
 
-        def part(i: int, lo: int, hi: int | None) -> None:
+        def part(i: int) -> None:
             try:
-                where = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({lo},0)"))
-                if hi is not None:
-                    where = sql.SQL("{} and ctid < {}::tid").format(where, sql.Literal(f"({hi},0)"))
+                where = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({i * step},0)"))
+                if i < args.parts - 1:
+                    where = sql.SQL("{} and ctid < {}::tid").format(where, sql.Literal(f"({(i + 1) * step},0)"))
                 copy = sql.SQL("copy (select * from {} where {}) to stdout").format(table.ident, where)
-                with psycopg.connect(args.dsn) as pconn:
-                    pconn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-                    pconn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
-                    cobj = zstandard.ZstdCompressor(level=args.level, write_checksum=True).compressobj()
-                    digest = hashlib.sha256()
-                    with open(out / f"part{i}.copy.zst", "wb") as fh, pconn.cursor().copy(copy.as_string(pconn)) as cp:
-                        for chunk in cp:
-                            packed = cobj.compress(bytes(chunk))
-                            digest.update(packed)
-                            fh.write(packed)
-                            sizes[i] += len(packed)
-                        tail = cobj.flush()
-                        digest.update(tail)
-                        fh.write(tail)
-                        sizes[i] += len(tail)
+                argv = [tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", args.dsn,
+                        "-c", "begin isolation level repeatable read",
+                        "-c", sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)).as_string(conn),
+                        "-c", copy.as_string(conn), "-c", "commit"]  # fmt: skip
+                with subprocess.Popen(argv, stdout=subprocess.PIPE) as proc:
+                    assert proc.stdout is not None
+                    written = stream_to_store(proc.stdout, store, f"part{i}.copy.zst", "zstd", zstd_level=args.level)
+                    if proc.wait() != 0:
+                        raise RuntimeError(f"psql exited {proc.returncode}")
+                sizes[i] = written.bytes
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=part, args=(i, lo, hi)) for i, (lo, hi) in enumerate(bounds)]
+        threads = [threading.Thread(target=part, args=(i,)) for i in range(args.parts)]
         for th in threads:
             th.start()
         for th in threads:
@@ -216,9 +217,10 @@ def main(argv: list[str]) -> None:
         p.add_argument("--dsn", required=True)
         p.add_argument("--store", required=True)
         p.add_argument("--compression", default="zstd")
-        p.add_argument("--level", type=int, default=3)
+        p.add_argument("--level", type=int, default=None)
         p.add_argument("--jobs", type=int, default=None)
         p.add_argument("--threads", type=int, default=None)
+        p.add_argument("--readahead", type=int, default=None)
     c = sub.add_parser("_cli")
     c.add_argument("--report", required=True)
     c.add_argument("argv", nargs=argparse.REMAINDER)

@@ -54,6 +54,8 @@ _RESTORE_HINT = {
 class BackupOptions:
     compression: Compression = "zstd"
     zstd_level: int = 3
+    zstd_threads: int = 0  # zstd's own worker threads per dump (0: compress in the reading thread)
+    readahead: int = 8  # 1 MiB chunks read ahead of the compressor per dump (0: none)
     jobs: int | None = None
     plan_sha256: str | None = None
     pg_bindir: str | None = None
@@ -276,7 +278,7 @@ def _dump_all(
         try:
             assert proc.proc.stdout is not None
             out = stream_to_store(proc.proc.stdout, store, key, opts.compression, zstd_level=opts.zstd_level,
-                                  cancel=cancel, on_bytes=on_bytes, finish=lambda: proc.finish(f"dump {table}"))
+                                  zstd_threads=opts.zstd_threads, readahead=opts.readahead, cancel=cancel, on_bytes=on_bytes, finish=lambda: proc.finish(f"dump {table}"))
         except BaseException as exc:
             proc.kill()
             if cancel.is_set() and not isinstance(exc, Cancelled):
