@@ -15,19 +15,21 @@ from typing import Any
 
 from migsafe.backup import BackupOptions
 
-from bench.common import Context, interleave, ratio, raw_dump, summarize
+from bench.common import BIG, Context, interleave, ratio, raw_dump, summarize
 
 NAME = "backup"
 DEFAULT = "migsafe"  # BackupOptions' defaults, as the plan's
 # name: extra worker arguments; the levers of issue 11, one at a time against the default
 VARIANTS: dict[str, list[str]] = {
     DEFAULT: [],
-    "migsafe readahead=0": ["--readahead", "0"],
+    "migsafe readahead=8": ["--readahead", "8"],
     "migsafe zstd-1": ["--level", "1"],
     "migsafe zstd-1 threads=1": ["--level", "1", "--threads", "1"],
     "migsafe zstd-3 threads=1": ["--level", "3", "--threads", "1"],
 }
 SMOKE_VARIANTS = [DEFAULT]
+# the floor of one pg_dump archive per table: the largest table's dump alone, uncompressed
+FLOOR = f"pg_dump -Fc -Z0 -t {BIG} alone"
 GOALS = {"1M": 0.45, "5M": 0.35}
 
 
@@ -54,11 +56,13 @@ def run(ctx: Context) -> dict[str, Any]:
                 return raw_dump(ctx.bench, src, raw / "gz")
             if name == "pg_dump -Fc -Z0":
                 return raw_dump(ctx.bench, src, raw / "z0", ["-Z0"])
+            if name == FLOOR:
+                return raw_dump(ctx.bench, src, raw / "floor", ["-Z0"], tables=[BIG])
             timing, printed = ctx.bench.worker("_backup", "--dsn", src.url(), "--store", store_url, *VARIANTS[name])
             backup_ids[name] = printed["backup_id"]
             return {**timing, **printed}
 
-        names = ["pg_dump -Fc", *([] if ctx.smoke else ["pg_dump -Fc -Z0"]), *variants]
+        names = ["pg_dump -Fc", *([] if ctx.smoke else ["pg_dump -Fc -Z0", FLOOR]), *variants]
         samples = interleave(ctx.repeat, names, measure, say=ctx.say, label=f"{label} backup")
         figures = summarize(samples)
         out["figures"][label] = figures

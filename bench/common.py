@@ -201,7 +201,7 @@ def summarize(samples: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
         secs = [r["seconds"] for r in runs]
         entry: dict[str, Any] = {"median_s": median(secs), "best_s": round(min(secs), 3),
                                  "runs_s": [round(s, 3) for s in secs]}  # fmt: skip
-        for key in ("bytes", "maxrss_mb", "cpu_s", "children_cpu_s", "lock_window_s"):
+        for key in ("bytes", "maxrss_mb", "cpu_s", "children_cpu_s", "lock_window_s", "inner_seconds"):
             vals = [r[key] for r in runs if r.get(key) is not None]
             if vals:
                 entry[key] = max(vals) if key == "maxrss_mb" else (vals[-1] if key == "bytes" else median(vals))
@@ -221,11 +221,12 @@ def scalar(conn: psycopg.Connection[Any], stmt: sql.Composable) -> Any:
     return row[0]
 
 
-def raw_dump(bench: Bench, src: Any, folder: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
+def raw_dump(bench: Bench, src: Any, folder: Path, extra: Sequence[str] = (),
+             tables: Sequence[str] = TABLES) -> dict[str, Any]:  # fmt: skip
     """The seed kit's backup: one ``pg_dump -Fc`` per table, sequentially, into files."""
     folder.mkdir(parents=True, exist_ok=True)
     total: dict[str, Any] = {"seconds": 0.0, "bytes": 0, "cpu_s": 0.0}
-    for t in TABLES:
+    for t in tables:
         f = folder / f"{t}.dump"
         r = bench.run([bench.bin("pg_dump"), "-Fc", *extra, f"--table={t}", f"--file={f}",
                        f"--dbname={src.conninfo()}"])  # fmt: skip

@@ -54,8 +54,10 @@ _RESTORE_HINT = {
 class BackupOptions:
     compression: Compression = "zstd"
     zstd_level: int = 3
+    # overlap within one dump (docs/benchmarks.md, "Backup speed"): both off by default, since on 2 busy
+    # cores neither gained beyond noise and both cost memory; for runners with idle cores
     zstd_threads: int = 0  # zstd's own worker threads per dump (0: compress in the reading thread)
-    readahead: int = 8  # 1 MiB chunks read ahead of the compressor per dump (0: none)
+    readahead: int = 0  # 1 MiB chunks a thread reads ahead of the compressor, per dump (0: none)
     jobs: int | None = None
     plan_sha256: str | None = None
     pg_bindir: str | None = None

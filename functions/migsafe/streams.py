@@ -73,7 +73,7 @@ def stream_to_store(
     *,
     zstd_level: int = 3,
     zstd_threads: int = 0,
-    readahead: int = 8,
+    readahead: int = 0,
     cancel: threading.Event | None = None,
     on_bytes: Callable[[int], None] | None = None,
     finish: Callable[[], None] | None = None,
