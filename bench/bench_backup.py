@@ -23,9 +23,8 @@ DEFAULT = "migsafe"  # BackupOptions' defaults, as the plan's
 VARIANTS: dict[str, list[str]] = {
     DEFAULT: [],
     "migsafe readahead=8": ["--readahead", "8"],
-    "migsafe zstd-1": ["--level", "1"],
-    "migsafe zstd-1 threads=1": ["--level", "1", "--threads", "1"],
-    "migsafe zstd-3 threads=1": ["--level", "3", "--threads", "1"],
+    "migsafe zstd-3": ["--level", "3"],
+    "migsafe threads=1": ["--threads", "1"],
 }
 SMOKE_VARIANTS = [DEFAULT]
 # the floor of one pg_dump archive per table: the largest table's dump alone, uncompressed

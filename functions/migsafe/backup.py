@@ -53,7 +53,7 @@ _RESTORE_HINT = {
 @dataclass(frozen=True)
 class BackupOptions:
     compression: Compression = "zstd"
-    zstd_level: int = 3
+    zstd_level: int = 1  # level 1 costs ~20% less CPU than 3 and stored no more here (docs/benchmarks.md)
     # overlap within one dump (docs/benchmarks.md, "Backup speed"): both off by default, since on 2 busy
     # cores neither gained beyond noise and both cost memory; for runners with idle cores
     zstd_threads: int = 0  # zstd's own worker threads per dump (0: compress in the reading thread)
