@@ -20,7 +20,7 @@ import zstandard
 from backup_helpers import all_files, pg_tool
 from migsafe import backup, catalog
 from migsafe.backup import BackupOptions, run_backup
-from migsafe.exceptions import LockNotAcquired
+from migsafe.exceptions import BackupFailed, LockNotAcquired
 from migsafe.identifiers import QualifiedName
 from migsafe.store import FileStore
 from pgsupport import Database
@@ -163,3 +163,47 @@ def test_counts_and_dumps_come_from_one_snapshot_under_concurrent_writes(
     assert entry.rows == ROWS
     assert dumped_rows(store, result.manifest_key.rsplit("/", 1)[0] + "/" + entry.key) == ROWS
     assert ledger.scalar("select count(*) from ledger") == ROWS + 700
+
+
+def test_ddl_queued_behind_the_backup_fails_it_instead_of_hanging(
+    ledger: Database, store: FileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an ALTER that queues behind the backup's ACCESS SHARE lock just before pg_dump starts: pg_dump's
+    # own lock then queues behind the ALTER, which waits for the backup, which waits for pg_dump
+    original = backup._pg_dump_argv
+    ddl_done = threading.Event()
+
+    def alter() -> None:
+        with ledger.connect() as conn:
+            conn.execute("alter table ledger add column late int")
+        ddl_done.set()
+
+    def argv_after_queueing_ddl(*args: Any) -> list[str]:
+        threading.Thread(target=alter, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the ALTER waits for its lock
+            waiting = ledger.scalar("select count(*) from pg_locks where not granted and mode = 'AccessExclusiveLock'")
+            if waiting:
+                break
+            time.sleep(0.05)
+        return original(*args)
+
+    def break_the_wait() -> None:  # so that a backup that would hang fails this test instead
+        with ledger.connect() as conn:
+            conn.execute("select pg_cancel_backend(pid) from pg_stat_activity where query like 'alter table ledger%%'")
+
+    monkeypatch.setattr(backup, "_pg_dump_argv", argv_after_queueing_ddl)
+    watchdog = threading.Timer(40, break_the_wait)
+    watchdog.start()
+    # When
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(BackupFailed) as caught:
+            run_backup(ledger.dsn, store, [TABLE], BackupOptions(lock_timeout_s=1))
+    finally:
+        watchdog.cancel()
+    # Then: exit 3 within seconds (not a hang), nothing kept, and the ALTER goes through once the backup is gone
+    assert caught.value.exit_code == 3
+    assert time.monotonic() - t0 < 30
+    assert all_files(tmp_path / "store") == []
+    assert ddl_done.wait(10)
