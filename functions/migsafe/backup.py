@@ -3,8 +3,11 @@
 Order of events, and why:
 1. The store is probed and the table names are resolved against the catalog *before* anything is
    written, so bad input changes nothing (exit 2) and an unreachable store fails fast (exit 3).
-2. One REPEATABLE READ transaction exports a snapshot; every ``pg_dump --snapshot`` and every row
-   count reads that same snapshot, so the counts match the dumps and tables agree with each other.
+   Each table's object key is its schema and name, encoded so that distinct tables never share one.
+2. One REPEATABLE READ transaction locks the tables ACCESS SHARE and only then takes and exports its
+   snapshot (a rewrite or TRUNCATE cannot commit between the snapshot and the dumps); every
+   ``pg_dump --snapshot`` and every row count reads that same snapshot, so the counts match the dumps
+   and tables agree with each other.
 3. Table dumps run in parallel, streamed through zstd and sha256 straight into the store.
 4. ``manifest.json`` is written last. A backup without one is incomplete and never restored from;
    a failed backup deletes what it wrote.
