@@ -28,7 +28,7 @@ lint: venv
 synth: venv
 	$(PY) app.py
 
-bench: venv  ## migsafe against raw pg_dump/pg_restore on 1M rows; writes bench/results.json
+bench: venv  ## migsafe against raw pg_dump/pg_restore at 1M and 5M rows (bench/README.md); writes bench/results.json
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:

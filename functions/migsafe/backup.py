@@ -3,8 +3,11 @@
 Order of events, and why:
 1. The store is probed and the table names are resolved against the catalog *before* anything is
    written, so bad input changes nothing (exit 2) and an unreachable store fails fast (exit 3).
-2. One REPEATABLE READ transaction exports a snapshot; every ``pg_dump --snapshot`` and every row
-   count reads that same snapshot, so the counts match the dumps and tables agree with each other.
+   Each table's object key is its schema and name, encoded so that distinct tables never share one.
+2. One REPEATABLE READ transaction locks the tables ACCESS SHARE and only then takes and exports its
+   snapshot (a rewrite or TRUNCATE cannot commit between the snapshot and the dumps); every
+   ``pg_dump --snapshot`` and every row count reads that same snapshot, so the counts match the dumps
+   and tables agree with each other.
 3. Table dumps run in parallel, streamed through zstd and sha256 straight into the store.
 4. ``manifest.json`` is written last. A backup without one is incomplete and never restored from;
    a failed backup deletes what it wrote.
@@ -33,7 +36,7 @@ from psycopg import sql
 
 from . import __version__, catalog
 from .dsn import Dsn, mask
-from .exceptions import BackupFailed, DatabaseError, EnvironmentFault, InputError, ToolFailed
+from .exceptions import BackupFailed, DatabaseError, EnvironmentFault, InputError, LockNotAcquired, ToolFailed
 from .identifiers import QualifiedName
 from .models import MANIFEST_NAME, BackupResult, Manifest, ObjectEntry, SourceInfo, TableEntry, TypeInfo
 from .pgtools import tool, tool_env
@@ -53,10 +56,15 @@ _RESTORE_HINT = {
 @dataclass(frozen=True)
 class BackupOptions:
     compression: Compression = "zstd"
-    zstd_level: int = 3
+    zstd_level: int = 1  # level 1 costs ~20% less CPU than 3 and stored no more here (docs/benchmarks.md)
+    # overlap within one dump (docs/benchmarks.md, "Backup speed"): both off by default, since on 2 busy
+    # cores neither gained beyond noise and both cost memory; for runners with idle cores
+    zstd_threads: int = 0  # zstd's own worker threads per dump (0: compress in the reading thread)
+    readahead: int = 0  # 1 MiB chunks a thread reads ahead of the compressor, per dump (0: none)
     jobs: int | None = None
     plan_sha256: str | None = None
     pg_bindir: str | None = None
+    lock_timeout_s: float = 30.0  # to lock the tables before the snapshot; exit 3 if not had in time
 
 
 def new_backup_id(now: datetime) -> str:
@@ -69,12 +77,43 @@ def backup_prefix(backup_id: str) -> str:
     return f"{stamp:%Y-%m-%d}/{backup_id}/"
 
 
-def _object_name(table: QualifiedName, suffix: str) -> str:
-    name = f"{table.schema}.{table.name}"
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
-    if safe != name:  # "a b" and "a_b" must not share an object: tell them apart by the exact name
-        safe += "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
-    return safe + suffix
+_KEY_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+_KEY_MAX = 200  # characters before the suffix: a file name must stay under 255 bytes
+
+
+def _key_part(ident: str) -> str:
+    """One identifier as it appears in an object key: lower-case letters, digits, ``_`` and ``-``
+    as they are (so ordinary names stay readable), every other character -- the ``.`` that separates
+    schema from table, ``%``, ``/``, upper case, spaces, non-ASCII -- as ``%XX`` per UTF-8 byte.
+
+    The encoding is injective and its output never holds a bare ``.``, so ``schema.table`` splits back
+    unambiguously: ``"s.x".t`` -> ``s%2Ex.t`` and ``s."x.t"`` -> ``s.x%2Et``. Upper case is encoded
+    too, so ``"Orders"`` and ``orders`` stay apart on case-insensitive file systems.
+    """
+    return "".join(ch if ch in _KEY_PLAIN else "".join(f"%{b:02X}" for b in ch.encode()) for ch in ident)
+
+
+def object_name(table: QualifiedName, suffix: str) -> str:
+    """The object name of a table's dump (without the backup's prefix); distinct tables never share one."""
+    name = _key_part(table.schema) + "." + _key_part(table.name)
+    if len(name) > _KEY_MAX:  # long non-ASCII names: keep a readable head, the exact name's hash decides
+        exact = hashlib.sha256(f"{table.schema}\0{table.name}".encode()).hexdigest()
+        name = name[: _KEY_MAX - 65] + "~" + exact  # "~" is always encoded in a part, so no clash
+    return name + suffix
+
+
+def object_names(tables: Sequence[QualifiedName], suffix: str) -> dict[QualifiedName, str]:
+    """Each table's object name; InputError (nothing written) if two tables would share one."""
+    names: dict[QualifiedName, str] = {}
+    owner: dict[str, QualifiedName] = {}
+    for t in tables:
+        name = object_name(t, suffix)
+        if name in owner:
+            what = "is listed twice" if owner[name] == t else f"and {owner[name].pattern} would share object {name}"
+            raise InputError(f"table {t.pattern} {what}: name each table once")
+        owner[name] = t
+        names[t] = name
+    return names
 
 
 def _pg_dump_argv(dsn: Dsn, snapshot: str, extra: Sequence[str], bindir: str | None) -> list[str]:
@@ -104,6 +143,38 @@ def _check_tool_version(conn: psycopg.Connection[Any], bindir: str | None) -> No
         )
 
 
+def _lock_and_export_snapshot(
+    conn: psycopg.Connection[Any], tables: Sequence[QualifiedName], oids: dict[QualifiedName, int],
+    opts: BackupOptions,
+) -> str:
+    """Lock the tables ACCESS SHARE, *then* take the snapshot every dump and count reads; return its id.
+
+    In REPEATABLE READ the snapshot is taken by the transaction's first query, and ``SET`` and
+    ``LOCK TABLE`` are not queries. Locking first means a TRUNCATE or a table-rewriting ALTER either
+    commits before the snapshot (the backup sees its result) or waits for the backup: it can no longer
+    commit in between, where a rewrite is invisible to the older snapshot and the dump holds 0 rows.
+    ``LOCK`` on a partitioned table locks its partitions too.
+    """
+    names = ", ".join(str(t) for t in tables)
+    try:
+        conn.execute(sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{int(opts.lock_timeout_s * 1000)}ms")))
+        conn.execute(sql.SQL("lock table {} in access share mode").format(sql.SQL(", ").join(t.ident for t in tables)))
+        locked = catalog.resolve_tables(conn, tables)  # the first query: the snapshot starts here
+        row = conn.execute("select pg_export_snapshot()").fetchone()
+    except psycopg.errors.LockNotAvailable as exc:
+        raise LockNotAcquired(
+            f"could not lock {names} for the backup within {opts.lock_timeout_s:g}s: another session holds a "
+            "conflicting lock (a migration or other DDL?); nothing was written"
+        ) from exc
+    except psycopg.Error as exc:
+        raise DatabaseError(f"starting the backup's snapshot failed: {mask(str(exc)).strip()}") from exc
+    replaced = [str(t) for t in tables if locked[t] != oids[t]]
+    if replaced:
+        raise DatabaseError(f"dropped and recreated while the backup started: {', '.join(replaced)}; run it again")
+    assert row is not None
+    return str(row[0])
+
+
 def run_backup(
     dsn: Dsn,
     store: Store,
@@ -118,16 +189,18 @@ def run_backup(
     notify = progress or (lambda *_: None)
     started = time.monotonic()
     store.check()
-    with catalog.connect(dsn, autocommit=False, application_name="migsafe backup") as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
+    with catalog.connect(dsn, autocommit=True, application_name="migsafe backup") as conn:
+        # names, keys and tools first, outside any snapshot: bad input changes nothing (exit 2)
         oids = catalog.resolve_tables(conn, tables)  # UnknownTable: nothing written yet
         children = {t: catalog.partitions(conn, oids[t]) for t in tables}
         _refuse_partitions_listed_twice(tables, children)
+        object_names(tables, _SUFFIX[opts.compression])  # two tables on one key: refused here
         _check_tool_version(conn, opts.pg_bindir)
-        row = conn.execute("select pg_export_snapshot()").fetchone()
-        assert row is not None
-        snapshot = str(row[0])
+        conn.autocommit = False
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        snapshot = _lock_and_export_snapshot(conn, tables, oids, opts)
+        children = {t: catalog.partitions(conn, oids[t]) for t in tables}  # as of the lock
         created = now or datetime.now(UTC)
         backup_id = new_backup_id(created)
         prefix = backup_prefix(backup_id)
@@ -189,11 +262,14 @@ def _dump_all(
             return dump_one(table)
 
     def dump_one(table: QualifiedName) -> tuple[str, int, str, float]:
-        key = prefix + _object_name(table, suffix)
+        key = prefix + object_name(table, suffix)
         t0 = time.monotonic()
         notify("start", str(table), {})
         selected = [f"--table={t.pattern}" for t in (table, *children[table])]
-        proc = Tool(_pg_dump_argv(dsn, snapshot, [*zlevel, *selected, "--strict-names"],
+        # a rewrite queued behind the backup's lock would queue pg_dump's own lock behind it, and wait
+        # for the backup to end: the timeout turns that wait-for-each-other into a failed backup (exit 3)
+        wait_lock = f"--lock-wait-timeout={int(opts.lock_timeout_s * 1000)}"
+        proc = Tool(_pg_dump_argv(dsn, snapshot, [*zlevel, *selected, "--strict-names", wait_lock],
                                   opts.pg_bindir), env)
         with lock:
             running.add(proc)
@@ -207,7 +283,7 @@ def _dump_all(
         try:
             assert proc.proc.stdout is not None
             out = stream_to_store(proc.proc.stdout, store, key, opts.compression, zstd_level=opts.zstd_level,
-                                  cancel=cancel, on_bytes=on_bytes, finish=lambda: proc.finish(f"dump {table}"))
+                                  zstd_threads=opts.zstd_threads, readahead=opts.readahead, cancel=cancel, on_bytes=on_bytes, finish=lambda: proc.finish(f"dump {table}"))
         except BaseException as exc:
             proc.kill()
             if cancel.is_set() and not isinstance(exc, Cancelled):

@@ -84,6 +84,10 @@ class DatabaseError(EnvironmentFault):
     """The database rejected a statement migsafe needed to run."""
 
 
+class LockNotAcquired(DatabaseError):
+    """A lock migsafe needs was held by another session for longer than the lock timeout."""
+
+
 class StoreUnreachable(EnvironmentFault):
     """The backup store could not be read or written."""
 

@@ -107,7 +107,7 @@ class Store(_Strict):
 class Backup(_Strict):
     compression: Literal["zstd", "gzip", "none"] = "zstd"
     jobs: int | None = Field(default=None, ge=1, le=64)
-    zstd_level: int = Field(default=3, ge=1, le=19)
+    zstd_level: int = Field(default=1, ge=1, le=19)  # docs/benchmarks.md: less CPU, no larger here
 
 
 class Thresholds(_Strict):

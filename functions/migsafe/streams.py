@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import queue
 import subprocess
 import tempfile
 import threading
@@ -71,6 +72,8 @@ def stream_to_store(
     compression: Compression,
     *,
     zstd_level: int = 3,
+    zstd_threads: int = 0,
+    readahead: int = 0,
     cancel: threading.Event | None = None,
     on_bytes: Callable[[int], None] | None = None,
     finish: Callable[[], None] | None = None,
@@ -79,11 +82,25 @@ def stream_to_store(
 
     ``finish`` runs after the source is exhausted and before the object is committed, so a tool's
     non-zero exit aborts the upload: no object ever exists for a failed dump.
+
+    Overlap, so that the producer (pg_dump and the server's COPY behind it) never waits for us:
+
+    - ``readahead`` > 0: a thread drains ``source`` into a queue of up to that many 1 MiB chunks while
+      this one compresses, hashes and writes (or uploads an S3 part). Without it, pg_dump blocks on a
+      full 64 KiB pipe whenever we are busy;
+    - ``zstd_threads`` > 0: zstd compresses in that many worker threads of its own (one frame still,
+      which any ``zstd -d`` reads), so the compression overlaps the reading too.
+
+    Memory stays bounded: ``readahead`` chunks, plus zstd's window and job buffers.
     """
     digest = hashlib.sha256()
     size = 0
-    compressor = zstandard.ZstdCompressor(level=zstd_level, write_checksum=True).compressobj() if compression == "zstd" else None
-    with store.writer(key) as out:
+    compressor = (
+        zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads, write_checksum=True).compressobj()
+        if compression == "zstd"
+        else None
+    )
+    with store.writer(key) as out, _chunks(source, readahead, cancel) as chunks:
 
         def emit(data: bytes) -> None:
             nonlocal size
@@ -92,12 +109,7 @@ def stream_to_store(
                 out.write(data)
                 size += len(data)
 
-        while True:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("cancelled")
-            chunk = source.read(CHUNK)
-            if not chunk:
-                break
+        for chunk in chunks:
             emit(compressor.compress(chunk) if compressor else chunk)
             if on_bytes:
                 on_bytes(len(chunk))
@@ -106,6 +118,75 @@ def stream_to_store(
         if finish:
             finish()
     return Written(key, size, digest.hexdigest())
+
+
+@contextlib.contextmanager
+def _chunks(source: IO[bytes], readahead: int, cancel: threading.Event | None) -> Iterator[Iterator[bytes]]:
+    """``source`` in CHUNK pieces, read ahead by a thread when ``readahead`` > 0; Cancelled on ``cancel``."""
+
+    def cancelled() -> bool:
+        return cancel is not None and cancel.is_set()
+
+    if readahead <= 0:
+
+        def inline() -> Iterator[bytes]:
+            while True:
+                if cancelled():
+                    raise Cancelled("cancelled")
+                chunk = source.read(CHUNK)
+                if not chunk:
+                    return
+                yield chunk
+
+        yield inline()
+        return
+
+    pending: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=readahead)
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            while not stop.is_set():
+                chunk = source.read(CHUNK)
+                _put(chunk or None)
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the consumer, which raises it
+            _put(exc)
+
+    def _put(item: bytes | BaseException | None) -> None:
+        while not stop.is_set():
+            try:
+                pending.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def drain() -> Iterator[bytes]:
+        while True:
+            if cancelled():
+                raise Cancelled("cancelled")
+            try:
+                item = pending.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    reader = threading.Thread(target=pump, name="migsafe-readahead", daemon=True)
+    reader.start()
+    try:
+        yield drain()
+    except BaseException:
+        # not joined: it may sit in a read of the tool's pipe until the caller kills the tool, which
+        # ends that read; then it sees ``stop`` and returns
+        stop.set()
+        raise
+    stop.set()
+    reader.join()  # it has put the end of the stream and returned
 
 
 def hashed_chunks(chunks: Iterable[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
