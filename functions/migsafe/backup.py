@@ -35,6 +35,7 @@ from . import __version__, catalog
 from .dsn import Dsn, mask
 from .exceptions import BackupFailed, DatabaseError, EnvironmentFault, InputError, ToolFailed
 from .identifiers import QualifiedName
+from .inventory import write_manifest
 from .models import MANIFEST_NAME, BackupResult, Manifest, ObjectEntry, SourceInfo, TableEntry, TypeInfo
 from .pgtools import tool, tool_env
 from .store import Store
@@ -135,7 +136,7 @@ def run_backup(
         try:
             manifest = _dump_all(conn, dsn, store, tables, oids, snapshot, backup_id, prefix, created,
                                  opts, notify, written, children)
-            store.put_bytes(prefix + MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
+            write_manifest(store, prefix, manifest)  # objects re-checked, then the manifest, then its sha256
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 store.delete(written)

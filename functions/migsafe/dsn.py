@@ -48,7 +48,11 @@ class Dsn:
             params = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
             raise InputError(f"invalid connection string: {mask(str(exc))}") from None
-        return cls({k: str(v) for k, v in params.items() if v is not None})
+        parsed = cls({k: str(v) for k, v in params.items() if v is not None})
+        for port in parsed.params.get("port", "5432").split(","):
+            if not port.strip().isdigit() or not 0 < int(port) < 65536:
+                raise InputError(f"invalid connection string: port {port.strip()!r} is not a port number")
+        return parsed
 
     @property
     def password(self) -> str | None:
