@@ -75,15 +75,22 @@ def _setpriv() -> str | None:
     return shutil.which("setpriv")
 
 
+# The guard: a shell that leads the child's process group, runs the tool, and on SIGTERM (ours, or the
+# kernel's parent-death signal when migsafe is SIGKILLed) kills the whole group -- the tool and what it
+# forked: pg_basebackup's WAL streamer is a forked child that a signal to pg_basebackup alone misses.
+# stdin is handed over through fd 3 (a background job would get /dev/null); the exit status is the tool's.
+_GUARD = 'trap "kill -KILL 0" TERM INT HUP; exec 3<&0; "$@" <&3 3<&- & exec 3<&-; wait $!; exit $?'
+
+
 def guarded(argv: list[str], *, as_user: str | None = None) -> list[str]:
-    """``argv`` wrapped so the child dies with us (and runs as ``as_user`` when given)."""
+    """``argv`` wrapped so the child and its descendants die with us (run as ``as_user`` when given)."""
     sp = _setpriv()
     if sp is None:  # no util-linux (a slim container): the process group still lets us stop it
         return ["runuser", "-u", as_user, "--", *argv] if as_user else list(argv)
-    prefix = [sp, "--pdeathsig=KILL"]
+    prefix = [sp, "--pdeathsig=TERM"]
     if as_user:
         prefix += [f"--reuid={as_user}", f"--regid={as_user}", "--init-groups"]
-    return [*prefix, "--", *argv]
+    return [*prefix, "--", "/bin/sh", "-c", _GUARD, "migsafe-guard", *argv]
 
 
 def spawn(argv: list[str], *, as_user: str | None = None, **popen: Any) -> subprocess.Popen[Any]:
