@@ -93,11 +93,18 @@ def guarded(argv: list[str], *, as_user: str | None = None) -> list[str]:
     return [*prefix, "--", "/bin/sh", "-c", _GUARD, "migsafe-guard", *argv]
 
 
+class GroupProcess(subprocess.Popen[Any]):
+    """A child leading its own process group: ``kill()``/``terminate()`` signal the whole group."""
+
+    def send_signal(self, sig: int) -> None:
+        self.poll()
+        if self.returncode is None:
+            _signal_group(self.pid, sig)
+
+
 def spawn(argv: list[str], *, as_user: str | None = None, **popen: Any) -> subprocess.Popen[Any]:
     """Start ``argv`` in a new process group, registered so :func:`stop_all` can reach it."""
-    proc: subprocess.Popen[Any] = subprocess.Popen(
-        guarded(argv, as_user=as_user), start_new_session=True, **popen
-    )
+    proc: subprocess.Popen[Any] = GroupProcess(guarded(argv, as_user=as_user), start_new_session=True, **popen)
     with _live_lock:
         _live.add(proc)
     return proc
