@@ -397,14 +397,13 @@ def main(argv: list[str] | None = None) -> None:
     Usage errors exit 2 (click's own convention, which matches "bad input"); SIGTERM is handled like
     Ctrl-C (exit 130, children stopped).
     """
-    previous = None
-    with contextlib.suppress(ValueError):  # not the main thread (embedded): no handler to restore
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        code = run(argv)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    installed = False
+    with contextlib.suppress(ValueError):  # not the main thread (embedded): no handler
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        installed = True
+    code = run(argv)
+    if installed:  # the work is done (children stopped): a late SIGTERM no longer changes the outcome
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)
 
 

@@ -145,8 +145,10 @@ def source_state(db: Database) -> tuple[dict[str, tuple[int, str]], object]:
 
 
 def _children_of_lab(lab: Lab) -> list[str]:
-    return processes_mentioning(str(lab.runtime_dir / "scratch-"), str(lab.runtime_dir / "restoretest-"),
-                                f"dbname={lab.source.name}", str(lab.work))
+    """Client processes migsafe started (scratch *servers* are daemons: ``scratch sweep`` stops them)."""
+    found = processes_mentioning(str(lab.runtime_dir / "scratch-"), str(lab.runtime_dir / "restoretest-"),
+                                 f"dbname={lab.source.name}", str(lab.work))
+    return [p for p in found if not p.split(": ", 1)[1].split(" ", 1)[0].endswith("/postgres")]
 
 
 def _settle(predicate: Callable[[], bool], seconds: float) -> bool:
@@ -226,7 +228,9 @@ def trial_backup(lab: Lab, rng: random.Random, sig: signal.Signals, trial_seed: 
     plan = write_plan(lab.work / f"plan-{trial_seed}.toml", lab.source, f"file://{store}")
     before = source_state(lab.source)
     proc = lab.start("backup", "--plan", str(plan))
-    time.sleep(rng.uniform(0.3, 2.0))  # python start-up ~0.5 s; a backup of the seed ~1 s
+    lines = _lines(proc)
+    _wait_line(lines, "backup ", 60)  # the first dump started (before that, Python is still starting)
+    time.sleep(rng.uniform(0.0, 1.0))  # a backup of the seed takes about a second
     proc.send_signal(sig)
     try:
         proc.communicate(timeout=60)
@@ -266,8 +270,9 @@ def trial_rehearse(lab: Lab, rng: random.Random, phase: str, sig: signal.Signals
     _common_after_kill(lab, t, sig, code, before)
     _killed_backups_incomplete(lab, t, store)
     sweep = lab.cli("scratch", "sweep")
-    left = [p for p in lab.runtime_dir.iterdir() if p.name.startswith(("scratch-", "restoretest-"))]
-    t.check("no_scratch_after_sweep", sweep.returncode == 0 and not left, ", ".join(p.name for p in left))
+    left = [p.name for p in lab.runtime_dir.iterdir() if p.name.startswith(("scratch-", "restoretest-"))]
+    left += processes_mentioning(str(lab.runtime_dir / "scratch-"), str(lab.runtime_dir / "restoretest-"))
+    t.check("no_scratch_after_sweep", sweep.returncode == 0 and not left, ", ".join(left))
     return t
 
 
