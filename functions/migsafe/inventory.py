@@ -12,6 +12,7 @@ bytes, make it incomplete, and are removed by ``prune``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from collections import defaultdict
@@ -32,6 +33,60 @@ from .models import MANIFEST_NAME, BackupRef, Manifest, ObjectCheck, VerifyRepor
 from .store import ObjectInfo, Store
 
 MANIFEST_SUM = MANIFEST_NAME + ".sha256"
+LEASE_NAME = "writer.lease"  # a running backup's heartbeat: prune leaves its folder alone
+LEASE_SECONDS = 600  # a heartbeat older than this is a dead writer's
+HEARTBEAT_SECONDS = 60
+
+
+class WriterLease:
+    """The heartbeat of a backup in progress: ``<folder>/writer.lease`` rewritten every minute.
+
+    Prune deletes incomplete backups older than a day; a backup that runs longer than that must not
+    lose its dumps to it, so prune skips a folder whose lease is fresh. The lease goes when the
+    writer finishes (or fails); a killed writer's lease just ages out.
+    """
+
+    def __init__(self, store: Store, prefix: str) -> None:
+        import threading
+
+        self._store, self._key = store, prefix + LEASE_NAME
+        self._stop = threading.Event()
+        self._beat()
+        self._thread = threading.Thread(target=self._run, name="migsafe-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        import json
+        import os
+        import socket
+
+        body = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": datetime.now(UTC).isoformat()}
+        self._store.put_bytes(self._key, json.dumps(body).encode())
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                self._beat()
+            except Exception:  # noqa: S112 - a missed beat only risks a prune; the backup goes on
+                continue
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        with contextlib.suppress(Exception):  # a stale lease ages out by itself
+            self._store.delete([self._key])
+
+
+def writer_alive(store: Store, prefix: str, now: datetime) -> bool:
+    """True while the folder's lease (if any) is fresh: its writer may still be running."""
+    import json
+
+    try:
+        lease = json.loads(store.get_bytes(prefix + LEASE_NAME))
+        beat = datetime.fromisoformat(lease["heartbeat"])
+    except (ObjectMissing, ValueError, KeyError, TypeError):
+        return False
+    return (now - beat).total_seconds() < LEASE_SECONDS
 
 _ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 _FOLDER = re.compile(r"^(?P<date>\d{4}-\d{2}-\d{2})/(?P<id>\d{8}T\d{6}Z-[0-9a-f]{6})/(?P<name>.+)$")
@@ -192,14 +247,16 @@ def prune(store: Store, older_than: timedelta, *, now: datetime | None = None, d
           incomplete_after: timedelta = timedelta(days=1)) -> list[BackupRef]:
     """Delete complete backups older than ``older_than`` and incomplete ones older than a day.
 
-    An incomplete backup younger than ``incomplete_after`` may still be running, so it is kept.
+    An incomplete backup younger than ``incomplete_after``, or whose writer's lease is fresh, may
+    still be running, so it is kept.
     """
     now = now or datetime.now(UTC)
     doomed = []
     for ref in list_backups(store):
         assert ref.created_at is not None
         age = now - ref.created_at
-        if (ref.complete and age > older_than) or (not ref.complete and age > incomplete_after):
+        stale = not ref.complete and age > incomplete_after and not writer_alive(store, ref.prefix, now)
+        if (ref.complete and age > older_than) or stale:
             doomed.append(ref)
     if not dry_run:
         for ref in doomed:

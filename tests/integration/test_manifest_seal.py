@@ -79,3 +79,22 @@ def test_the_seal_is_the_sha256_of_the_manifest_bytes(backed_up: tuple[Path, str
     _edit_rows(folder / "manifest.json")
     with pytest.raises(ManifestCorrupt):
         inventory.load_manifest(FileStore(store), bid)
+
+
+def test_a_row_count_differing_from_a_consistently_resealed_manifest_rolls_the_restore_back(
+    backed_up: tuple[Path, str], migsafe: Cli, make_database: Callable[..., Database]
+) -> None:
+    # Given: a manifest whose row count was changed *and* resealed, so that only the restore's own
+    # count check (inside its transaction) can notice
+    store, bid = backed_up
+    folder = backup_dir(store, bid)
+    _edit_rows(folder / "manifest.json")
+    digest = hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()
+    (folder / "manifest.json.sha256").write_text(f"{digest}  manifest.json\n")
+    target = make_database()
+    # When
+    res = migsafe("restore", "--store", file_url(store), "--backup-id", bid, "--target-dsn", target.conninfo)
+    # Then: a verification failure, rolled back: the target holds nothing
+    assert res.code == 1, res.output
+    assert "Traceback" not in res.output
+    assert target.scalar("select count(*) from pg_tables where schemaname = 'public'") == 0

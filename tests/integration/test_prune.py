@@ -209,3 +209,34 @@ def test_a_missing_store_is_refused_by_list_verify_restore_and_prune(migsafe: Cl
         assert res.code == 2, (args, res.output)
         assert "does not exist" in res.stderr and "Traceback" not in res.output
     assert not (tmp_path / "no").exists()
+
+
+def test_prune_skips_an_old_incomplete_backup_whose_writer_is_alive(store: Store) -> None:
+    # Given: a backup started two days ago that is still running (its lease is fresh), and a dead one
+    now = datetime.now(UTC)
+    running = _incomplete(store, now - timedelta(days=2))
+    dead = _incomplete(store, now - timedelta(days=2, minutes=1))
+    lease = inventory.WriterLease(store, backup_prefix(running))
+    try:
+        # When
+        pruned = inventory.prune(store, timedelta(days=30), now=now)
+    finally:
+        lease.release()
+    # Then: only the dead writer's folder is removed
+    assert [r.backup_id for r in pruned] == [dead]
+    assert store.exists(backup_prefix(running) + "public.users.dump.zst")
+
+
+def test_a_backup_refuses_to_seal_a_manifest_over_objects_that_disappeared(source: Database, store: Store) -> None:
+    # Given: a backup whose dump was deleted (by a prune, say) before its manifest was written
+    from migsafe.exceptions import BackupFailed
+    from migsafe.models import Manifest
+
+    bid = _complete(source, store, datetime.now(UTC))
+    prefix = backup_prefix(bid)
+    manifest = Manifest.model_validate_json(store.get_bytes(prefix + "manifest.json"))
+    store.delete([prefix + "manifest.json", prefix + "manifest.json.sha256", prefix + manifest.tables[0].key])
+    # When / Then
+    with pytest.raises(BackupFailed, match="disappeared"):
+        inventory.write_manifest(store, prefix, manifest)
+    assert not store.exists(prefix + "manifest.json")
