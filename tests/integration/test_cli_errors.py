@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
+import psycopg
 import pytest
 from backup_helpers import all_files, backup_id_from, file_url, user_relations
 from migsafe.backup import run_backup
@@ -308,3 +309,31 @@ def test_two_rehearsals_in_one_second_get_their_own_report_folders() -> None:
     a, b = default_report_dir(now), default_report_dir(now)
     assert a != b
     assert a.name.startswith("20261202T010000Z-") and b.name.startswith("20261202T010000Z-")
+
+
+def test_a_restore_as_a_role_without_privileges_is_one_line_not_a_traceback(
+    seeded: Database, make_database: Callable[..., Database], migsafe: Cli, tmp_path: Path
+) -> None:
+    # Given: a backup, and a target whose tables belong to someone else, reached as a powerless role
+    store = tmp_path / "store"
+    plan = write_plan(tmp_path / "plan.toml", seeded, file_url(store))
+    backed = migsafe("backup", "--plan", str(plan))
+    assert backed.code == 0, backed.output
+    target = make_database(users=10)
+    role = f"powerless_{target.name}"
+    with target.connect() as conn:
+        conn.execute(psycopg.sql.SQL("create role {} login").format(psycopg.sql.Identifier(role)))
+    try:
+        as_role = Dsn({**target.dsn.params, "user": role})
+        # When
+        res = migsafe("restore", "--store", file_url(store), "--backup-id", backup_id_from(backed.stdout),
+                      "--target-dsn", as_role.conninfo(), "--replace")
+        # Then: refused or failed as an environment fault, in one line; never exit 1, never a traceback
+        assert res.code in (2, 3), res.output
+        assert "Traceback" not in res.output
+        assert len([line for line in res.stderr.splitlines() if line.startswith("migsafe: error")]) == 1
+        assert table_fingerprints(target, TABLES)  # the target's tables are still there
+    finally:
+        with target.connect() as conn:
+            conn.execute(psycopg.sql.SQL("drop owned by {}").format(psycopg.sql.Identifier(role)))
+            conn.execute(psycopg.sql.SQL("drop role {}").format(psycopg.sql.Identifier(role)))
