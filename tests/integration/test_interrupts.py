@@ -275,18 +275,28 @@ def test_sweep_leaves_folders_it_cannot_attribute_alone(private_runtime: Path) -
     assert other.exists()
 
 
+@pytest.mark.parametrize("interrupted", [False, True], ids=["finished", "interrupted-in-upgrade"])
 def test_a_rehearsal_leaves_no_lock_report_in_tmp(
-    tmp_path: Path, source: Database, runtime_dir: Path, migsafe: Callable[..., CliResult]
+    interrupted: bool, tmp_path: Path, source: Database, runtime_dir: Path
 ) -> None:
     # Given: a private TMPDIR, so only this rehearsal's temporary files can appear in it
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     tmp.chmod(0o777)
-    ini = write_project(tmp_path / "proj", upgrade=["SELECT 1"], downgrade=["SELECT 1"])
+    upgrade = ["SELECT pg_sleep(60)"] if interrupted else ["SELECT 1"]
+    ini = write_project(tmp_path / "proj", upgrade=upgrade, downgrade=["SELECT 1"])
     plan = write_plan(tmp_path / "plan.toml", source, f"file://{tmp_path / 'store'}",
                       extra=f'[migration]\nalembic_ini = "{ini}"\nurl_env = "DATABASE_URL"\n')
-    # When
-    res = migsafe("rehearse", "--plan", str(plan), "--report-dir", str(tmp_path / "r"), env={"TMPDIR": str(tmp)})
+    env = {**os.environ, "MIGSAFE_RUNTIME_DIR": str(runtime_dir), "TMPDIR": str(tmp)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "migsafe", "rehearse", "--plan", str(plan), "--report-dir", str(tmp_path / "r")],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    # When: it finishes, or is stopped while the upgrade runs (its lock report exists then)
+    if interrupted:
+        assert _wait_for(lambda: bool([*tmp.glob("migsafe-locks-*"), *tmp.glob("migsafe-alembic-*")]), 120, 0.05)
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
     # Then
-    assert res.code in (0, 1), res.output
+    assert proc.returncode == (130 if interrupted else 0), err
     assert not list(tmp.glob("migsafe-locks-*")) and not list(tmp.glob("migsafe-alembic-*")), list(tmp.iterdir())
