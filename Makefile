@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 JOBS   ?= 2
 
-.PHONY: venv demo test test-fast lint synth bench clean
+.PHONY: venv demo test test-fast lint synth bench chaos clean
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
@@ -27,6 +27,9 @@ lint: venv
 
 synth: venv
 	$(PY) app.py
+
+chaos: venv  ## fault injection: kill -9/SIGTERM in every phase, byte flips; seeded (CHAOS_ARGS="--seed N")
+	$(PY) tests/chaos/run.py $(CHAOS_ARGS)
 
 bench: venv  ## migsafe against raw pg_dump/pg_restore at 1M and 5M rows (bench/README.md); writes bench/results.json
 	$(PY) bench/run.py $(BENCH_ARGS)

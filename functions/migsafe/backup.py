@@ -38,6 +38,7 @@ from . import __version__, catalog
 from .dsn import Dsn, mask
 from .exceptions import BackupFailed, DatabaseError, EnvironmentFault, InputError, LockNotAcquired, ToolFailed
 from .identifiers import QualifiedName
+from .inventory import WriterLease, write_manifest
 from .models import MANIFEST_NAME, BackupResult, Manifest, ObjectEntry, SourceInfo, TableEntry, TypeInfo
 from .pgtools import tool, tool_env
 from .store import Store
@@ -205,10 +206,11 @@ def run_backup(
         backup_id = new_backup_id(created)
         prefix = backup_prefix(backup_id)
         written: list[str] = []
+        lease = WriterLease(store, prefix)  # prune leaves a running backup alone
         try:
             manifest = _dump_all(conn, dsn, store, tables, oids, snapshot, backup_id, prefix, created,
                                  opts, notify, written, children)
-            store.put_bytes(prefix + MANIFEST_NAME, manifest.model_dump_json(indent=2).encode())
+            write_manifest(store, prefix, manifest)  # objects re-checked, then the manifest, then its sha256
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 store.delete(written)
@@ -218,6 +220,7 @@ def run_backup(
                 raise BackupFailed(f"backup {backup_id} failed and was removed: {mask(str(exc)).strip()}") from exc
             raise
         finally:
+            lease.release()
             with contextlib.suppress(psycopg.Error):
                 conn.rollback()
     return BackupResult(

@@ -1,15 +1,19 @@
 """The ``migsafe`` command: a thin layer over the package's functions.
 
 Exit codes (a contract with deploy pipelines): 0 success / PASS, 1 FAIL or verification failed,
-2 bad input (nothing was done), 3 environment fault (database, store, AWS or a tool unreachable).
-Errors are one line on stderr; passwords are masked everywhere.
+2 bad input (nothing was done), 3 environment fault (database, store, AWS or a tool unreachable),
+130 interrupted (SIGINT or SIGTERM: every child process was stopped and waited for first).
+Errors are one line on stderr, never a traceback; passwords are masked everywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,12 +22,13 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from . import pgtools
 from .cli_aws import bundle_app, gate
 from .config import Settings
 from .dsn import Dsn, mask
-from .exceptions import MigsafeError
+from .exceptions import MigsafeError, ReportExists
 from .plan import Plan
-from .store import open_store
+from .store import Store, open_store
 
 # The step modules (psycopg, pydantic models) are imported inside the commands that use them:
 # every command starts faster, and `migsafe --help` needs none of them.
@@ -113,6 +118,28 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
+def _existing(url: str) -> Store:
+    """A store that must already exist (list, verify, restore, prune): a mistyped one is bad input."""
+    store = open_store(url)
+    store.require_exists()
+    return store
+
+
+def default_report_dir(now: Any = None) -> Path:
+    """``./migsafe-reports/<UTC time>-<run id>``: two rehearsals started in one second never share one."""
+    from datetime import UTC, datetime
+
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    return Path("migsafe-reports") / f"{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def _claim_report_dir(directory: Path) -> None:
+    """Create the report folder, refusing one that already holds a report (never overwritten)."""
+    if directory.exists() and any((directory / n).exists() for n in ("result.json", "report.md", "report.html")):
+        raise ReportExists(f"{directory} already holds a report: choose another --report-dir")
+    directory.mkdir(parents=True, exist_ok=True)
+
+
 # --- commands ---------------------------------------------------------------------------------
 PlanOpt = Annotated[Path, typer.Option("--plan", "-p", help="Plan file (TOML or JSON).")]
 StoreOpt = Annotated[str, typer.Option("--store", help="Store URL: file:///path or s3://bucket/prefix.")]
@@ -150,7 +177,7 @@ def backups_list(store: StoreOpt, json_out: JsonOpt = False) -> None:
     """List backups: id, date, tables, bytes, complete or incomplete."""
     from . import inventory
 
-    refs = inventory.list_backups(open_store(store))
+    refs = inventory.list_backups(_existing(store))
     if json_out:
         out.print(json.dumps([r.model_dump(mode="json") for r in refs], indent=2))
         return
@@ -171,7 +198,7 @@ def verify(store: StoreOpt, backup_id: IdOpt, json_out: JsonOpt = False) -> None
     """Re-read every object of a backup and check its sha256 and size against the manifest."""
     from . import inventory
 
-    report = inventory.verify_backup(open_store(store), backup_id)
+    report = inventory.verify_backup(_existing(store), backup_id)
     if json_out:
         out.print(report.model_dump_json(indent=2))
     else:
@@ -242,7 +269,7 @@ def restore(
                           jobs=jobs, merge=merge, lock_timeout=lock_timeout,  # type: ignore[arg-type]
                           restore_schema=restore_schema)
     with _Reporter("restore") as rep:
-        report = run_restore(open_store(store), backup_id, target, opts, progress=rep)
+        report = run_restore(_existing(store), backup_id, target, opts, progress=rep)
     if json_out:
         out.print(report.model_dump_json(indent=2))
     else:
@@ -291,7 +318,7 @@ def diff(
     from .diff import run_diff
 
     names = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
-    report = run_diff(open_store(store), backup_id, Dsn.parse(target_dsn), names, jobs=jobs,
+    report = run_diff(_existing(store), backup_id, Dsn.parse(target_dsn), names, jobs=jobs,
                       pg_bindir=settings().pg_bindir)
     if json_out:
         out.print(report.model_dump_json(indent=2))
@@ -332,7 +359,7 @@ def prune(
         raise InputError("--older-than applies to --store backups; for a database use --target-dsn --keep-undo")
     keep = inventory.parse_age(keep_undo)
     if store and older_than:
-        doomed = inventory.prune(open_store(store), inventory.parse_age(older_than), dry_run=dry_run)
+        doomed = inventory.prune(_existing(store), inventory.parse_age(older_than), dry_run=dry_run)
         for r in doomed:
             out.print(
                 f"{'would delete' if dry_run else 'deleted'} {r.backup_id} "
@@ -368,20 +395,22 @@ def rehearse(
     ] = None,
 ) -> None:
     """Back up, then rehearse the migration's upgrade and downgrade on a scratch copy; exit 0 PASS, 1 FAIL."""
-    from datetime import UTC, datetime
-
     from .rehearse import rehearse as run_rehearsal
 
     p = Plan.load(plan)
-    directory = report_dir or Path("migsafe-reports") / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    directory = report_dir or default_report_dir()
+    _claim_report_dir(directory)
     try:
         result = run_rehearsal(
             p, settings(), report_dir=directory, say=lambda m: err.print(m, markup=False), backup_id=backup_id
         )
     except KeyboardInterrupt:
+        global _interrupt_reported
+        pgtools.stop_all()
         err.print(
             f"migsafe: interrupted; the scratch copy was destroyed; partial reports in {directory.resolve()}"
         )
+        _interrupt_reported = True
         raise typer.Exit(130) from None
     if json_out:
         out.print(result.model_dump_json(indent=2))
@@ -405,11 +434,69 @@ def scratch_sweep() -> None:
     err.print(f"{len(removed)} orphaned scratch cluster(s) removed")
 
 
+class _TerminatedBySignal(KeyboardInterrupt):
+    """SIGTERM arrived: unwind like Ctrl-C, so every ``finally`` and child cleanup runs."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _TerminatedBySignal()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(mask(text).split()) or "no message"
+
+
+_interrupt_reported = False
+
+
+def _interrupted() -> int:
+    stopped = pgtools.stop_all()
+    if not _interrupt_reported:
+        err.print(f"migsafe: interrupted{f' (stopped {stopped} child process(es))' if stopped else ''}")
+    return 130
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command; the exit code. Every error ends here as one line on stderr, never a traceback."""
+    from typer.exceptions import Abort, Exit, TyperException
+
+    try:
+        rv = app(args=argv, prog_name="migsafe", standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+        return _interrupted() if code == 130 else code  # typer turns KeyboardInterrupt into Exit(130)
+    except MigsafeError as exc:
+        err.print(f"migsafe: error: {_one_line(str(exc))}", markup=False)
+        return exc.exit_code
+    except (KeyboardInterrupt, Abort):
+        return _interrupted()
+    except Exit as exc:
+        return _interrupted() if exc.exit_code == 130 else int(exc.exit_code)
+    except TyperException as exc:  # usage errors (click's): bad input
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            err.print(f"migsafe: error: {_one_line(str(exc))}", markup=False)
+        return 2
+    except Exception as exc:  # the contract: one line, never a traceback
+        import psycopg
+
+        if isinstance(exc, psycopg.Error):  # one the steps did not wrap: the database refused
+            err.print(f"migsafe: error: database: {_one_line(str(exc))}", markup=False)
+            return 3
+        err.print(f"migsafe: error: unexpected {type(exc).__name__}: {_one_line(str(exc))}", markup=False)
+        return 3
+    finally:
+        pgtools.stop_all()  # nothing migsafe started outlives it
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one line on stderr for any error, and the documented exit code.
 
-    Usage errors exit 2 (click's own convention, which matches "bad input").
+    Usage errors exit 2 (click's own convention, which matches "bad input"); SIGTERM is handled like
+    Ctrl-C (exit 130, children stopped).
     """
+<<<<<<< HEAD
     args = list(sys.argv[1:] if argv is None else argv)
     # `restore --merge` takes an optional value: a bare --merge means --merge=keep
     args = ["--merge=keep" if a == "--merge" else a for a in args]
@@ -421,6 +508,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("migsafe: interrupted")
         sys.exit(130)
+=======
+    installed = False
+    with contextlib.suppress(ValueError):  # not the main thread (embedded): no handler
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        installed = True
+    code = run(argv)
+    if installed:  # the work is done (children stopped): a late SIGTERM no longer changes the outcome
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
+>>>>>>> reliab
 
 
 if __name__ == "__main__":

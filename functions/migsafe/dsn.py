@@ -1,18 +1,29 @@
 """Connection strings: parse once, mask passwords everywhere, hand tools a password-free conninfo.
 
-A DSN may carry a password (``postgresql://app:s3cret@db/app``). It must never reach a log, a report,
-a manifest or a process list, so tools get ``PGPASSWORD`` in their environment and a conninfo
-without it, and everything printed goes through :func:`mask`.
+A DSN may carry a password (``postgresql://app:s3cret@db/app``), or the passphrase of an SSL key
+(``sslpassword``). Neither may reach a log, a report, a manifest or a process list (``ps`` shows every
+argv), so tools get a conninfo without any secret key: the password travels in ``PGPASSWORD``, and the
+other secrets (libpq has no environment variable for them) in a private 0600 service file named by
+``PGSERVICEFILE``, which the conninfo points at with ``service=``. ``str(Dsn)`` masks every secret
+key, and everything printed goes through :func:`mask`.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
+import hashlib
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .exceptions import InputError
 
+SECRET_KEYS = ("password", "sslpassword")  # conninfo keys whose values are secrets
 _URL_PASSWORD = re.compile(r"(://[^:/?#@]*:)([^@/?#]*)(@)")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
@@ -48,7 +59,11 @@ class Dsn:
             params = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
             raise InputError(f"invalid connection string: {mask(str(exc))}") from None
-        return cls({k: str(v) for k, v in params.items() if v is not None})
+        parsed = cls({k: str(v) for k, v in params.items() if v is not None})
+        for port in parsed.params.get("port", "5432").split(","):
+            if not port.strip().isdigit() or not 0 < int(port) < 65536:
+                raise InputError(f"invalid connection string: port {port.strip()!r} is not a port number")
+        return parsed
 
     @property
     def password(self) -> str | None:
@@ -70,11 +85,22 @@ class Dsn:
     def user(self) -> str | None:
         return self.params.get("user")
 
+    @property
+    def _other_secrets(self) -> dict[str, str]:
+        return {k: v for k, v in self.params.items() if k in SECRET_KEYS and k != "password"}
+
     def conninfo(self, *, with_password: bool = True, **override: str) -> str:
-        """A libpq conninfo string; without the password unless asked (for psycopg only)."""
+        """A libpq conninfo string; without any secret unless asked (with them: for psycopg only).
+
+        Without secrets it is what a tool's argv carries: the secrets reach the tool through
+        :meth:`tool_env` (and ``service=``, when there are secrets other than the password).
+        """
         params = {**self.params, **override}
         if not with_password:
-            params.pop("password", None)
+            for key in SECRET_KEYS:
+                params.pop(key, None)
+            if self._other_secrets:
+                params["service"] = _SERVICE
         import psycopg.conninfo
 
         return psycopg.conninfo.make_conninfo(**params)
@@ -83,8 +109,11 @@ class Dsn:
         return Dsn({**self.params, "dbname": dbname})
 
     def tool_env(self) -> dict[str, str]:
-        """Environment for libpq tools: the password travels here, never on a command line."""
-        return {"PGPASSWORD": self.password} if self.password else {}
+        """Environment for libpq tools: the secrets travel here, never on a command line."""
+        env = {"PGPASSWORD": self.password} if self.password else {}
+        if self._other_secrets:
+            env["PGSERVICEFILE"] = _service_file(tuple(sorted(self._other_secrets.items())))
+        return env
 
     def url(self) -> str:
         """A ``postgresql://`` URL with the password (for alembic's sqlalchemy.url)."""
@@ -108,9 +137,28 @@ class Dsn:
         )
 
     def __str__(self) -> str:
-        shown = {k: v for k, v in self.params.items() if k != "password"}
-        if self.password:
-            shown["password"] = "***"  # noqa: S105 - the mask itself
+        shown = {k: ("***" if k in SECRET_KEYS else v) for k, v in self.params.items()}
         return " ".join(f"{k}={v}" for k, v in shown.items())
 
     __repr__ = __str__
+
+
+_SERVICE = "migsafe"
+
+
+@functools.cache
+def _secrets_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="migsafe-secrets-"))  # 0700
+    atexit.register(shutil.rmtree, path, True)
+    return path
+
+
+@functools.cache
+def _service_file(secrets: tuple[tuple[str, str], ...]) -> str:
+    """A 0600 libpq service file holding ``secrets`` in the ``[migsafe]`` service; its path."""
+    body = f"[{_SERVICE}]\n" + "".join(f"{k}={v}\n" for k, v in secrets)
+    path = _secrets_dir() / f"{hashlib.sha256(body.encode()).hexdigest()[:16]}.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(body)
+    return str(path)

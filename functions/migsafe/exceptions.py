@@ -2,7 +2,7 @@
 
 The class names are a contract: Step Functions ``Retry``/``Catch`` rules match them by name, and the
 CLI maps the three families to exit codes (``InputError`` → 2, ``EnvironmentFault`` → 3,
-``VerificationFailed`` → 1). Wrap lower-level errors at the boundary and chain them
+``VerificationFailed`` → 1; an interrupt, SIGINT or SIGTERM, → 130). Wrap lower-level errors at the boundary and chain them
 (``raise X(...) from exc``); never put a password in a message.
 """
 
@@ -42,6 +42,14 @@ class BackupIncomplete(InputError):
     """The backup has no manifest (it died midway) and is never restored from."""
 
 
+class StoreNotFound(InputError):
+    """The store named does not exist (a mistyped path or bucket); nothing was read or created."""
+
+
+class ReportExists(InputError):
+    """The report folder already holds a report; migsafe never overwrites one."""
+
+
 class RestoreRefused(InputError):
     """The restore target or table selection is unsafe (data present, missing FK targets, ...)."""
 
@@ -67,6 +75,10 @@ class ChecksumMismatch(VerificationFailed):
 
 class RestoreVerificationFailed(VerificationFailed):
     """Restored tables differ from the manifest; the restore was rolled back."""
+
+
+class ManifestCorrupt(VerificationFailed):
+    """The manifest changed after it was written, or is not valid JSON: the backup is not trusted."""
 
 
 # --- environment faults: something we depend on is unreachable or broken -----------------------

@@ -1,9 +1,17 @@
 """Throw-away local PostgreSQL clusters: the demo's source, the tests' servers, local scratch copies.
 
 PostgreSQL refuses to run as root, so when we are root the cluster's files belong to the
-``postgres`` user and every server command runs through ``runuser -u postgres --``. Each cluster
-folder holds ``migsafe-cluster.json`` naming the process that owns it; :func:`sweep` stops and
-removes clusters whose owner died (a SIGKILLed rehearsal leaves no server behind for long).
+``postgres`` user and every server command runs through ``runuser -u postgres --``.
+
+Ownership, and why it is recorded twice. A cluster folder is named
+``<purpose>-<owner pid>-<owner start time>-<random>``: the owner is written by the very ``mkdir``
+that creates the folder, so no folder of ours ever exists without it, whatever kills us and when.
+Inside, ``migsafe-cluster.json`` repeats the owner and adds the port. :func:`sweep` stops and removes
+a cluster only when its owner is dead: the pid no longer exists, or it now belongs to another
+process (its start time, in clock ticks since boot from ``/proc/<pid>/stat``, differs). A pid alone
+is not enough: on a busy CI host pids are reused, and a sweep must never remove a live rehearsal's
+cluster, least of all another user's. The runtime folder is ``$MIGSAFE_RUNTIME_DIR``, by default
+``$TMPDIR/migsafe-clusters``.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import pgtools
 from .dsn import Dsn
 from .exceptions import ScratchFailed
 from .pgtools import tool, tool_env
@@ -54,8 +64,10 @@ def free_port() -> int:
 
 
 def _run(cmd: list[str], what: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a server-side tool as the server user, stopped with its process group if we are interrupted."""
+    as_user = SERVER_USER if os.geteuid() == 0 else None
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=tool_env())
+        proc = pgtools.run(cmd, as_user=as_user, timeout=timeout, env=tool_env())
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ScratchFailed(f"{what} failed: {exc}") from exc
     if proc.returncode != 0:
@@ -98,7 +110,9 @@ class LocalCluster:
         runtime = runtime_dir or DEFAULT_RUNTIME_DIR
         runtime.mkdir(parents=True, exist_ok=True)
         os.chmod(runtime, 0o755)
-        root = Path(tempfile.mkdtemp(prefix=f"{purpose}-", dir=runtime))
+        # the owner is in the name: the folder never exists without it (see the module docstring)
+        owner_pid, owner_start = os.getpid(), process_start(os.getpid())
+        root = Path(tempfile.mkdtemp(prefix=f"{purpose}-{owner_pid}-{owner_start}-", dir=runtime))
         os.chmod(root, 0o755)
         cluster = cls(root=root, port=free_port(), purpose=purpose)
         cluster.socket_dir.mkdir()
@@ -109,29 +123,30 @@ class LocalCluster:
     def _write_marker(self) -> None:
         marker = {
             "owner_pid": os.getpid(),
+            "owner_start": process_start(os.getpid()),
             "port": self.port,
             "purpose": self.purpose,
             "created": time.time(),
         }
-        (self.root / MARKER).write_text(json.dumps(marker))
+        tmp = self.root / f".{MARKER}.tmp"
+        tmp.write_text(json.dumps(marker))
+        os.replace(tmp, self.root / MARKER)  # whole or absent: a sweep never reads half a marker
 
     def initdb(self) -> None:
         _run(
-            _as_server_user(
-                [
-                    tool("initdb"),
-                    "-D",
-                    str(self.data_dir),
-                    "-U",
-                    SERVER_USER,
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--locale=C",
-                    "--no-sync",
-                    "--no-instructions",
-                ]
-            ),
+            [
+                tool("initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SERVER_USER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ],
             "initdb",
         )
         conf = self.data_dir / "postgresql.conf"
@@ -191,10 +206,10 @@ class LocalCluster:
         self.started = False
 
     def destroy(self) -> None:
-        """Stop the server (immediately) and delete every file; safe to call twice."""
+        """Stop the server (immediately) and delete every file, the marker last; safe to call twice."""
         with contextlib.suppress(ScratchFailed, OSError):
             self.stop("immediate")
-        shutil.rmtree(self.root, ignore_errors=True)
+        _remove_cluster_dir(self.root)
 
     @classmethod
     def create(cls, purpose: str = "scratch", runtime_dir: Path | None = None) -> LocalCluster:
@@ -228,27 +243,82 @@ def _kill_postmaster(data_dir: Path) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def _alive(pid: int) -> bool:
+def process_start(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])  # field 22; the name in (...) may hold spaces
+    except (IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int, start: int | None = None) -> bool:
+    """True if ``pid`` runs and, when ``start`` is known, is still the same process (not a reused pid)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass  # another user's process: it exists
+    if start is None:
         return True
-    return True
+    now = process_start(pid)
+    return now is None or now == start  # no /proc (not Linux): trust the pid
+
+
+_OWNED = re.compile(r"^[a-z]+-(?P<pid>\d+)-(?P<start>\d+|None)-[A-Za-z0-9_]+$")
+
+
+def owner_of(root: Path) -> tuple[int, int | None] | None:
+    """The (pid, start time) that owns a cluster folder: from its marker, else from its name."""
+    try:
+        marker = json.loads((root / MARKER).read_text())
+        start = marker.get("owner_start")
+        return int(marker["owner_pid"]), int(start) if start is not None else None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    m = _OWNED.match(root.name)
+    if m:
+        return int(m.group("pid")), None if m.group("start") == "None" else int(m.group("start"))
+    return None
 
 
 def orphans(runtime_dir: Path | None = None) -> Iterator[Path]:
+    """Cluster folders whose owner is dead (a folder of unknown owner is not ours: left alone)."""
     runtime = runtime_dir or DEFAULT_RUNTIME_DIR
     if not runtime.is_dir():
         return
-    for marker in runtime.glob(f"*/{MARKER}"):
-        try:
-            owner = int(json.loads(marker.read_text())["owner_pid"])
-        except (OSError, ValueError, KeyError):
-            owner = -1
-        if owner <= 0 or not _alive(owner):
-            yield marker.parent
+    for root in sorted(runtime.iterdir()):
+        if not root.is_dir() or root.is_symlink():
+            continue
+        owner = owner_of(root)
+        if owner is None:
+            continue
+        if not _alive(*owner):
+            yield root
+
+
+def _remove_cluster_dir(root: Path) -> bool:
+    """Delete a cluster folder with its marker last, so a folder that survives still names its owner."""
+    for child in list(root.iterdir()) if root.is_dir() else []:
+        if child.name == MARKER:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                child.unlink()
+    with contextlib.suppress(OSError):
+        if any(c.name != MARKER for c in root.iterdir()):
+            return False  # something still writes there (a sweep finds it later)
+        (root / MARKER).unlink(missing_ok=True)
+        root.rmdir()
+    return not root.exists()
 
 
 def _kill_helpers(root: Path) -> None:
@@ -266,10 +336,14 @@ def sweep(runtime_dir: Path | None = None) -> list[str]:
     """Stop and delete every cluster whose owning process is gone; return their ids."""
     removed = []
     for root in list(orphans(runtime_dir)):
-        marker = json.loads((root / MARKER).read_text()) if (root / MARKER).exists() else {}
+        try:
+            marker = json.loads((root / MARKER).read_text())
+        except (OSError, ValueError):
+            marker = {}
         cluster = LocalCluster(root=root, port=int(marker.get("port", 0)), purpose=marker.get("purpose", "?"))
-        cluster.destroy()  # the server first: a clean immediate stop
+        with contextlib.suppress(ScratchFailed, OSError):
+            cluster.stop("immediate")  # the server first: a clean immediate stop
         _kill_helpers(root)  # then whatever else still works on the folder
-        shutil.rmtree(root, ignore_errors=True)
+        _remove_cluster_dir(root)
         removed.append(root.name)
     return removed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from . import pgtools
 from .dsn import Dsn, mask
 from .exceptions import RevisionUnknown
 from .plan import Plan
@@ -92,14 +94,7 @@ def probe(plan: Plan, source_revision: str | None, environ: Mapping[str, str]) -
         None,
         environ,
     )
-    proc = subprocess.run(
-        [_python(plan), str(DRIVER), "probe", str(ini)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ini.parent,
-        timeout=120,
-    )
+    proc = pgtools.run([_python(plan), str(DRIVER), "probe", str(ini)], env=env, cwd=ini.parent, timeout=120)
     if proc.returncode != 0:
         raise RevisionUnknown(
             f"alembic could not read {ini}: {mask(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'no output')}"
@@ -212,28 +207,47 @@ def run_alembic(
     """Run ``alembic upgrade|downgrade revision`` against scratch, timed and observed."""
     ini = plan.path(plan.migration.alembic_ini)
     url = scratch.url().replace("postgresql://", f"{driver}://", 1)
-    with tempfile.NamedTemporaryFile(prefix="migsafe-locks-", suffix=".jsonl", delete=False) as fh:
-        lock_file = Path(fh.name)
+    # a private folder, removed whatever happens (an interrupt, a timeout, a driver that crashed)
+    workdir = Path(tempfile.mkdtemp(prefix="migsafe-alembic-"))
+    try:
+        return _run_observed(plan, action, revision, ini, url, workdir / "locks.jsonl", observer, environ,
+                             phase, timeout)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_observed(
+    plan: Plan,
+    action: str,
+    revision: str,
+    ini: Path,
+    url: str,
+    lock_file: Path,
+    observer: LockObserver,
+    environ: Mapping[str, str],
+    phase: Phase,
+    timeout: float | None,
+) -> MigrationRun:
     env = _env(plan, {"MIGSAFE_LOCK_REPORT": str(lock_file)}, url, environ)
     observer.start(phase)
     started_at = time.monotonic() - observer.t0
     t = time.monotonic()
     try:
-        proc = subprocess.Popen(
+        # its own process group: a migration that forks (or an env.py that does) is stopped whole
+        proc = pgtools.spawn(
             [_python(plan), str(DRIVER), action, str(ini), revision],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=env,
             cwd=ini.parent,
-            start_new_session=True,
         )
         try:
             _out, err = proc.communicate(timeout=timeout)
         except BaseException:
-            proc.kill()
-            proc.wait()
+            pgtools.stop(proc, grace=2.0)
             raise
+        pgtools.release(proc)
         seconds = time.monotonic() - t
     finally:
         observer.stop()
@@ -253,7 +267,7 @@ def run_alembic(
             run.error = mask(
                 err.strip().splitlines()[-1] if err.strip() else f"alembic exited {proc.returncode}"
             )
-    try:
+    if lock_file.exists():
         for line in lock_file.read_text().splitlines():
             rec: dict[str, Any] = json.loads(line)
             run.xact_seconds = max(run.xact_seconds, float(rec.get("xact_seconds", 0.0)))
@@ -261,8 +275,6 @@ def run_alembic(
                 if relkind in ("r", "p", "m"):
                     name = f"{nsp}.{rel}"
                     run.commit_locks[name] = stronger(run.commit_locks.get(name), mode) or mode
-    finally:
-        lock_file.unlink(missing_ok=True)
     return run
 
 

@@ -10,7 +10,8 @@ The source is only ever read.
 
 from __future__ import annotations
 
-import contextlib
+import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +19,13 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from . import pgtools
 from .dsn import Dsn, mask
 from .exceptions import InputError, ScratchFailed
-from .localpg import LocalCluster, _as_server_user, _chown_tree
+from .localpg import SERVER_USER, LocalCluster, _chown_tree
 from .pgtools import tool, tool_env
+
+COPY_APPLICATION_NAME = "migsafe scratch copy"
 
 
 @dataclass
@@ -84,31 +88,28 @@ def create_scratch(
 
 def _try_basebackup(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -> bool:
     """Physical copy of the source cluster; False when the source refuses replication connections."""
-    conninfo = source.conninfo(with_password=False)
-    proc = subprocess.run(
-        _as_server_user(
-            [
-                tool("pg_basebackup", pg_bindir),
-                "-D",
-                str(cluster.data_dir),
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "--no-sync",
-                "--no-password",
-                "-d",
-                conninfo,
-            ]
-        ),
-        capture_output=True,
-        text=True,
+    # named, so an operator (and our tests) can tell our walsender from anybody else's on the source
+    conninfo = source.conninfo(with_password=False, application_name=COPY_APPLICATION_NAME)
+    proc = pgtools.run(
+        [
+            tool("pg_basebackup", pg_bindir),
+            "-D",
+            str(cluster.data_dir),
+            "-X",
+            "stream",
+            "-c",
+            "fast",
+            "--no-sync",
+            "--no-password",
+            "-d",
+            conninfo,
+        ],
+        as_user=SERVER_USER if os.geteuid() == 0 else None,
         env=tool_env(source.tool_env()),
         timeout=3600,
     )
     if proc.returncode != 0:
-        with contextlib.suppress(OSError):
-            subprocess.run(["rm", "-rf", str(cluster.data_dir)], check=False)
+        shutil.rmtree(cluster.data_dir, ignore_errors=True)
         return False
     data = cluster.data_dir
     # a Debian-managed source keeps its configuration outside the data directory: give the copy its own
@@ -135,34 +136,48 @@ def _dump_restore(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -> 
     with psycopg.connect(cluster.dsn().conninfo(), autocommit=True) as conn:
         if not conn.execute("select 1 from pg_database where datname = %s", (source.dbname,)).fetchone():
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(source.dbname)))
-    dump = subprocess.Popen(
+    dump = pgtools.spawn(
         [
             tool("pg_dump", pg_bindir),
             "--format=custom",
             "--compress=0",
-            f"--dbname={source.conninfo(with_password=False)}",
+            f"--dbname={source.conninfo(with_password=False, application_name=COPY_APPLICATION_NAME)}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=tool_env(source.tool_env()),
     )
-    restore = subprocess.run(
-        [
-            tool("pg_restore", pg_bindir),
-            "--no-owner",
-            "--no-privileges",
-            "--exit-on-error",
-            f"--dbname={cluster.dsn(source.dbname).conninfo()}",
-        ],
-        stdin=dump.stdout,
-        capture_output=True,
-        text=True,
-        env=tool_env(),
-    )
-    _out, dump_err = dump.communicate()
+    restore: subprocess.Popen[bytes] | None = None
+    try:
+        restore = pgtools.spawn(
+            [
+                tool("pg_restore", pg_bindir),
+                "--no-owner",
+                "--no-privileges",
+                "--exit-on-error",
+                f"--dbname={cluster.dsn(source.dbname).conninfo()}",
+            ],
+            stdin=dump.stdout,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=tool_env(),
+        )
+        assert dump.stdout is not None
+        dump.stdout.close()  # pg_restore holds it now: pg_dump sees a closed pipe if it dies
+        _rout, restore_err = restore.communicate()
+        _out, dump_err = dump.communicate()
+    except BaseException:
+        pgtools.stop(dump)
+        if restore is not None:
+            pgtools.stop(restore)
+        raise
+    pgtools.release(dump)
+    pgtools.release(restore)
     if dump.returncode != 0:
         raise ScratchFailed(
             f"pg_dump of the source failed: {mask(dump_err.decode(errors='replace').strip())[-1500:]}"
         )
     if restore.returncode != 0:
-        raise ScratchFailed(f"pg_restore into scratch failed: {mask(restore.stderr.strip())[-1500:]}")
+        raise ScratchFailed(
+            f"pg_restore into scratch failed: {mask(restore_err.decode(errors='replace').strip())[-1500:]}"
+        )

@@ -18,6 +18,7 @@ from typing import IO, Literal
 
 import zstandard
 
+from . import pgtools
 from .dsn import mask
 from .exceptions import ChecksumMismatch, MigsafeError, ToolFailed
 from .store.base import CHUNK, Store
@@ -37,30 +38,36 @@ class Cancelled(MigsafeError):
 
 
 class Tool:
-    """A running PostgreSQL client tool whose stderr goes to a temp file (no pipe deadlock)."""
+    """A running PostgreSQL client tool whose stderr goes to a temp file (no pipe deadlock).
+
+    It runs in its own process group (see :func:`pgtools.spawn`): :meth:`kill` stops the group and
+    waits, and an interrupt anywhere in migsafe stops it through :func:`pgtools.stop_all`.
+    """
 
     def __init__(self, argv: list[str], env: dict[str, str], *, stdin: int | IO[bytes] | None = None,
                  stdout: int | IO[bytes] | None = subprocess.PIPE) -> None:
         self.name = argv[0].rsplit("/", 1)[-1]
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by finish()/kill()
-        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=self._stderr, env=env)
+        self.proc = pgtools.spawn(argv, stdin=stdin, stdout=stdout, stderr=self._stderr, env=env)
 
     def stderr_text(self) -> str:
         self._stderr.seek(0)
         return mask(self._stderr.read().decode(errors="replace").strip())
 
     def finish(self, what: str) -> None:
-        rc = self.proc.wait()
+        try:
+            rc = self.proc.wait()
+        finally:
+            pgtools.release(self.proc)
         err = self.stderr_text()
         self._stderr.close()
         if rc != 0:
             raise ToolFailed(f"{self.name} failed ({what}, exit {rc}): {err[-2000:] or 'no message'}")
 
     def kill(self) -> None:
+        """Stop the tool (SIGTERM, then SIGKILL) and wait for it; nothing of it is left running."""
         with contextlib.suppress(OSError):
-            self.proc.kill()
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
+            pgtools.stop(self.proc, grace=2.0)
         with contextlib.suppress(OSError):
             self._stderr.close()
 

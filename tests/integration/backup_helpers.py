@@ -81,6 +81,22 @@ def process_group_members(pgid: int) -> dict[int, str]:
     return members
 
 
+def pg_dumps_of(dbname: str) -> dict[int, str]:
+    """pid -> "pg_dump" for every live pg_dump of ``dbname``, whichever process group it is in."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = argv and argv[0].endswith(b"pg_dump") and any(f"dbname={dbname}".encode() in a for a in argv)
+        if ours and alive(int(entry.name)):
+            found[int(entry.name)] = "pg_dump"
+    return found
+
+
 def alive(pid: int) -> bool:
     """True when ``pid`` runs (a zombie waiting to be reaped counts as dead)."""
     try:

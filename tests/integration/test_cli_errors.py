@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
+import psycopg
 import pytest
 from backup_helpers import all_files, backup_id_from, file_url, user_relations
 from migsafe.backup import run_backup
@@ -235,3 +236,104 @@ def test_the_store_is_checked_before_the_database(tmp_path: Path) -> None:
     # Then the store fault is reported: nothing was asked of the database
     assert "not-a-dir" in str(caught.value)
     assert blocker.read_text() == "x"
+
+
+# --- every verb, bad input: one line, the documented code, never a traceback ----------------------
+def _bad_inputs(tmp_path: Path, db: Database) -> list[tuple[list[str], int]]:
+    good_store = tmp_path / "store"
+    good_store.mkdir(exist_ok=True)
+    store = file_url(good_store)
+    missing_plan = str(tmp_path / "no-such-plan.toml")
+    bad_port = write_plan(tmp_path / "badport.toml", db, store)
+    bad_port.write_text(bad_port.read_text().replace(db.url, "postgresql://u@127.0.0.1:notaport/x"))
+    mistyped = file_url(tmp_path / "mistyped" / "deeper" / "store")
+    deep_store = write_plan(tmp_path / "deep.toml", db, mistyped)
+    reported = tmp_path / "reported"
+    reported.mkdir(exist_ok=True)
+    (reported / "result.json").write_text("{}")
+    bid = "20250101T000000Z-abcdef"
+    return [
+        (["no-such-verb"], 2),
+        (["backup", "--plan", missing_plan], 2),
+        (["backup", "--plan", str(bad_port)], 2),
+        (["backup", "--plan", str(deep_store)], 2),
+        (["backups", "list", "--store", "ftp://host/x"], 2),
+        (["backups", "list", "--store", mistyped], 2),
+        (["verify", "--store", store, "--backup-id", "not-an-id"], 2),
+        (["verify", "--store", store, "--backup-id", bid], 2),
+        (["restore", "--store", store, "--backup-id", bid, "--target-dsn", "host=x port=notaport"], 2),
+        (["restore", "--store", store, "--backup-id", bid, "--target-dsn", "a=b=c"], 2),
+        (["prune", "--store", store, "--older-than", "soon"], 2),
+        (["rehearse", "--plan", missing_plan], 2),
+        (["rehearse", "--plan", str(bad_port)], 2),
+        (["rehearse", "--plan", str(write_plan(tmp_path / "ok.toml", db, store)), "--report-dir", str(reported)], 2),
+        (["bundle", "push", "--plan", missing_plan], 2),
+        (["gate", "--state-machine", "arn:aws:states:us-east-1:1:stateMachine:x", "--plan", missing_plan], 2),
+    ]
+
+
+def test_every_verb_answers_bad_input_with_one_line_and_exit_2(
+    seeded: Database, migsafe: Cli, tmp_path: Path
+) -> None:
+    for args, code in _bad_inputs(tmp_path, seeded):
+        # When
+        res = migsafe(*args)
+        # Then
+        assert res.code == code, (args, res.output)
+        assert "Traceback" not in res.output, (args, res.output)
+        errors = [line for line in res.stderr.splitlines() if line.startswith("migsafe: error")]
+        assert len(errors) <= 1, (args, res.stderr)
+    # and nothing was created by a refused backup
+    assert not (tmp_path / "mistyped").exists()
+    assert (tmp_path / "reported" / "result.json").read_text() == "{}"
+
+
+def test_backup_creates_a_store_folder_only_under_an_existing_parent(
+    seeded: Database, migsafe: Cli, tmp_path: Path
+) -> None:
+    # Given: a store folder that does not exist yet, in a folder that does
+    plan = write_plan(tmp_path / "plan.toml", seeded, file_url(tmp_path / "new-store"))
+    # When
+    res = migsafe("backup", "--plan", str(plan))
+    # Then
+    assert res.code == 0, res.output
+    assert (tmp_path / "new-store").is_dir()
+
+
+def test_two_rehearsals_in_one_second_get_their_own_report_folders() -> None:
+    from datetime import UTC, datetime
+
+    from migsafe.cli import default_report_dir
+
+    now = datetime(2026, 12, 2, 1, 0, 0, tzinfo=UTC)
+    a, b = default_report_dir(now), default_report_dir(now)
+    assert a != b
+    assert a.name.startswith("20261202T010000Z-") and b.name.startswith("20261202T010000Z-")
+
+
+def test_a_restore_as_a_role_without_privileges_is_one_line_not_a_traceback(
+    seeded: Database, make_database: Callable[..., Database], migsafe: Cli, tmp_path: Path
+) -> None:
+    # Given: a backup, and a target whose tables belong to someone else, reached as a powerless role
+    store = tmp_path / "store"
+    plan = write_plan(tmp_path / "plan.toml", seeded, file_url(store))
+    backed = migsafe("backup", "--plan", str(plan))
+    assert backed.code == 0, backed.output
+    target = make_database(users=10)
+    role = f"powerless_{target.name}"
+    with target.connect() as conn:
+        conn.execute(psycopg.sql.SQL("create role {} login").format(psycopg.sql.Identifier(role)))
+    try:
+        as_role = Dsn({**target.dsn.params, "user": role})
+        # When
+        res = migsafe("restore", "--store", file_url(store), "--backup-id", backup_id_from(backed.stdout),
+                      "--target-dsn", as_role.conninfo(), "--replace")
+        # Then: refused or failed as an environment fault, in one line; never exit 1, never a traceback
+        assert res.code in (2, 3), res.output
+        assert "Traceback" not in res.output
+        assert len([line for line in res.stderr.splitlines() if line.startswith("migsafe: error")]) == 1
+        assert table_fingerprints(target, TABLES)  # the target's tables are still there
+    finally:
+        with target.connect() as conn:
+            conn.execute(psycopg.sql.SQL("drop owned by {}").format(psycopg.sql.Identifier(role)))
+            conn.execute(psycopg.sql.SQL("drop role {}").format(psycopg.sql.Identifier(role)))

@@ -141,3 +141,102 @@ def test_prune_refuses_a_bad_age(migsafe: Cli, tmp_path: Path) -> None:
     # Then it is bad input
     assert result.code == 2, result.output
     assert "not a duration" in result.output
+
+
+def _killed_writer(store: Store, when: datetime, size: int) -> str:
+    """What a backup killed mid-dump leaves: only a partial object (a hidden temp file on a folder,
+    an unfinished multipart upload on S3), never a listed object."""
+    backup_id = new_backup_id(when)
+    writer = store.open_writer(backup_prefix(backup_id) + "public.users.dump.zst")
+    writer.write(b"x" * size)
+    if isinstance(store, S3Store):
+        writer._flush_part()  # type: ignore[attr-defined]  # the part is stored, the upload never completed
+    else:
+        writer._fh.flush()  # type: ignore[attr-defined]
+    return backup_id  # the writer is abandoned: neither committed nor aborted, as after kill -9
+
+
+def test_a_folder_holding_only_a_killed_writers_partial_object_is_listed_incomplete_with_its_bytes(
+    store: Store,
+) -> None:
+    # Given: a backup killed during its first dump
+    now = datetime.now(UTC)
+    size = 5 << 20 if isinstance(store, S3Store) else 12345
+    killed = _killed_writer(store, now - timedelta(days=2), size)
+    # When
+    listed = {r.backup_id: r for r in inventory.list_backups(store)}
+    # Then: it is listed, incomplete, with the bytes it really holds
+    assert killed in listed
+    assert not listed[killed].complete
+    assert listed[killed].bytes == size
+
+
+def test_prune_removes_every_byte_of_an_interrupted_backup(source: Database, store: Store) -> None:
+    # Given: a backup that died after one dump and during the next, and one that died in its first
+    now = datetime.now(UTC)
+    first = _incomplete(store, now - timedelta(days=2))
+    leftover = store.open_writer(backup_prefix(first) + "public.orders.dump.zst")
+    leftover.write(b"y" * (5 << 20))
+    if isinstance(store, S3Store):
+        leftover._flush_part()  # type: ignore[attr-defined]
+    else:
+        leftover._fh.flush()  # type: ignore[attr-defined]
+    second = _killed_writer(store, now - timedelta(days=3), 5 << 20)
+    # When
+    pruned = inventory.prune(store, timedelta(days=30), now=now)
+    # Then: both are gone, with their partial objects (temp files / unfinished uploads)
+    assert {r.backup_id for r in pruned} == {first, second}
+    assert store.list() == []
+    assert store.partials() == []
+    if isinstance(store, FileStore):
+        assert not any(p.is_file() for p in store.root.rglob("*"))
+    else:
+        assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
+
+
+def test_a_missing_store_is_refused_by_list_verify_restore_and_prune(migsafe: Cli, tmp_path: Path) -> None:
+    # Given: a mistyped store path
+    missing = file_url(tmp_path / "no" / "such" / "store")
+    bid = "20250101T000000Z-abcdef"
+    # When / Then: each reading verb refuses it as bad input, one line, and creates nothing
+    for args in (
+        ["backups", "list", "--store", missing],
+        ["verify", "--store", missing, "--backup-id", bid],
+        ["restore", "--store", missing, "--backup-id", bid, "--target-dsn", "host=127.0.0.1 dbname=x"],
+        ["prune", "--store", missing, "--older-than", "7d"],
+    ):
+        res = migsafe(*args)
+        assert res.code == 2, (args, res.output)
+        assert "does not exist" in res.stderr and "Traceback" not in res.output
+    assert not (tmp_path / "no").exists()
+
+
+def test_prune_skips_an_old_incomplete_backup_whose_writer_is_alive(store: Store) -> None:
+    # Given: a backup started two days ago that is still running (its lease is fresh), and a dead one
+    now = datetime.now(UTC)
+    running = _incomplete(store, now - timedelta(days=2))
+    dead = _incomplete(store, now - timedelta(days=2, minutes=1))
+    lease = inventory.WriterLease(store, backup_prefix(running))
+    try:
+        # When
+        pruned = inventory.prune(store, timedelta(days=30), now=now)
+    finally:
+        lease.release()
+    # Then: only the dead writer's folder is removed
+    assert [r.backup_id for r in pruned] == [dead]
+    assert store.exists(backup_prefix(running) + "public.users.dump.zst")
+
+
+def test_a_backup_refuses_to_seal_a_manifest_over_objects_that_disappeared(source: Database, store: Store) -> None:
+    # Given: a backup whose dump was deleted (by a prune, say) before its manifest was written
+    from migsafe.exceptions import BackupFailed
+    from migsafe.models import Manifest
+
+    bid = _complete(source, store, datetime.now(UTC))
+    prefix = backup_prefix(bid)
+    manifest = Manifest.model_validate_json(store.get_bytes(prefix + "manifest.json"))
+    store.delete([prefix + "manifest.json", prefix + "manifest.json.sha256", prefix + manifest.tables[0].key])
+    # When / Then
+    with pytest.raises(BackupFailed, match="disappeared"):
+        inventory.write_manifest(store, prefix, manifest)
+    assert not store.exists(prefix + "manifest.json")

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from alembic_projects import write_project
 from migsafe.config import Settings
+from migsafe.dsn import Dsn
 from migsafe.inventory import list_backups, verify_backup
 from migsafe.localpg import DEFAULT_RUNTIME_DIR, MARKER
 from migsafe.plan import Plan
@@ -321,7 +322,9 @@ def test_sns_message_is_published_with_the_verdict(
         qarn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=qarn)
         ini = write_project(tmp_path / "proj", upgrade=["SELECT 1/0"], downgrade=[])
-        plan = _plan(tmp_path, source, ini, f'[notify]\nsns_topic_arn = "{topic}"\n')
+        # a DSN with a password (the test server trusts loopback, so it is carried but never checked)
+        with_password = Database(source.name, Dsn({**source.dsn.params, "password": "pw-must-not-leak"}))
+        plan = _plan(tmp_path, with_password, ini, f'[notify]\nsns_topic_arn = "{topic}"\n')
         # When
         os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         result = _rehearse(plan, runtime_dir, tmp_path / "report")
@@ -334,7 +337,8 @@ def test_sns_message_is_published_with_the_verdict(
         assert message["version"] == "1.0" and message["source"] == "custom"
         assert "FAIL" in message["content"]["title"]
         assert "division by zero" in message["content"]["description"]
-        assert source.dsn.password is None or source.dsn.password not in envelope["Message"]
+        assert "pw-must-not-leak" not in envelope["Message"]
+        assert "pw-must-not-leak" not in (tmp_path / "report" / "result.json").read_text()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

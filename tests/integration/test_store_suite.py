@@ -201,7 +201,7 @@ def test_backup_and_restore_end_to_end_on_s3(
     keys = [o["Key"] for o in aws.list_objects_v2(Bucket=BUCKET)["Contents"]]
     assert all(k.startswith(f"backups/prod/{ref.prefix}") for k in keys)
     assert sorted(k.rsplit("/", 1)[1] for k in keys) == sorted(
-        ["manifest.json", "types.sql", *(f"{t}.dump.zst" for t in seed.TABLES)])
+        ["manifest.json", "manifest.json.sha256", "types.sql", *(f"{t}.dump.zst" for t in seed.TABLES)])
     assert result.url == f"s3://{BUCKET}/backups/prod/{ref.prefix}"
 
 
@@ -227,3 +227,97 @@ def test_a_changed_object_on_s3_fails_verification_and_restore(
     assert type(caught.value).__name__ == "ChecksumMismatch"
     assert caught.value.exit_code == 1  # type: ignore[attr-defined]
     assert target.scalar("select count(*) from pg_tables where schemaname = 'public'") == 0
+
+
+# --- durability and permissions of the file store (power loss; production rows on a shared disk) ---
+def test_a_file_object_is_durable_folder_entries_included(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given: every fsync recorded by the path it reached
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    store = FileStore(tmp_path / "store")
+    # When: an object is written into folders that do not exist yet
+    store.put_bytes("2025-01-01/b1/manifest.json", b"{}")
+    # Then: the file, the folder it was renamed in, and each new folder's parent were fsynced
+    root = tmp_path / "store"
+    assert any(p.startswith(str(root / "2025-01-01" / "b1" / ".manifest.json.")) for p in synced), synced
+    assert str(root / "2025-01-01" / "b1") in synced  # the rename
+    assert str(root / "2025-01-01") in synced  # mkdir b1
+    assert str(root) in synced  # mkdir 2025-01-01
+    assert str(tmp_path) in synced  # mkdir store
+
+
+def test_file_objects_are_private(tmp_path: Path) -> None:
+    # Given a permissive umask
+    old = os.umask(0o022)
+    try:
+        store = FileStore(tmp_path / "store")
+        # When
+        store.put_bytes("2025-01-01/b1/public.users.dump.zst", b"rows")
+    finally:
+        os.umask(old)
+    # Then: 0600 objects, 0700 folders
+    root = tmp_path / "store"
+    assert (root / "2025-01-01" / "b1" / "public.users.dump.zst").stat().st_mode & 0o777 == 0o600
+    for folder in (root, root / "2025-01-01", root / "2025-01-01" / "b1"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+
+
+# --- S3: part sizes, checksums, delete errors -------------------------------------------------------
+def test_the_part_size_grows_so_ten_thousand_parts_hold_terabytes() -> None:
+    from migsafe.store import s3
+
+    assert s3.part_size(1) == s3.part_size(1000) == 8 << 20
+    assert s3.part_size(1001) == 16 << 20 and s3.part_size(2001) == 32 << 20
+    assert s3.part_size(10_000) <= s3.MAX_PART
+    capacity = sum(s3.part_size(n) for n in range(1, s3.MAX_PARTS + 1))
+    assert capacity > 5 << 40  # fixed 8 MiB parts stop at ~78 GiB
+
+
+def test_an_s3_writer_grows_its_parts_and_stores_each_parts_sha256(
+    aws: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given: parts that double after every part (instead of every 1,000), from moto's 5 MiB minimum
+    from migsafe.store import s3
+
+    monkeypatch.setattr(s3, "PART_SIZE", 5 << 20)
+    monkeypatch.setattr(s3, "PARTS_PER_STEP", 1)
+    store = S3Store(BUCKET, "p", client=aws)
+    data = os.urandom(1 << 20) * 18  # 18 MiB: parts of 5, 10 and 3 MiB
+    # When
+    with store.writer("big") as w:
+        for i in range(0, len(data), 1 << 20):
+            w.write(data[i : i + (1 << 20)])
+    # Then: three parts of growing size, and S3 holds each part's SHA-256 (the object's checksum is
+    # the composite: the sha256 of the parts' sha256s)
+    import base64
+
+    head = aws.head_object(Bucket=BUCKET, Key="p/big", ChecksumMode="ENABLED")
+    assert head["ContentLength"] == len(data)
+    parts = [data[: 5 << 20], data[5 << 20 : 15 << 20], data[15 << 20 :]]
+    composite = hashlib.sha256(b"".join(hashlib.sha256(p).digest() for p in parts)).digest()
+    assert head.get("ChecksumSHA256", "").split("-")[0] == base64.b64encode(composite).decode(), head
+    sizes = [aws.head_object(Bucket=BUCKET, Key="p/big", PartNumber=n)["ContentLength"] for n in (1, 2, 3)]
+    assert sizes == [5 << 20, 10 << 20, 3 << 20]
+    assert store.get_bytes("big") == data
+
+
+def test_an_s3_delete_that_s3_partly_refuses_is_an_error(aws: Any) -> None:
+    # Given: S3 answering DeleteObjects with a per-key error (the call itself succeeds)
+    from migsafe.exceptions import StoreUnreachable
+
+    store = S3Store(BUCKET, "p", client=aws)
+    store.put_bytes("a", b"1")
+
+    def refuse(parsed: dict[str, Any], **_: Any) -> None:
+        parsed["Errors"] = [{"Key": "p/a", "Code": "AccessDenied", "Message": "denied"}]
+
+    aws.meta.events.register("after-call.s3.DeleteObjects", refuse)
+    # When / Then
+    with pytest.raises(StoreUnreachable, match="AccessDenied"):
+        store.delete(["a"])

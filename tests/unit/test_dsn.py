@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from migsafe.dsn import Dsn, mask
+from migsafe.exceptions import InputError
 
 
 def test_mask_hides_url_and_keyword_passwords() -> None:
@@ -20,3 +24,23 @@ def test_dsn_str_and_tool_conninfo_never_carry_the_password() -> None:
     assert dsn.tool_env() == {"PGPASSWORD": "s3cret"}
     assert (dsn.host, dsn.port, dsn.dbname, dsn.user) == ("db.internal", 6543, "prod", "app")
     assert Dsn.parse(dsn.url()).params == dsn.params
+
+
+def test_every_secret_key_stays_out_of_str_argv_and_messages() -> None:
+    # Given: a password and the passphrase of an SSL client key
+    dsn = Dsn.parse("host=db user=app password=s3cret sslpassword=k3yphrase sslmode=require dbname=prod")
+    # Then: neither is in str(), nor in the conninfo a tool's argv carries
+    for shown in (str(dsn), repr(dsn), dsn.conninfo(with_password=False), mask(dsn.conninfo())):
+        assert "s3cret" not in shown and "k3yphrase" not in shown, shown
+    # and the tool gets them through its environment: PGPASSWORD and a private service file
+    env = dsn.tool_env()
+    assert env["PGPASSWORD"] == "s3cret"
+    service = Path(env["PGSERVICEFILE"])
+    assert service.stat().st_mode & 0o777 == 0o600
+    assert "sslpassword=k3yphrase" in service.read_text()
+    assert "service=migsafe" in dsn.conninfo(with_password=False)
+
+
+def test_a_port_that_is_not_a_number_is_bad_input() -> None:
+    with pytest.raises(InputError, match="notaport"):
+        Dsn.parse("host=db port=notaport")

@@ -22,6 +22,9 @@ class ObjectInfo:
     modified: datetime
 
 
+Objects = list[ObjectInfo]  # (a module-level name: inside Store, ``list`` is the method)
+
+
 class ObjectWriter(abc.ABC):
     """A streaming upload; use through :meth:`Store.writer`."""
 
@@ -68,7 +71,19 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def check(self) -> None:
-        """Raise StoreUnreachable unless the store can be listed."""
+        """Raise StoreUnreachable unless the store can be listed (and written: it may be created)."""
+
+    @abc.abstractmethod
+    def require_exists(self) -> None:
+        """Raise StoreNotFound unless the store already exists (reading verbs never create one)."""
+
+    def partials(self, prefix: str = "") -> Objects:
+        """What killed writers left under ``prefix``: never listed, never read, only counted and removed."""
+        return []
+
+    def delete_partials(self, partials: Iterable[ObjectInfo]) -> None:
+        """Remove what :meth:`partials` returned (missing ones are ignored)."""
+        return None
 
     def put_bytes(self, key: str, data: bytes) -> None:
         with self.writer(key) as w:

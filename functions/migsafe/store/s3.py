@@ -1,8 +1,12 @@
 """``s3://bucket/prefix`` store: streaming multipart uploads with S3-side SHA-256 checksums.
 
-Parts are buffered up to ``part_size`` (8 MiB) so memory is bounded; S3 verifies every part's
-SHA-256 as it stores it. An aborted writer aborts the multipart upload, so nothing half-written is
-ever visible; the bucket's lifecycle rule cleans up uploads orphaned by a killed process.
+Parts are buffered up to the part size so memory is bounded; S3 verifies every part's SHA-256 as it
+stores it. The size of a dump is unknown up front and S3 allows 10,000 parts, so the part size grows
+with the stream: 8 MiB for parts 1-1,000, then doubling every 1,000 parts (:func:`part_size`), which
+reaches ~8 TiB by part 10,000 while a small object still uses 8 MiB of memory. An aborted writer
+aborts the multipart upload, so nothing half-written is ever visible; uploads orphaned by a killed
+process are listed by :meth:`S3Store.partials` and aborted by ``prune`` (the bucket's lifecycle rule
+is the backstop).
 """
 
 from __future__ import annotations
@@ -17,10 +21,19 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ..exceptions import ObjectMissing, StoreUnreachable, TransientAwsError
-from .base import CHUNK, ObjectInfo, ObjectWriter, Store
+from ..exceptions import ObjectMissing, StoreNotFound, StoreUnreachable, TransientAwsError
+from .base import CHUNK, ObjectInfo, Objects, ObjectWriter, Store
 
-PART_SIZE = 8 << 20
+PART_SIZE = 8 << 20  # the first parts; see part_size()
+PARTS_PER_STEP = 1000
+MAX_PART = 5 << 30  # S3's limit for one part
+MAX_PARTS = 10_000
+UPLOAD_SEPARATOR = "#upload="  # partials() names an orphaned upload "<key>#upload=<id>"
+
+
+def part_size(number: int) -> int:
+    """The size of part ``number`` (1-based): 8 MiB, doubled every 1,000 parts, at most 5 GiB."""
+    return min(PART_SIZE << ((number - 1) // PARTS_PER_STEP), MAX_PART)
 _TRANSIENT = {"Throttling", "ThrottlingException", "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable"}
 
 
@@ -54,8 +67,9 @@ class _S3Writer(ObjectWriter):
                     Bucket=self._bucket, Key=self._key, ChecksumAlgorithm="SHA256"
                 )
                 self._upload_id = resp["UploadId"]
-            body = bytes(self._buf)
             number = len(self._parts) + 1
+            size = part_size(number)
+            body = bytes(self._buf[:size])
             checksum = _b64sha256(body)
             resp = self._s3.upload_part(
                 Bucket=self._bucket,
@@ -66,14 +80,17 @@ class _S3Writer(ObjectWriter):
                 ChecksumSHA256=checksum,
             )
             self._parts.append({"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": checksum})
-            self._buf.clear()
+            del self._buf[: len(body)]
         except (ClientError, BotoCoreError) as exc:
             self.abort()
             raise _fault("upload", self._where, exc) from exc
 
     def write(self, data: bytes) -> None:
         self._buf += data
-        if len(self._buf) >= PART_SIZE:
+        while len(self._buf) >= part_size(len(self._parts) + 1):
+            if len(self._parts) >= MAX_PARTS:
+                self.abort()
+                raise StoreUnreachable(f"S3 upload {self._where}: more than {MAX_PARTS} parts")
             self._flush_part()
 
     def commit(self) -> None:
@@ -84,7 +101,7 @@ class _S3Writer(ObjectWriter):
                     Bucket=self._bucket, Key=self._key, Body=body, ChecksumSHA256=_b64sha256(body)
                 )
                 return
-            if self._buf:
+            while self._buf:
                 self._flush_part()
             self._s3.complete_multipart_upload(
                 Bucket=self._bucket,
@@ -151,15 +168,62 @@ class S3Store(Store):
         return sorted(out, key=lambda o: o.key)
 
     def delete(self, keys: Iterable[str]) -> None:
+        """Delete objects; a key S3 reports it could not delete is an error, never a silent success."""
         batch: list[Any] = [{"Key": self.full_key(k)} for k in keys]
+        failed: list[str] = []
         try:
             for i in range(0, len(batch), 1000):
-                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch[i : i + 1000], "Quiet": True})
+                resp = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch[i : i + 1000], "Quiet": True}
+                )
+                failed += [f"{e.get('Key')} ({e.get('Code')})" for e in resp.get("Errors", [])]
         except (ClientError, BotoCoreError) as exc:
             raise _fault("delete", self.url, exc) from exc
+        if failed:
+            raise StoreUnreachable(f"S3 delete {self.url}: {len(failed)} object(s) not deleted: {', '.join(failed[:5])}")
 
     def check(self) -> None:
         try:
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.full_key(""), MaxKeys=1)
         except (ClientError, BotoCoreError) as exc:
             raise _fault("list", self.url, exc) from exc
+
+    def require_exists(self) -> None:
+        try:
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.full_key(""), MaxKeys=1)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "NoSuchBucket":
+                raise StoreNotFound(f"no store at {self.url}: bucket {self.bucket} does not exist") from exc
+            raise _fault("list", self.url, exc) from exc
+        except BotoCoreError as exc:
+            raise _fault("list", self.url, exc) from exc
+
+    def partials(self, prefix: str = "") -> Objects:
+        """Multipart uploads under our prefix that were never completed (a killed writer's)."""
+        out = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.full_key(prefix)):
+                for up in page.get("Uploads", []):
+                    size = 0
+                    parts = self.client.list_parts(Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"])
+                    size = sum(int(p.get("Size", 0)) for p in parts.get("Parts", []))
+                    key = up["Key"][strip:] + UPLOAD_SEPARATOR + up["UploadId"]
+                    out.append(ObjectInfo(key, size, up["Initiated"]))
+        except (ClientError, BotoCoreError) as exc:
+            raise _fault("list uploads", self.url, exc) from exc
+        return sorted(out, key=lambda o: o.key)
+
+    def delete_partials(self, partials: Iterable[ObjectInfo]) -> None:
+        for p in partials:
+            key, sep, upload_id = p.key.partition(UPLOAD_SEPARATOR)
+            if not sep:
+                continue
+            try:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.full_key(key), UploadId=upload_id)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                    raise _fault("abort upload", self.location(key), exc) from exc
+            except BotoCoreError as exc:
+                raise _fault("abort upload", self.location(key), exc) from exc
