@@ -48,7 +48,8 @@ def powertools_account(scope: Construct) -> str:
 
 def powertools_layer_arn(scope: Construct, version: int) -> str:
     """The public Powertools layer for Python 3.11 x86_64 in the deploy's partition and region."""
-    return f"arn:{Aws.PARTITION}:lambda:{Aws.REGION}:{powertools_account(scope)}:layer:{POWERTOOLS_LAYER}:{version}"
+    stack = Stack.of(scope)
+    return f"arn:{stack.partition}:lambda:{stack.region}:{powertools_account(scope)}:layer:{POWERTOOLS_LAYER}:{version}"
 
 
 def python_function(
