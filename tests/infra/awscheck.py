@@ -650,8 +650,12 @@ def required_calls(task: Task, template: Template, samples: Mapping[str, list[st
         except LookupError as exc:
             return [], [f"{task.where}: {exc}"]
         action = f"{iam_prefix(it.service)}:{op.name}"
+        if it.service == "secretsmanager" and (values("SecretId") or values("Name")):
+            return [(action, v if v.startswith("arn:") else
+                     f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{v}-AbCdEf")
+                    for v in values("SecretId") + values("Name")], problems
         if it.service != "rds":
-            return [(action, "")], problems  # resource scoping checked for RDS only; "" = any statement
+            return [(action, "")], problems  # resources modeled for RDS and Secrets Manager; "" = any statement
         calls = []
         for key, kind in RDS_RESOURCES.items():
             calls += [(action, _rds_arn(kind, v)) for v in values(key)]
@@ -799,3 +803,22 @@ def check_code_call(template: Template, role: str, action: str, buckets: list[st
                   for s in template.statements(role) if s["Effect"] == "Allow"
                   for a in (s["Action"] if isinstance(s["Action"], list) else [s["Action"]]))
     return [] if allowed else [f"{where}: role {role} lacks {action}"]
+
+
+def check_container_secrets(template: Template) -> list[str]:
+    """ECS reads each container secret with the task's *execution* role before the container starts:
+    that role needs secretsmanager:GetSecretValue on the secret (and kms:Decrypt on a customer key)."""
+    out = []
+    for td_id, res in template.resources.items():
+        if res["Type"] != "AWS::ECS::TaskDefinition":
+            continue
+        role = template.role_of(td_id, "ExecutionRoleArn") or ""
+        for container in res["Properties"]["ContainerDefinitions"]:
+            for secret in container.get("Secrets", []):
+                value = template.render(secret["ValueFrom"])
+                if ":secretsmanager:" not in value:
+                    continue
+                arn = ":".join(value.split(":")[:7])
+                if not template.allows(role, "secretsmanager:GetSecretValue", arn):
+                    out.append(f"{td_id} {secret['Name']}: execution role {role} lacks secretsmanager:GetSecretValue on {arn}")
+    return out

@@ -149,3 +149,17 @@ def test_a_bucket_read_without_the_keys_decrypt_is_reported(aws_template: awsche
     broken = _without(aws_template, decrypts)
     # When checked / Then the Lambdas that read the store are reported
     assert any("handlers.evaluate" in v and "kms:Decrypt" in v for v in _code_violations(broken))
+
+
+def test_the_worker_execution_role_can_read_its_container_secrets(aws_template: awscheck.Template) -> None:
+    # Given the task definitions' container secrets / When checked against the execution role
+    # Then every secret can be read before the container starts
+    assert awscheck.check_container_secrets(aws_template) == []
+
+
+def test_an_unreadable_container_secret_is_reported(aws_template: awscheck.Template) -> None:
+    # Given a copy without secretsmanager:GetSecretValue
+    broken = _without(aws_template, lambda s: "secretsmanager:GetSecretValue" in _actions(s))
+    # When checked / Then both worker secrets are reported
+    violations = awscheck.check_container_secrets(broken)
+    assert any("MIGSAFE_SOURCE_PASSWORD" in v and "ExecutionRole" in v for v in violations)
