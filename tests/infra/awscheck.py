@@ -654,8 +654,10 @@ def required_calls(task: Task, template: Template, samples: Mapping[str, list[st
             return [(action, v if v.startswith("arn:") else
                      f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{v}-AbCdEf")
                     for v in values("SecretId") + values("Name")], problems
+        if it.service == "s3" and values("Bucket"):
+            return s3_calls(template, _iam(action), values("Bucket"), values("Key") or values("Prefix")), problems
         if it.service != "rds":
-            return [(action, "")], problems  # resources modeled for RDS and Secrets Manager; "" = any statement
+            return [(action, "")], problems  # resources modeled for RDS, S3, Secrets Manager; "" = any statement
         calls = []
         for key, kind in RDS_RESOURCES.items():
             calls += [(action, _rds_arn(kind, v)) for v in values(key)]
@@ -668,6 +670,20 @@ def required_calls(task: Task, template: Template, samples: Mapping[str, list[st
             calls += [("rds:AddTagsToResource", r) for _, r in created]
         return calls or [(action, "")], problems
     return [], [f"{task.where}: no IAM model for {task.resource}"]
+
+
+def s3_calls(template: Template, action: str, buckets: list[str], keys: list[str]) -> list[tuple[str, str]]:
+    """An S3 action on the stack's bucket(s), plus the bucket key's KMS actions when it is SSE-KMS."""
+    calls = []
+    for bucket in buckets:
+        arn = bucket if bucket.startswith("arn:") else f"arn:aws:s3:::{bucket}"
+        calls += [(action, arn if action in S3_BUCKET_ACTIONS else f"{arn}/{k}") for k in (keys or ["*"])]
+        res = template.resources.get(bucket.removeprefix("arn:aws:s3:::"), {})
+        encryption = res.get("Properties", {}).get("BucketEncryption", {}).get("ServerSideEncryptionConfiguration", [{}])
+        key = encryption[0].get("ServerSideEncryptionByDefault", {}).get("KMSMasterKeyID")
+        if key is not None:
+            calls += [(kms_action, template.render(key)) for kms_action in S3_KMS.get(action, [])]
+    return calls
 
 
 def check_task_iam(task: Task, template: Template, role: str, samples: Mapping[str, list[str]]) -> list[str]:

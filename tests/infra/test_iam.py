@@ -163,3 +163,27 @@ def test_an_unreadable_container_secret_is_reported(aws_template: awscheck.Templ
     # When checked / Then both worker secrets are reported
     violations = awscheck.check_container_secrets(broken)
     assert any("MIGSAFE_SOURCE_PASSWORD" in v and "ExecutionRole" in v for v in violations)
+
+
+def _s3_task(template: awscheck.Template, action: str) -> awscheck.Task:
+    bucket = next(k for k, r in template.resources.items() if r["Type"] == "AWS::S3::Bucket" and k.startswith("StorageBackups"))
+    return awscheck.Task("Synthetic", f"S3 {action}", {
+        "Type": "Task", "Resource": f"arn:aws:states:::aws-sdk:s3:{action}",
+        "Parameters": {"Bucket": bucket, "Key.$": "$.plan_key"}, "End": True})
+
+
+def test_an_s3_task_needs_the_bucket_and_its_kms_key(aws_template: awscheck.Template) -> None:
+    # Given a Task reading an object of the SSE-KMS backup bucket (as a state machine might)
+    task = _s3_task(aws_template, "getObject")
+    samples = {"$.plan_key": ["backups/plans/exec-1.json"]}
+    machine_role = next(aws_template.role_of(m, "RoleArn") for m in aws_template.definitions())
+    worker_role = next(aws_template.role_of(k, "TaskRoleArn") for k, r in aws_template.resources.items()
+                       if r["Type"] == "AWS::ECS::TaskDefinition")
+    assert machine_role and worker_role
+    # When checked against a role without S3 access and against the worker's (read/write on the bucket)
+    denied = awscheck.check_task_iam(task, aws_template, machine_role, samples)
+    allowed = awscheck.check_task_iam(task, aws_template, worker_role, samples)
+    # Then the first lacks both s3:GetObject and kms:Decrypt on the bucket key, the second nothing
+    assert any("s3:GetObject" in v for v in denied)
+    assert any("kms:Decrypt" in v and "StorageKey" in v for v in denied)
+    assert allowed == []
