@@ -381,10 +381,31 @@ def raised_names(entry: str) -> set[str]:
     return names
 
 
+def task_failure_names() -> set[str]:
+    """Error names migsafe's code passes to ``send_task_failure(error=...)`` (literals, or module
+    constants named in the call)."""
+    names: set[str] = set()
+    for path in FUNCTIONS.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        constants = {t.id: n.value.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                     and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)
+                     for t in n.targets if isinstance(t, ast.Name)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "send_task_failure":
+                for kw in node.keywords:
+                    if kw.arg == "error" and isinstance(kw.value, ast.Constant):
+                        names.add(str(kw.value.value))
+                    elif kw.arg == "error" and isinstance(kw.value, ast.Name) and kw.value.id in constants:
+                        names.add(constants[kw.value.id])
+    return names
+
+
 def emitted_errors(task: Task, handler_of: Mapping[str, str]) -> set[str]:
     """Every error name Step Functions can report for ``task``."""
     it = integration(task.resource)
     names = set(STATES_ERRORS)
+    if it.pattern == "waitForTaskToken":  # whoever returns the token may fail it with its own name
+        names |= task_failure_names()
     if it.kind == "aws-sdk":
         model = service_model(it.service)
         prefix = pascal(model.metadata["serviceId"])

@@ -68,3 +68,15 @@ def test_a_modeled_error_and_the_service_base_exception_are_accepted(aws_templat
     state["Retry"] = [{"ErrorEquals": ["Rds.InvalidDbInstanceStateException", "Rds.RdsException", "States.Timeout"]}]
     # When checked / Then that state reports nothing
     assert not [v for v in _violations(aws_template, broken) if "'Delete scratch instance'" in v]
+
+
+def test_a_callback_error_counts_only_if_migsafe_sends_it(aws_template: awscheck.Template) -> None:
+    # Given a copy where a publish waits for a task token and catches a name no code sends
+    broken = copy.deepcopy(aws_template.definitions())
+    state = _state(broken, ":sns:publish")
+    state["Resource"] += ".waitForTaskToken"
+    state["Catch"] = [{"ErrorEquals": ["NobodySendsThis", "States.Timeout"], "Next": state.get("Next", "x")}]
+    # When checked / Then the unsent name is reported, the timeout is not
+    violations = _violations(aws_template, broken)
+    assert any("NobodySendsThis is never emitted" in v for v in violations)
+    assert not any("States.Timeout is never emitted" in v for v in violations)
