@@ -4,10 +4,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 JOBS   ?= 2
+# Node tools the tests run (asl-validator checks both state-machine definitions), pinned, in .tools/
+TOOLS  := .tools
+ASL_VALIDATOR_VERSION ?= 4.0.0
+ASL_VALIDATOR := $(TOOLS)/node_modules/.bin/asl-validator
 
 .PHONY: venv demo test test-fast lint synth bench chaos clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(ASL_VALIDATOR)
+$(ASL_VALIDATOR):
+	@mkdir -p $(TOOLS)
+	@npm install --silent --no-audit --no-fund --prefix $(TOOLS) asl-validator@$(ASL_VALIDATOR_VERSION)
 $(STAMP): pyproject.toml
 	@bash scripts/ensure-system-deps.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,4 +42,4 @@ bench: venv  ## migsafe against raw pg_dump/pg_restore at 1M and 5M rows (bench/
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) cdk.out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) cdk.out .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import ArnFormat, Aws, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Aws, CfnCondition, Duration, Fn, RemovalPolicy, Stack, Token
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -19,12 +19,37 @@ from constructs import Construct
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 ASSET_EXCLUDE = ["Dockerfile", "*.egg-info", "**/__pycache__", "**/*.pyc", ".mypy_cache", ".pytest_cache"]
 RUNTIME = lambda_.Runtime.PYTHON_3_11  # the interpreter the package is tested on
-POWERTOOLS_ACCOUNT = "017000801446"
+POWERTOOLS_LAYER = "AWSLambdaPowertoolsPythonV3-python311-x86_64"
+POWERTOOLS_ACCOUNT = "017000801446"  # commercial regions
+# The layer is published by other accounts outside the commercial partition (Powertools docs,
+# "Lambda layer"); an ARN in another partition's format does not resolve at all.
+POWERTOOLS_REGION_ACCOUNTS = {"us-gov-west-1": "165087284144", "us-gov-east-1": "165093116878"}
+POWERTOOLS_PARTITION_ACCOUNTS = {"aws-cn": "498634801083"}
 
 
-def powertools_layer_arn(version: int) -> str:
-    return (f"arn:{Aws.PARTITION}:lambda:{Aws.REGION}:{POWERTOOLS_ACCOUNT}:layer:"
-            f"AWSLambdaPowertoolsPythonV3-python311-x86_64:{version}")
+def powertools_account(scope: Construct) -> str:
+    """The layer publisher's account: literal when the stack's region is known, else a
+    CloudFormation ``Fn::If`` chain on the deploy region and partition."""
+    stack = Stack.of(scope)
+    if not Token.is_unresolved(stack.region):
+        partition = "aws-cn" if stack.region.startswith("cn-") else "aws"
+        return POWERTOOLS_REGION_ACCOUNTS.get(
+            stack.region, POWERTOOLS_PARTITION_ACCOUNTS.get(partition, POWERTOOLS_ACCOUNT))
+    account: str = POWERTOOLS_ACCOUNT
+    conditions = [(f"PowertoolsIn{r.replace('-', '')}", Fn.condition_equals(Aws.REGION, r), a)
+                  for r, a in POWERTOOLS_REGION_ACCOUNTS.items()]
+    conditions += [(f"PowertoolsIn{p.replace('-', '')}", Fn.condition_equals(Aws.PARTITION, p), a)
+                   for p, a in POWERTOOLS_PARTITION_ACCOUNTS.items()]
+    for condition_id, expression, value in conditions:
+        condition = stack.node.try_find_child(condition_id) or CfnCondition(stack, condition_id, expression=expression)
+        account = Fn.condition_if(condition.logical_id, value, account).to_string()  # type: ignore[union-attr]
+    return account
+
+
+def powertools_layer_arn(scope: Construct, version: int) -> str:
+    """The public Powertools layer for Python 3.11 x86_64 in the deploy's partition and region."""
+    stack = Stack.of(scope)
+    return f"arn:{stack.partition}:lambda:{stack.region}:{powertools_account(scope)}:layer:{POWERTOOLS_LAYER}:{version}"
 
 
 def python_function(
@@ -87,10 +112,12 @@ class Lambdas(Construct):
         source_instance_id: str,
         scratch_instance_class: str,
         powertools_layer_version: int,
+        powertools_layer_arn_override: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.layer = lambda_.LayerVersion.from_layer_version_arn(
-            self, "Powertools", powertools_layer_arn(powertools_layer_version))
+            self, "Powertools",
+            powertools_layer_arn_override or powertools_layer_arn(self, powertools_layer_version))
         env = {
             "MIGSAFE_STORE_URL": store_url,
             "MIGSAFE_RESULTS_URL": results_url,

@@ -35,6 +35,15 @@ def _opt(value: Any) -> str | None:
     return str(value) if value not in (None, "") else None
 
 
+def _kms_key_arns(value: Any) -> list[str]:
+    arns = _list(value)
+    bad = [a for a in arns if not (a.startswith("arn:") and ":kms:" in a and ":key/" in a)]
+    if bad:
+        raise ValueError(f"sourceKmsKeyArns: not KMS key ARNs (arn:<partition>:kms:<region>:<account>:key/<id>): "
+                         f"{', '.join(bad)}")
+    return arns
+
+
 @dataclass(frozen=True)
 class DeploySettings:
     retention_days: int = 30
@@ -57,7 +66,11 @@ class DeploySettings:
     source_database: str = "postgres"
     pg_major: str = "16"
     powertools_layer_version: int = 27
+    powertools_layer_arn: str | None = None  # overrides the published layer (e.g. a private copy)
     assign_public_ip: bool = False
+    # customer-managed KMS key(s) encrypting the source instance (and so its snapshots): a scratch
+    # restored from such a snapshot needs kms:CreateGrant/DescribeKey/Decrypt through RDS
+    source_kms_key_arns: list[str] = field(default_factory=list)
 
     @property
     def slack_enabled(self) -> bool:
@@ -94,5 +107,7 @@ class DeploySettings:
             source_database=str(get("sourceDatabase", "postgres")),
             pg_major=str(get("pgMajor", "16")),
             powertools_layer_version=int(get("powertoolsLayerVersion", 27)),
+            powertools_layer_arn=_opt(get("powertoolsLayerArn")),
             assign_public_ip=_bool(get("assignPublicIp", False)),
+            source_kms_key_arns=_kms_key_arns(get("sourceKmsKeyArns")),
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnOutput, Stack
+from aws_cdk import Aws, CfnOutput, Stack
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_secretsmanager as secretsmanager
 from cdk_nag import NagSuppressions
 from constructs import Construct
@@ -17,6 +18,17 @@ from .settings import DeploySettings
 from .storage import Storage
 from .worker import Worker
 from .workflows import Workflows
+
+
+def source_kms_statement(key_arns: list[str]) -> iam.PolicyStatement:
+    """What RDS needs, on the caller's behalf, to restore a snapshot encrypted with a customer-managed
+    key: a grant for the new instance, and the key's description and decrypt; only through RDS."""
+    return iam.PolicyStatement(
+        sid="RestoreEncryptedSourceSnapshots",
+        actions=["kms:CreateGrant", "kms:DescribeKey", "kms:Decrypt"],
+        resources=list(key_arns),
+        conditions={"StringEquals": {"kms:ViaService": f"rds.{Aws.REGION}.amazonaws.com"}},
+    )
 
 
 class MigsafeStack(Stack):
@@ -60,13 +72,21 @@ class MigsafeStack(Stack):
             self, "Steps", bucket=self.storage.bucket, store_url=self.storage.store_url,
             results_url=self.storage.results_url, source_instance_id=cfg.source_instance_id,
             scratch_instance_class=cfg.scratch_instance_class,
-            powertools_layer_version=cfg.powertools_layer_version)
+            powertools_layer_version=cfg.powertools_layer_version,
+            powertools_layer_arn_override=cfg.powertools_layer_arn)
         self.workflows = Workflows(
             self, "Workflows", worker=self.worker, network=self.network, topic=self.notifications.topic,
             validate_plan=self.lambdas.validate_plan, validate_restore=self.lambdas.validate_restore,
             latest_snapshot=self.lambdas.latest_snapshot, evaluate=self.lambdas.evaluate,
             format_notification=self.lambdas.format_notification, source_instance_id=cfg.source_instance_id,
             scratch_wait_minutes=cfg.scratch_wait_minutes)
+        # every principal that publishes to the KMS-encrypted results topic (defect: SnsPublish
+        # grants sns:Publish only, and SNS then refuses with KMSAccessDenied)
+        for machine in self.workflows.state_machines:
+            self.notifications.grant_publish(machine)
+        if cfg.source_kms_key_arns:
+            self.workflows.pre_migration.state_machine.add_to_role_policy(
+                source_kms_statement(cfg.source_kms_key_arns))
         self.janitor = Janitor(self, "Janitor", layer=self.lambdas.layer, max_age_hours=cfg.scratch_max_age_hours)
 
         CfnOutput(self, "BucketName", value=self.storage.bucket.bucket_name)

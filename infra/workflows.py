@@ -45,10 +45,13 @@ JsonPath = sfn.JsonPath
 
 LAMBDA_TRANSIENT = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
                     "Lambda.TooManyRequestsException", "TransientAwsError"]
-RDS_TRANSIENT = ["Rds.ThrottlingException", "Rds.RdsException", "Rds.SdkClientException", "TransientAwsError"]
-ECS_TRANSIENT = ["ECS.AmazonECSException", "ECS.ServerException", "ECS.ThrottlingException"]
-SNS_TRANSIENT = ["SNS.ThrottledException", "SNS.InternalErrorException", "SNS.KmsThrottlingException",
-                 "SNS.SdkClientException", "TransientAwsError"]
+# Only names Step Functions can emit for these Tasks (tests/infra/test_errors.py): RDS throttling
+# arrives as the base Rds.RdsException (RDS models no ThrottlingException); migsafe's own exception
+# names only ever come from the Lambda steps.
+RDS_TRANSIENT = ["Rds.RdsException"]
+ECS_TRANSIENT = ["ECS.AmazonECSException", "ECS.ServerException"]
+SNS_TRANSIENT = ["SNS.InternalErrorException", "SNS.KmsThrottlingException", "SNS.AmazonSNSException",
+                 "SNS.SnsException"]
 RDS_NOT_FOUND = "Rds.DbInstanceNotFoundException"
 RDS_ALREADY_EXISTS = "Rds.DbInstanceAlreadyExistsException"
 RDS_BUSY = "Rds.InvalidDbInstanceStateException"
@@ -57,6 +60,7 @@ SCRATCH_FAILED_STATUSES = ["failed", "incompatible-restore", "incompatible-param
 POLL_SECONDS = 30
 SNAPSHOT_POLL_SECONDS = 60
 WORKER_COMMAND = ["python", "-m", "migsafe.worker"]
+STATES_LOG_PREFIX = "/aws/vendedlogs/states/"
 
 # state names: a contract with tests (tests/infra) and with docs/architecture.md
 VALIDATE_PLAN = "Validate plan"
@@ -126,7 +130,9 @@ def _publish(scope: Construct, name: str, topic: sns.ITopic) -> tasks.SnsPublish
 
 
 def _state_machine(scope: Construct, *, definition: sfn.IChainable, comment: str, hours: int) -> sfn.StateMachine:
+    # /aws/vendedlogs/ names need no CloudWatch Logs resource policy (accounts hit that policy's size limit)
     log_group = logs.LogGroup(scope, "Logs", retention=logs.RetentionDays.THREE_MONTHS,
+                              log_group_name=f"{STATES_LOG_PREFIX}{Stack.of(scope).stack_name}-{scope.node.id}",
                               removal_policy=RemovalPolicy.DESTROY)
     return sfn.StateMachine(
         scope, "StateMachine",

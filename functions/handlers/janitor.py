@@ -11,6 +11,10 @@ import boto3
 from . import steps
 from .common import logger, metrics, step
 
+# The AWS API calls this Lambda makes (lists and deletes scratch instances): its role must allow each
+# (tests/infra/test_iam.py checks the role and that the list matches the code).
+AWS_CALLS = ("rds:DescribeDBInstances", "rds:DeleteDBInstance")
+
 
 @step
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

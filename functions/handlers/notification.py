@@ -9,6 +9,10 @@ from migsafe.store import open_store
 from . import steps
 from .common import results_url, step
 
+# The AWS API calls this Lambda makes (reads the result and report it summarizes): its role must allow each
+# (tests/infra/test_iam.py checks the role and that the list matches the code).
+AWS_CALLS = ("s3:GetObject", "s3:ListBucket")
+
 
 @step
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

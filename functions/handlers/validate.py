@@ -10,6 +10,10 @@ from migsafe.store import open_store
 from . import steps
 from .common import metrics, step
 
+# The AWS API calls this Lambda makes (reads the bundle and the backup manifests from the store): its role must allow each
+# (tests/infra/test_iam.py checks the role and that the list matches the code).
+AWS_CALLS = ("s3:GetObject", "s3:ListBucket")
+
 
 @step
 def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

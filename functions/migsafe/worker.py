@@ -40,6 +40,10 @@ from .exceptions import InputError, MigsafeError, PlanInvalid, ScratchFailed
 
 ACTIONS = ("backup", "rehearse", "restore")
 SCRATCH_TARGET = "scratch"
+# The AWS API calls the worker makes (the store: backups, results, bundles; the source's endpoint):
+# the ECS task role must allow each (tests/infra/test_iam.py checks the role and the code).
+AWS_CALLS = ("s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject",
+             "rds:DescribeDBInstances")
 
 
 class _Request(BaseModel):

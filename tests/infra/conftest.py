@@ -14,6 +14,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
 
 import aws_cdk as cdk
+import awscheck
 from aws_cdk.assertions import Template
 from infra_support import Synth
 
@@ -37,3 +38,9 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synth]:
     template_json = json.loads((outdir / f"{stack.artifact_id}.template.json").read_text())
     yield Synth(outdir=outdir, stack=stack, template_json=template_json,
                 template=Template.from_json(template_json), manifest_dir=Path(assembly.directory))
+
+
+@pytest.fixture(scope="session")
+def aws_template(synth: Synth) -> awscheck.Template:
+    """The session's template with references rendered as canonical ARNs (tests/infra/awscheck.py)."""
+    return awscheck.Template(synth.template_json)

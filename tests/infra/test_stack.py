@@ -211,3 +211,138 @@ def test_an_existing_vpc_is_imported_without_lookups() -> None:
     template.resource_count_is("AWS::RDS::DBSubnetGroup", 0)
     assert net.db_subnet_group_name == "dbsubnets" and net.scratch_security_group_id == "sg-scratch"
     assert net.assign_public_ip is False
+
+
+# --- issue 8: defects 1, 4, 11 ------------------------------------------------------------------
+def _resolve(value: Any, template: dict[str, Any], region: str, partition: str) -> Any:
+    """A tiny CloudFormation evaluator: Ref to pseudo parameters, Fn::Join, Fn::If on Fn::Equals."""
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return {"AWS::Region": region, "AWS::Partition": partition}[value["Ref"]]
+        if "Fn::Join" in value:
+            sep, parts = value["Fn::Join"]
+            return sep.join(_resolve(p, template, region, partition) for p in parts)
+        if "Fn::If" in value:
+            name, yes, no = value["Fn::If"]
+            left, right = template["Conditions"][name]["Fn::Equals"]
+            same = _resolve(left, template, region, partition) == _resolve(right, template, region, partition)
+            return _resolve(yes if same else no, template, region, partition)
+        raise ValueError(value)
+    return value
+
+
+def test_both_state_machines_may_use_the_results_topics_key(synth: Synth) -> None:
+    # Given the results topic's customer-managed key and each state machine's role
+    (topic,) = synth.resources("AWS::SNS::Topic").values()
+    key = topic["Properties"]["KmsMasterKeyId"]
+    roles = [m["Properties"]["RoleArn"]["Fn::GetAtt"][0] for m in synth.resources("AWS::StepFunctions::StateMachine").values()]
+    assert len(roles) == 2
+    for role in roles:
+        # When we collect what the role's policies allow on that key
+        allowed = {a for p in synth.resources("AWS::IAM::Policy").values() if {"Ref": role} in p["Properties"]["Roles"]
+                   for s in p["Properties"]["PolicyDocument"]["Statement"] if s["Resource"] == key for a in _actions(s)}
+        # Then SNS can encrypt the message on its behalf
+        assert {"kms:GenerateDataKey*", "kms:Decrypt"} <= allowed, role
+
+
+def test_chatbot_may_use_the_topic_key_only_for_this_account(synth: Synth) -> None:
+    # Given the results topic's key policy
+    keys = [k for k in synth.resources("AWS::KMS::Key").values() if k["Properties"]["Description"] == "migsafe results topic"]
+    statements = keys[0]["Properties"]["KeyPolicy"]["Statement"]
+    # When we pick the statement for AWS Chatbot
+    (chatbot,) = [s for s in statements if s.get("Principal") == {"Service": "chatbot.amazonaws.com"}]
+    # Then it is limited to this account
+    assert chatbot["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+
+
+def test_source_kms_keys_are_granted_through_rds_only_when_given() -> None:
+    # Given a stack without and one with sourceKmsKeyArns
+    key = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    without = _kms_statements(cdk_app.cdk_json_context())
+    given = _kms_statements({**cdk_app.cdk_json_context(), "sourceKmsKeyArns": key})
+    # Then only the second grants CreateGrant/DescribeKey/Decrypt on that key, via RDS in the deploy region
+    assert without == []
+    (statement,) = given
+    assert sorted(statement["Action"]) == ["kms:CreateGrant", "kms:Decrypt", "kms:DescribeKey"]
+    assert statement["Resource"] == key
+    assert statement["Condition"] == {"StringEquals": {"kms:ViaService": {"Fn::Join": [
+        "", ["rds.", {"Ref": "AWS::Region"}, ".amazonaws.com"]]}}}
+
+
+def _kms_statements(context: dict[str, Any]) -> list[dict[str, Any]]:
+    from infra.settings import DeploySettings
+    from infra.stack import MigsafeStack
+
+    app = cdk.App(context=context)
+    stack = MigsafeStack(app, "Kms", settings=DeploySettings.from_node(app.node))
+    template = Template.from_stack(stack).to_json()
+    return [s for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Policy"
+            for s in r["Properties"]["PolicyDocument"]["Statement"] if "kms:CreateGrant" in _actions(s)]
+
+
+def test_a_malformed_source_kms_key_arn_is_refused() -> None:
+    # Given a context value that is a key id, not an ARN
+    from infra.settings import DeploySettings
+
+    app = cdk.App(context={"sourceKmsKeyArns": "1234abcd-12ab"})
+    # When read / Then it is refused with a message naming the key
+    try:
+        DeploySettings.from_node(app.node)
+    except ValueError as exc:
+        assert "1234abcd-12ab" in str(exc)
+    else:
+        raise AssertionError("a malformed sourceKmsKeyArns was accepted")
+
+
+def test_state_machine_log_groups_are_vended_log_groups(synth: Synth) -> None:
+    # Given each state machine's logging destination
+    groups = synth.resources("AWS::Logs::LogGroup")
+    for machine in synth.resources("AWS::StepFunctions::StateMachine").values():
+        (destination,) = machine["Properties"]["LoggingConfiguration"]["Destinations"]
+        group = groups[destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]]
+        # Then its name is under /aws/vendedlogs/states/ and names the stack
+        assert group["Properties"]["LogGroupName"].startswith(f"/aws/vendedlogs/states/{synth.stack.stack_name}-")
+
+
+def test_powertools_layer_arn_follows_partition_and_region(synth: Synth) -> None:
+    # Given the environment-agnostic template's layer reference
+    layers = {json.dumps(f["Properties"]["Layers"]) for f in synth.resources("AWS::Lambda::Function").values()
+              if "Layers" in f["Properties"]}
+    assert len(layers) == 1
+    (layer,) = json.loads(layers.pop())
+    # When resolved for a commercial, a GovCloud and a China region
+    arns = {r: _resolve(layer, synth.template_json, r, p)
+            for r, p in [("eu-west-1", "aws"), ("us-gov-west-1", "aws-us-gov"), ("cn-north-1", "aws-cn")]}
+    # Then each is in its partition, published by that partition's account
+    assert arns["eu-west-1"].startswith("arn:aws:lambda:eu-west-1:017000801446:layer:AWSLambdaPowertoolsPythonV3")
+    assert arns["us-gov-west-1"].startswith("arn:aws-us-gov:lambda:us-gov-west-1:165087284144:layer:")
+    assert arns["cn-north-1"].startswith("arn:aws-cn:lambda:cn-north-1:498634801083:layer:")
+
+
+def test_powertools_layer_arn_is_literal_for_a_known_region() -> None:
+    # Given a stack deployed to a known GovCloud region
+    from infra.lambdas import powertools_layer_arn
+
+    stack = cdk.Stack(cdk.App(context=cdk_app.cdk_json_context()), "Gov",
+                      env=cdk.Environment(account="123456789012", region="us-gov-east-1"))
+    # When the layer ARN is built / Then it is GovCloud's, without conditions
+    assert stack.resolve(powertools_layer_arn(stack, 27)) == \
+        "arn:aws-us-gov:lambda:us-gov-east-1:165093116878:layer:AWSLambdaPowertoolsPythonV3-python311-x86_64:27"
+
+
+def test_chatbot_configuration_name_is_unique_per_stack() -> None:
+    # Given two stacks with Slack configured
+    names = []
+    for stack_name in ("MigsafeStaging", "MigsafeProd"):
+        stack = cdk.Stack(cdk.App(context=cdk_app.cdk_json_context()), stack_name)
+        Notifications(stack, "Notifications", slack_workspace_id="T0123", slack_channel_id="C0456")
+        (config,) = Template.from_stack(stack).find_resources("AWS::Chatbot::SlackChannelConfiguration").values()
+        names.append(config["Properties"]["ConfigurationName"])
+    # Then their Chatbot configuration names differ and name the stack
+    assert names == ["migsafe-results-MigsafeStaging", "migsafe-results-MigsafeProd"]
+
+
+def test_deploy_docs_say_the_sources_security_group_must_admit_the_worker() -> None:
+    # Given docs/deploy.md / Then it tells the deployer to open the source's security group to the worker
+    text = (cdk_app.ROOT / "docs" / "deploy.md").read_text()
+    assert "source's security group must admit the worker" in text

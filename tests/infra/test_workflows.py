@@ -182,8 +182,13 @@ def test_retries_match_the_package_exception_names(pre: dict[str, Any], restore:
         for name, state in tasks(definition["States"]):
             # Then each retries transient errors with backoff, named as the package names them
             errors = [e for r in state.get("Retry", []) for e in r["ErrorEquals"]]
+            # (only names the Task can emit: migsafe's come from the Lambda steps alone, tests/infra/test_errors.py)
             if state["Resource"].endswith("ecs:runTask.sync"):
                 assert "ECS.AmazonECSException" in errors, name
+            elif ":aws-sdk:rds:" in state["Resource"]:
+                assert "Rds.RdsException" in errors, name
+            elif state["Resource"].endswith(":sns:publish"):
+                assert "SNS.InternalErrorException" in errors, name
             else:
                 assert "TransientAwsError" in errors, name
             assert all(r["BackoffRate"] >= 1 and r["MaxAttempts"] >= 3 for r in state["Retry"]), name
