@@ -35,7 +35,19 @@ from .localpg import LocalCluster, sweep
 from .migrate import LockObserver, MigrationRun, Probe, probe, relfilenodes, run_alembic, stronger
 from .plan import Plan
 from .restore import RestoreOptions, run_restore
-from .result import BackupInfo, CheckResult, Phase, Result, Revisions, ScratchInfo, StepResult, TableResult
+from .result import (
+    BackupInfo,
+    CheckResult,
+    LintFinding,
+    Phase,
+    Result,
+    RevisionRun,
+    Revisions,
+    ScratchInfo,
+    StepResult,
+    TableResult,
+    Traffic,
+)
 from .scratch import Scratch, create_scratch
 from .store import open_store
 from .verdict import decide, expectation_met
@@ -82,6 +94,10 @@ class _Run:
         self.error: str | None = None
         self.warnings: list[str] = []
         self.restore_cluster: LocalCluster | None = None
+        self.lint: list[LintFinding] = []
+        self.revision_runs: list[RevisionRun] = []
+        self.traffic = Traffic()
+        self.pg_version: str | None = None
 
     def cancel_restore_test(self) -> None:
         """Stop a running restore test quickly (its server goes away, so its restore fails)."""
@@ -323,6 +339,7 @@ def _phase(
         raise
     run.add_step(mig, phase)
     _apply_locks(run, mig, observer, phase)
+    _lint_phase(run, conn, mig, phase)
     if not mig.ok:
         return None
     tables = list(run.tables)
@@ -449,6 +466,30 @@ def _apply_locks(run: _Run, mig: MigrationRun, observer: LockObserver, phase: st
         run.warnings.append(f"the {phase} also locked tables the plan does not back up: {', '.join(others)}")
 
 
+def _lint_phase(run: _Run, conn: psycopg.Connection[Any], mig: MigrationRun, phase: Phase) -> None:
+    """Per-revision figures and squawk's findings on the statements the phase ran (never fatal)."""
+    from .lint import Unit, lint_units, pg_version
+
+    run.warnings.extend(mig.warnings)
+    run.revision_runs.extend(mig.revisions)
+    if run.pg_version is None:
+        row = conn.execute("show server_version_num").fetchone()
+        run.pg_version = pg_version(int(row[0])) if row else None
+    units = [
+        Unit(r.id, phase, [s.sql for s in r.statements], [s.locks for s in r.statements])
+        for r in mig.revisions
+    ]
+    if not units and mig.statements:
+        units = [Unit(None, phase, [s.sql for s in mig.statements], [s.locks for s in mig.statements])]
+    findings, warnings = lint_units(
+        units, pg_version_text=run.pg_version, lint_fail=run.plan.thresholds.lint_fail
+    )
+    run.warnings.extend(w for w in warnings if w not in run.warnings)
+    run.lint.extend(findings)
+    for r in mig.revisions:
+        r.lint = [f for f in findings if f.revision == r.id]
+
+
 def _result(run: _Run, source: Dsn, source_rev: str | None, pr: Probe) -> Result:
     finished = datetime.now(UTC)
     sc = run.scratch
@@ -467,6 +508,9 @@ def _result(run: _Run, source: Dsn, source_rev: str | None, pr: Probe) -> Result
         tables=list(run.tables.values()),
         checks=run.checks,
         locks=run.locks,
+        lint=run.lint,
+        revision_runs=run.revision_runs,
+        traffic=run.traffic if run.traffic.phases() else None,
         backup=run.backup,
         scratch=ScratchInfo(
             kind=run.plan.scratch.kind,
