@@ -51,7 +51,9 @@ def _body(statements: list[str]) -> str:
     return "\n".join(f"    op.execute({s!r})" for s in statements)
 
 
-def write_chain(root: Path, steps: list[tuple[list[str], list[str]]], baseline: str = "0001_baseline") -> Path:
+def write_chain(
+    root: Path, steps: list[tuple[list[str], list[str]]], baseline: str = "0001_baseline"
+) -> Path:
     """``baseline`` (empty, already applied to the source) then one revision per (upgrade, downgrade)."""
     versions = root / "migrations" / "versions"
     versions.mkdir(parents=True)

@@ -10,9 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from chain_projects import write_chain
-from pgsupport import CliResult
-
 from migsafe.migrate import DRIVER
+from pgsupport import CliResult
 
 STEPS = [
     (["CREATE TABLE items (id bigint PRIMARY KEY, name text)"], ["DROP TABLE items"]),
