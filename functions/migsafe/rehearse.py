@@ -32,7 +32,18 @@ from .exceptions import BackupIncomplete, EnvironmentFault, MigsafeError, Restor
 from .identifiers import QualifiedName
 from .inventory import load_manifest
 from .localpg import LocalCluster, sweep
-from .migrate import LockObserver, MigrationRun, Probe, probe, relfilenodes, run_alembic, stronger
+from .migrate import (
+    LOCK_STRENGTH as LOCK_ORDER,
+)
+from .migrate import (
+    LockObserver,
+    MigrationRun,
+    Probe,
+    probe,
+    relfilenodes,
+    run_alembic,
+    stronger,
+)
 from .plan import Plan
 from .restore import RestoreOptions, run_restore
 from .result import (
@@ -44,12 +55,15 @@ from .result import (
     RevisionRun,
     Revisions,
     ScratchInfo,
+    StatementRun,
     StepResult,
     TableResult,
     Traffic,
+    TrafficPhase,
 )
 from .scratch import Scratch, create_scratch
 from .store import open_store
+from .traffic import Op, TrafficRun, derive_workload
 from .verdict import decide, expectation_met
 
 Say = Callable[[str], None]
@@ -97,6 +111,7 @@ class _Run:
         self.lint: list[LintFinding] = []
         self.revision_runs: list[RevisionRun] = []
         self.traffic = Traffic()
+        self.traffic_ops: list[Op] | None = None
         self.pg_version: str | None = None
 
     def cancel_restore_test(self) -> None:
@@ -321,8 +336,11 @@ def _phase(
     """Run one direction of the migration, observed, then verify; the relfilenodes after, or None."""
     plan = run.plan
     assert run.scratch is not None
+    traffic = _start_traffic(run, conn, phase)
     began, clock = datetime.now(UTC), time.monotonic()
     try:
+        if traffic is not None:
+            traffic.phase_started()
         mig = run_alembic(
             plan,
             phase,
@@ -337,9 +355,17 @@ def _phase(
     except BaseException:
         run._record(phase, began, clock, False, "interrupted")  # the report shows where it stopped
         raise
+    finally:
+        if traffic is not None:
+            traffic.phase_ended()
+            felt = traffic.stop()
+            run.warnings.extend(w for w in traffic.warnings if w not in run.warnings)
     run.add_step(mig, phase)
     _apply_locks(run, mig, observer, phase)
     _lint_phase(run, conn, mig, phase)
+    if traffic is not None:
+        _attribute_wait(run, traffic, felt, mig)
+        setattr(run.traffic, phase, felt)
     if not mig.ok:
         return None
     tables = list(run.tables)
@@ -464,6 +490,57 @@ def _apply_locks(run: _Run, mig: MigrationRun, observer: LockObserver, phase: st
     others = [o for o in others if not o.endswith(".alembic_version")]
     if others:
         run.warnings.append(f"the {phase} also locked tables the plan does not back up: {', '.join(others)}")
+
+
+def _start_traffic(run: _Run, conn: psycopg.Connection[Any], phase: Phase) -> TrafficRun | None:
+    """The synthetic clients, started a baseline before the phase (None when the plan turns them off)."""
+    cfg = run.plan.traffic
+    if not cfg.enabled or run.scratch is None:
+        return None
+    # The application of today (the schema before the upgrade) is what runs during both phases:
+    # migrations deploy before the new code, and a rollback puts the old code back before downgrading.
+    if run.traffic_ops is None:
+        run.traffic_ops, warnings = derive_workload(conn, list(run.tables), cfg)
+        run.warnings.extend(w for w in warnings if w not in run.warnings)
+    ops = run.traffic_ops
+    if not ops:
+        run.warnings.append(f"traffic: nothing to run against the touched tables during the {phase}")
+        return None
+    traffic = TrafficRun(run.scratch.dsn, ops, cfg, run.t0, phase)
+    traffic.start()
+    try:
+        time.sleep(cfg.baseline_seconds)  # the baseline: the same clients before the migration starts
+    except BaseException:
+        traffic.stop()
+        raise
+    return traffic
+
+
+def _attribute_wait(run: _Run, traffic: TrafficRun, felt: TrafficPhase, mig: MigrationRun) -> None:
+    """Name the migration's statement that held the lock the longest wait was on, and its revision.
+
+    The blocker's ``pg_stat_activity.query`` is only what it runs *now* (maybe a later statement in
+    the same transaction): the captured statements say which one took the lock.
+    """
+    wait = traffic.worst
+    if wait is None or not wait.table:
+        return
+    table = wait.table
+    took = [s for s in mig.statements if table in s.locks and s.start <= wait.started + 0.05]
+    if not took:
+        took = [s for s in mig.statements if table in s.locks]
+    if not took:
+        return
+
+    def strength(s: StatementRun) -> tuple[int, float]:
+        mode = s.locks[table]
+        return (LOCK_ORDER.index(mode) if mode in LOCK_ORDER else -1, -s.start)
+
+    stmt = max(took, key=strength)
+    felt.blocking_statement = " ".join(stmt.sql.split())[:300]
+    felt.blocking_mode = stronger(felt.blocking_mode, stmt.locks[table])
+    rev = next((r for r in mig.revisions if r.start <= stmt.start <= r.start + r.seconds + 0.01), None)
+    felt.blocking_revision = rev.id if rev else None
 
 
 def _lint_phase(run: _Run, conn: psycopg.Connection[Any], mig: MigrationRun, phase: Phase) -> None:
