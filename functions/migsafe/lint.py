@@ -132,6 +132,7 @@ def lint_units(
         except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
             warnings.append(f"lint of {name} failed: {mask(str(exc))}")
             continue
+        unparsed: set[int] = set()
         for item in raw:
             line = int(item.get("line") or 0)
             index = max(i for i, s in enumerate(starts) if s <= line) if starts else 0
@@ -139,7 +140,7 @@ def lint_units(
             rule = str(item.get("rule_name") or "unknown")
             if rule == "syntax-error":
                 # squawk's parser lags PostgreSQL's: a statement it cannot read is noted, not judged
-                warnings.append(f"squawk could not parse a statement of {name}: {item.get('message')}")
+                unparsed.add(index)
                 continue
             findings.append(
                 LintFinding(
@@ -154,6 +155,11 @@ def lint_units(
                     locks=_locks_text(locks),
                     fails=fails(rule, lint_fail),
                 )
+            )
+        if unparsed:
+            first = _short(kept[min(unparsed)][0])[:80]
+            warnings.append(
+                f"squawk could not parse {len(unparsed)} statement(s) of {name} (not linted), e.g. {first}"
             )
     return findings, _dedupe(warnings)
 

@@ -112,6 +112,9 @@ class _Run:
         self.revision_runs: list[RevisionRun] = []
         self.traffic = Traffic()
         self.traffic_ops: list[Op] | None = None
+        self.after_upgrade: str | None = None
+        self.after_downgrade: str | None = None
+        self.traffic_dropped: set[str] = set()  # kinds of transaction that failed before any migration
         self.pg_version: str | None = None
 
     def cancel_restore_test(self) -> None:
@@ -316,11 +319,13 @@ def _on_scratch(
             restore_test.result()  # the safety net is proven before the migration runs
             run.backup.restore_tested = True
         after_nodes = _phase(run, conn, observer, "upgrade", pr.upgrade_to, before_nodes)
+        run.after_upgrade = catalog.alembic_revision(conn)
         if after_nodes is None:
             return
-        if _phase(run, conn, observer, "downgrade", pr.downgrade_dest or "base", after_nodes) is None:
+        downgraded = _phase(run, conn, observer, "downgrade", pr.downgrade_dest or "base", after_nodes)
+        run.after_downgrade = back = catalog.alembic_revision(conn)
+        if downgraded is None:
             return
-        back = catalog.alembic_revision(conn)
         if back != (pr.downgrade_dest or None):
             run.warnings.append(f"after the downgrade the revision is {back}, expected {pr.downgrade_dest}")
 
@@ -506,7 +511,7 @@ def _start_traffic(run: _Run, conn: psycopg.Connection[Any], phase: Phase) -> Tr
     if not ops:
         run.warnings.append(f"traffic: nothing to run against the touched tables during the {phase}")
         return None
-    traffic = TrafficRun(run.scratch.dsn, ops, cfg, run.t0, phase)
+    traffic = TrafficRun(run.scratch.dsn, ops, cfg, run.t0, phase, dropped=run.traffic_dropped)
     traffic.start()
     try:
         time.sleep(cfg.baseline_seconds)  # the baseline: the same clients before the migration starts
@@ -578,7 +583,11 @@ def _result(run: _Run, source: Dsn, source_rev: str | None, pr: Probe) -> Result
         seconds=round(time.monotonic() - run.t0, 3),
         source=f"{source.host}:{source.port}/{source.dbname}",
         revisions=Revisions(
-            source=source_rev, upgrade_to=pr.upgrade_to, downgrade_to=run.plan.migration.downgrade_to
+            source=source_rev,
+            upgrade_to=pr.upgrade_to,
+            downgrade_to=pr.downgrade_dest or "base",  # resolved: "-1" is no command anyone can run
+            after_upgrade=run.after_upgrade,
+            after_downgrade=run.after_downgrade,
         ),
         thresholds=run.plan.thresholds.model_dump(),
         steps=run.steps,

@@ -16,7 +16,7 @@ from html import escape
 from pathlib import Path
 
 from .dsn import mask_tree
-from .result import LockHold, Result, StepResult, TableResult
+from .result import LintFinding, LockHold, Result, RevisionRun, StatementRun, StepResult, TableResult
 
 ACCESS_EXCLUSIVE = "AccessExclusiveLock"
 
@@ -137,6 +137,58 @@ def rollback_advice(result: Result) -> tuple[str, str | None]:
     return (sentence + ":" if command else sentence + ".", command)
 
 
+def headline(result: Result) -> str:
+    """The one-line reason: the first reason of a FAIL, or what a PASS proved."""
+    if result.reasons:
+        more = len(result.reasons) - 1
+        return result.reasons[0] + (
+            f" (and {more} more reason{'s' if more > 1 else ''} below)" if more else ""
+        )
+    tables = len(result.tables)
+    return (
+        f"upgrade and downgrade ran within the thresholds and the data of all {tables} table"
+        f"{'s' if tables != 1 else ''} came back exactly"
+    )
+
+
+def worst_traffic(result: Result) -> str | None:
+    """What the synthetic clients felt at worst, in one line (None without traffic)."""
+    from .verdict import traffic_sentence
+
+    if result.traffic is None or not result.traffic.phases():
+        return None
+    worst = max(result.traffic.phases(), key=lambda p: (p.blocked_max_s, p.max_ms or 0))
+    lat = (
+        f"p99 {worst.p99_ms:g} ms, max {worst.max_ms:g} ms (baseline p99 {worst.baseline_p99_ms:g} ms)"
+        if worst.p99_ms is not None and worst.max_ms is not None and worst.baseline_p99_ms is not None
+        else "no transaction completed"
+    )
+    errors = f"; {worst.errors} failed" if worst.errors else ""
+    if worst.blocked_max_s >= 0.1:
+        return f"{traffic_sentence(result, worst)}; {lat}{errors}"
+    return f"no client waited on a lock during the {worst.phase}; {lat}{errors}"
+
+
+def slowest_first(result: Result) -> list[RevisionRun]:
+    return sorted(result.revision_runs, key=lambda r: -r.seconds)
+
+
+def slowest_statement(result: Result) -> tuple[RevisionRun, StatementRun] | None:
+    found = [(r, st) for r in result.revision_runs for st in r.statements]
+    return max(found, key=lambda p: p[1].seconds) if found else None
+
+
+def _lint_locks(f: LintFinding) -> str:
+    return ", ".join(
+        lock_label(x.split(" on ")[0]) + " on " + x.split(" on ", 1)[1] for x in f.locks if " on " in x
+    )
+
+
+def _detail_steps(result: Result) -> list[str]:
+    """next_steps without the rollback sentence (the top of the report already has it)."""
+    return [x for x in result.next_steps if not x.startswith("Rollback")]
+
+
 def _yes_no(value: bool | None, *, loud: bool = True) -> str:
     """yes / NO (``loud``: a "no" that needs attention) / no / - (unknown)."""
     if value is None:
@@ -200,6 +252,15 @@ def render_markdown(result: Result) -> str:
     r = masked(result)
     icon = "✅" if r.verdict == "PASS" else "❌"
     out: list[str] = [f"# {icon} {r.verdict}: migsafe rehearsal of {_code(r.plan)}", ""]
+    out += [f"**{'Why it failed' if r.reasons else 'Why it passed'}:** {_md(headline(r))}", ""]
+    impact = worst_traffic(r)
+    if impact:
+        out += [f"**Worst traffic impact:** {_md(impact)}", ""]
+    sentence, command = rollback_advice(r)
+    out.append(f"**Rollback:** {_md(sentence)}")
+    if command:
+        out += ["", "```sh", command, "```"]
+    out += ["", "## Summary", ""]
     rev = r.revisions
     out += [
         f"- **Plan:** {_code(r.plan)}",
@@ -230,6 +291,8 @@ def render_markdown(result: Result) -> str:
         out += ["## Why it failed", ""] + [f"- {_md(x)}" for x in r.reasons] + [""]
     if r.warnings:
         out += ["## Warnings", ""] + [f"- {_md(x)}" for x in r.warnings] + [""]
+
+    out += _traffic_md(r) + _revisions_md(r) + _lint_md(r)
 
     out += ["## Steps", ""]
     out += _table(
@@ -340,15 +403,111 @@ def render_markdown(result: Result) -> str:
     ]
 
     out += ["## What to do next", ""]
-    sentence, command = rollback_advice(r)
-    out.append(f"**Rollback:** {_md(sentence)}")
-    if command:
-        out += ["", "```sh", command, "```"]
-    if r.next_steps:
-        out.append("")
-        out += [f"- {_md(x)}" for x in r.next_steps]
+    out += [f"- {_md(x)}" for x in _detail_steps(r)] or ["- See the rollback at the top."]
     out.append("")
     return "\n".join(out)
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:g} ms"
+
+
+def _traffic_md(r: Result) -> list[str]:
+    if r.traffic is None or not r.traffic.phases():
+        return []
+    out = ["## Traffic during the migration", ""]
+    out += _table(
+        [
+            "phase",
+            "clients x rate",
+            "baseline p50 / p99",
+            "p50 / p99 / max",
+            "waits >100 ms / >1 s / >5 s",
+            "errors",
+            "longest lock wait",
+        ],
+        [
+            (
+                p.phase,
+                f"{p.clients} x {p.rate:g}/s",
+                f"{_ms(p.baseline_p50_ms)} / {_ms(p.baseline_p99_ms)}",
+                f"{_ms(p.p50_ms)} / {_ms(p.p99_ms)} / {_ms(p.max_ms)}",
+                f"{p.waits_over_100ms} / {p.waits_over_1s} / {p.waits_over_5s}",
+                str(p.errors),
+                f"{p.blocked_max_s:.1f} s on {p.blocked_table} ({lock_label(p.blocking_mode)}) by "
+                f"{_Code(p.blocking_statement or '?')}"
+                if p.blocked_max_s >= 0.1
+                else "-",
+            )
+            for p in r.traffic.phases()
+        ],
+    )
+    samples = [x for p in r.traffic.phases() for x in p.error_samples]
+    if samples:
+        out += ["", "Errors seen:", ""] + [f"- {_md(x)}" for x in samples]
+    out.append("")
+    return out
+
+
+def _revisions_md(r: Result) -> list[str]:
+    if not r.revision_runs:
+        return []
+    out = ["## Revisions (slowest first)", ""]
+    top = slowest_statement(r)
+    if top:
+        rev, st = top
+        out += [
+            f"Slowest statement: {seconds(st.seconds)} in {_code(rev.id)} ({rev.phase}): {_code(_one_line(st.sql))}",
+            "",
+        ]
+    out += _table(
+        ["revision", "phase", "seconds", "statements", "locks (held)", "rewrites", "lint"],
+        [
+            (
+                x.id,
+                x.phase,
+                f"{x.seconds:.3f}",
+                str(x.statement_count),
+                ", ".join(
+                    f"{lock_label(lk.mode)} on {lk.relation} ({lk.held_seconds:.2f} s)" for lk in x.locks
+                )
+                or "-",
+                ", ".join(x.rewrites) or "-",
+                ", ".join(sorted({f.rule for f in x.lint})) or "-",
+            )
+            for x in slowest_first(r)
+        ],
+    )
+    out.append("")
+    return out
+
+
+def _lint_md(r: Result) -> list[str]:
+    if not r.lint:
+        return []
+    out = ["## Lint (squawk)", ""]
+    out += _table(
+        ["rule", "level", "revision", "phase", "statement", "observed locks", "message"],
+        [
+            (
+                ("FAIL " if f.fails else "") + f.rule,
+                f.level,
+                f.revision or "-",
+                f.phase,
+                _Code(f.statement),
+                _lint_locks(f) or "-",
+                f.message,
+            )
+            for f in sorted(r.lint, key=lambda f: (not f.fails, not f.locks, f.revision or ""))
+        ],
+    )
+    out.append("")
+    return out
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
 
 
 # --- HTML -------------------------------------------------------------------------------------
@@ -512,6 +671,18 @@ def render_html(result: Result) -> str:
         f'<h1><span class="verdict {e(r.verdict)}">{e(r.verdict)}</span> '
         f"migsafe rehearsal of <code>{e(r.plan)}</code></h1>"
     ]
+    # the first screen: verdict, why, what users would feel, how to go back
+    top = [
+        f'<p class="why"><strong>{"Why it failed" if r.reasons else "Why it passed"}:</strong> {_inline_code_html(headline(r))}</p>'
+    ]
+    impact = worst_traffic(r)
+    if impact:
+        top.append(f'<p class="impact"><strong>Worst traffic impact:</strong> {e(impact)}</p>')
+    sentence, command = rollback_advice(r)
+    top.append(f'<p class="rollback"><strong>Rollback:</strong> {_inline_code_html(sentence)}</p>')
+    if command:
+        top.append(f"<pre>{e(command)}</pre>")
+    body.append('<section id="top">' + "".join(top) + "</section><h2>Summary</h2>")
     summary = [
         ("Plan", f"<code>{e(r.plan)}</code>"),
         ("Source", f"<code>{e(r.source)}</code>"),
@@ -551,11 +722,16 @@ def render_html(result: Result) -> str:
     if r.reasons:
         body.append(
             '<h2>Why it failed</h2><ul class="reasons">'
-            + "".join(f"<li>{e(x)}</li>" for x in r.reasons)
+            + "".join(f"<li>{_inline_code_html(x)}</li>" for x in r.reasons)
             + "</ul>"
         )
     if r.warnings:
-        body.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in r.warnings) + "</ul>")
+        body.append(
+            "<h2>Warnings</h2><ul>"
+            + "".join(f"<li>{_inline_code_html(x)}</li>" for x in r.warnings)
+            + "</ul>"
+        )
+    body.append(_details_html(r))
 
     body.append("<h2>Timeline</h2>")
     body.append(
@@ -677,12 +853,11 @@ def render_html(result: Result) -> str:
     )
 
     body.append("<h2>What to do next</h2>")
-    sentence, command = rollback_advice(r)
-    body.append(f"<p><strong>Rollback:</strong> {_inline_code_html(sentence)}</p>")
-    if command:
-        body.append(f"<pre>{e(command)}</pre>")
-    if r.next_steps:
-        body.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in r.next_steps) + "</ul>")
+    steps = _detail_steps(r)
+    if steps:
+        body.append("<ul>" + "".join(f"<li>{_inline_code_html(x)}</li>" for x in steps) + "</ul>")
+    else:
+        body.append("<p>See the rollback at the top.</p>")
 
     return (
         "<!DOCTYPE html>\n"
@@ -691,6 +866,104 @@ def render_html(result: Result) -> str:
         f"<title>{e(title)}</title><style>{_CSS}</style></head>\n"
         "<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
+
+
+def _details_html(r: Result) -> str:
+    """Traffic, revisions (slowest first) and lint, as HTML (the same content as the Markdown)."""
+    e = escape
+    html: list[str] = []
+    if r.traffic is not None and r.traffic.phases():
+        html.append("<h2>Traffic during the migration</h2>")
+        html.append(
+            _html_table(
+                [
+                    "phase",
+                    "clients x rate",
+                    "baseline p50 / p99",
+                    "p50 / p99 / max",
+                    "waits >100 ms / >1 s / >5 s",
+                    "errors",
+                    "longest lock wait",
+                ],
+                [
+                    (
+                        _t(p.phase),
+                        _t(f"{p.clients} x {p.rate:g}/s"),
+                        _t(f"{_ms(p.baseline_p50_ms)} / {_ms(p.baseline_p99_ms)}", "n"),
+                        _t(f"{_ms(p.p50_ms)} / {_ms(p.p99_ms)} / {_ms(p.max_ms)}", "n"),
+                        _t(f"{p.waits_over_100ms} / {p.waits_over_1s} / {p.waits_over_5s}", "n"),
+                        _t(str(p.errors), "bad" if p.errors else "n"),
+                        (
+                            e(
+                                f"{p.blocked_max_s:.1f} s on {p.blocked_table} ({lock_label(p.blocking_mode)}) by "
+                            )
+                            + f"<code>{e(p.blocking_statement or '?')}</code>",
+                            "bad" if p.blocked_max_s >= 1 else "",
+                        )
+                        if p.blocked_max_s >= 0.1
+                        else ("-", ""),
+                    )
+                    for p in r.traffic.phases()
+                ],
+            )
+        )
+        samples = [x for p in r.traffic.phases() for x in p.error_samples]
+        if samples:
+            html.append(
+                "<p>Errors seen:</p><ul>" + "".join(f'<li class="bad">{e(x)}</li>' for x in samples) + "</ul>"
+            )
+    if r.revision_runs:
+        html.append("<h2>Revisions (slowest first)</h2>")
+        top = slowest_statement(r)
+        if top:
+            rev, st = top
+            html.append(
+                f"<p>Slowest statement: {e(seconds(st.seconds))} in <code>{e(rev.id)}</code> ({e(rev.phase)}): "
+                f"<code>{e(_one_line(st.sql))}</code></p>"
+            )
+        html.append(
+            _html_table(
+                ["revision", "phase", "seconds", "statements", "locks (held)", "rewrites", "lint"],
+                [
+                    (
+                        _t(x.id),
+                        _t(x.phase),
+                        _t(f"{x.seconds:.3f}", "n"),
+                        _t(str(x.statement_count), "n"),
+                        _t(
+                            ", ".join(
+                                f"{lock_label(lk.mode)} on {lk.relation} ({lk.held_seconds:.2f} s)"
+                                for lk in x.locks
+                            )
+                            or "-"
+                        ),
+                        _t(", ".join(x.rewrites) or "-"),
+                        _t(", ".join(sorted({f.rule for f in x.lint})) or "-"),
+                    )
+                    for x in slowest_first(r)
+                ],
+            )
+        )
+    if r.lint:
+        html.append("<h2>Lint (squawk)</h2>")
+        html.append(
+            _html_table(
+                ["rule", "level", "revision", "phase", "statement", "observed locks", "message"],
+                [
+                    (
+                        _t(("FAIL " if f.fails else "") + f.rule, "bad" if f.fails else ""),
+                        _t(f.level),
+                        _t(f.revision or "-"),
+                        _t(f.phase),
+                        (f"<code>{e(f.statement)}</code>", ""),
+                        _t(_lint_locks(f) or "-", "bad" if f.locks else ""),
+                        _t(f.message),
+                    )
+                    for f in sorted(r.lint, key=lambda f: (not f.fails, not f.locks, f.revision or ""))
+                ],
+            )
+        )
+    return "".join(html)
 
 
 def _inline_code_html(text: str) -> str:

@@ -71,14 +71,24 @@ def _columns(conn: psycopg.Connection[Any], oid: int) -> list[dict[str, Any]]:
         """
         select a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
                a.atthasdef or a.attidentity <> '' or a.attgenerated <> '', a.attgenerated <> '',
-               t.typcategory
+               t.typcategory,
+               a.attidentity <> '' or coalesce(pg_get_expr(d.adbin, d.adrelid), '') ~* '(nextval|uuid|random)[(]'
         from pg_attribute a join pg_type t on t.oid = a.atttypid
+        left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
         where a.attrelid = %s and a.attnum > 0 and not a.attisdropped order by a.attnum
         """,
         (oid,),
     ).fetchall()
     return [
-        {"name": r[0], "type": r[1], "notnull": r[2], "default": r[3], "generated": r[4], "category": r[5]}
+        {
+            "name": r[0],
+            "type": r[1],
+            "notnull": r[2],
+            "default": r[3],
+            "generated": r[4],
+            "category": r[5],
+            "fresh_default": r[6],  # a sequence, identity or random default: a new value each insert
+        }
         for r in rows
     ]
 
@@ -221,7 +231,7 @@ def _table_ops(
     # existing row, so foreign keys, enums and checks hold
     by_name = {c["name"]: c for c in columns}
     fresh: dict[str, Callable[[random.Random], Any]] = {}
-    defaulted = {c["name"] for c in columns if c["default"]}
+    defaulted = {c["name"] for c in columns if c["fresh_default"] or c["generated"]}
     for idx in [pk, *_index_columns(conn, oid, primary=False)]:
         if any(c in defaulted or c in fresh for c in idx):
             continue
@@ -240,7 +250,7 @@ def _table_ops(
     values: list[sql.Composable] = []
     makers: list[Callable[[random.Random], Any]] = []
     for c in columns:
-        if c["generated"] or (c["default"] and c["name"] in unique):
+        if c["name"] in defaulted:
             continue
         names.append(sql.Identifier(c["name"]))
         if c["name"] in fresh:
@@ -326,7 +336,14 @@ class TrafficRun:
     """Clients and a lock-wait sampler for one phase: ``start()``, ``phase_started()``, ``stop()``."""
 
     def __init__(
-        self, dsn: Dsn, ops: list[Op], plan: TrafficPlan, t0: float, phase: Phase, seed: int | None = None
+        self,
+        dsn: Dsn,
+        ops: list[Op],
+        plan: TrafficPlan,
+        t0: float,
+        phase: Phase,
+        seed: int | None = None,
+        dropped: set[str] | None = None,
     ) -> None:
         self.dsn = dsn
         self.ops = ops
@@ -345,7 +362,7 @@ class TrafficRun:
         self.errors_by_op: dict[str, int] = {}
         self.baseline_errors_by_op: dict[str, str] = {}
         self.error_samples: list[str] = []
-        self.disabled: set[str] = set()
+        self.disabled: set[str] = dropped if dropped is not None else set()  # shared across phases
         self.pid_table: dict[int, str] = {}
         self.worst: _Wait | None = None
         self.warnings: list[str] = []
@@ -367,6 +384,8 @@ class TrafficRun:
         """The migration starts now: what failed during the baseline is the workload's, not the migration's."""
         with self._lock:
             for op, message in self.baseline_errors_by_op.items():
+                if op in self.disabled:
+                    continue
                 self.disabled.add(op)
                 self.warnings.append(f"traffic: {op} dropped, it failed before the migration: {message}")
             self.phase_start = time.monotonic() - self.t0

@@ -95,8 +95,7 @@ def test_markdown_of_a_lossy_fail_has_every_section_and_the_real_restore_command
     ) in md
     assert (
         "| public.user_invitations | 180,000 | 180,000 | 180,000 | NO | yes / yes "
-        "| ACCESS EXCLUSIVE | 5.5 s |"
-        in md
+        "| ACCESS EXCLUSIVE | 5.5 s |" in md
     )
     assert "Split the migration" in md  # next_steps
 
@@ -321,3 +320,125 @@ def test_write_reports_leaves_the_old_file_whole_when_writing_fails(
     # Then
     assert (tmp_path / "result.json").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+# --- the first screen, traffic, revisions, lint (issue 10) -------------------------------------
+def _with_insight(result: Result) -> Result:
+    from migsafe.result import LintFinding, RevisionLock, RevisionRun, StatementRun, Traffic, TrafficPhase
+
+    alter = "ALTER TABLE users ALTER COLUMN status TYPE text"
+    data = result.model_copy(deep=True)
+    data.reasons = [
+        "public.users: writes blocked 8.2 s by ALTER TABLE users ALTER COLUMN status TYPE text "
+        "(ACCESS EXCLUSIVE, table rewrite) in revision 0002 during the upgrade, over the 5 s threshold",
+        *data.reasons,
+    ]
+    data.traffic = Traffic(
+        upgrade=TrafficPhase(
+            phase="upgrade",
+            clients=4,
+            rate=50,
+            transactions=900,
+            baseline_p50_ms=1.2,
+            baseline_p99_ms=4.0,
+            p50_ms=2.0,
+            p99_ms=8100.0,
+            max_ms=8230.0,
+            waits_over_100ms=400,
+            waits_over_1s=380,
+            waits_over_5s=120,
+            blocked_max_s=8.2,
+            blocked_table="public.users",
+            blocked_query="insert into",
+            blocking_mode="AccessExclusiveLock",
+            blocking_statement=alter,
+            blocking_revision="0002",
+        )
+    )
+    data.revision_runs = [
+        RevisionRun(
+            id="0001",
+            phase="upgrade",
+            seconds=0.2,
+            statement_count=1,
+            statements=[StatementRun(sql="CREATE TYPE s AS ENUM ('a')", start=1, seconds=0.01)],
+        ),
+        RevisionRun(
+            id="0002",
+            phase="upgrade",
+            seconds=8.4,
+            statement_count=1,
+            statements=[
+                StatementRun(sql=alter, start=2, seconds=8.3, locks={"public.users": "AccessExclusiveLock"})
+            ],
+            locks=[RevisionLock(relation="public.users", mode="AccessExclusiveLock", held_seconds=8.3)],
+            rewrites=["public.users"],
+        ),
+    ]
+    data.lint = [
+        LintFinding(
+            rule="changing-column-type",
+            level="warning",
+            message="Changing a column type <rewrites>",
+            revision="0002",
+            phase="upgrade",
+            statement=alter,
+            line=1,
+            locks=["AccessExclusiveLock on public.users"],
+        )
+    ]
+    return data
+
+
+def test_first_screen_has_verdict_reason_impact_and_rollback_before_the_details(failed: Result) -> None:
+    # Given
+    result = _with_insight(failed)
+    # When
+    md = render_markdown(result)
+    # Then: all four sit above the first detail section, in this order
+    head = md.split("## Summary")[0]
+    order = [
+        head.index(x)
+        for x in (
+            "# ❌ FAIL",
+            "**Why it failed:** public.users: writes blocked 8.2 s",
+            "**Worst traffic impact:** public.users: writes blocked 8.2 s",
+            "**Rollback:**",
+        )
+    ]
+    assert order == sorted(order)
+    assert "migsafe restore" in head
+    # and the rollback sentence is said once
+    assert md.count("Rollback") == 1
+
+
+def test_revisions_slowest_first_with_the_slowest_statement(failed: Result) -> None:
+    # Given
+    result = _with_insight(failed)
+    # When
+    md = render_markdown(result)
+    html = render_html(result)
+    # Then
+    section = md.split("## Revisions (slowest first)")[1]
+    assert section.index("| 0002 |") < section.index("| 0001 |")
+    assert (
+        "Slowest statement: 8.3 s in `0002` (upgrade): `ALTER TABLE users ALTER COLUMN status TYPE text`"
+        in md
+    )
+    assert "ACCESS EXCLUSIVE on public.users (8.30 s)" in md
+    # lint sits next to the lock the statement was observed to take
+    assert "| changing-column-type | warning | 0002 | upgrade |" in md
+    assert "ACCESS EXCLUSIVE on public.users" in md.split("## Lint (squawk)")[1]
+    assert "Changing a column type &lt;rewrites&gt;" in html
+    parse_xhtml(html)
+
+
+def test_html_turns_backticks_into_code(failed: Result) -> None:
+    # Given: reasons and next steps written with `code` spans
+    result = _with_insight(failed)
+    # When
+    html = render_html(result)
+    # Then
+    body = html.split("<body>")[1]
+    assert "`" not in re.sub(r"<pre>.*?</pre>", "", body, flags=re.S)
+    assert body.count("Rollback:") == 1
