@@ -566,15 +566,20 @@ def render_timeline(result: Result) -> str:
     for hold in sorted(result.locks, key=lambda h: h.start):
         if hold.relation not in relations:
             relations.append(hold.relation)
+    step_lane = step_lanes(result)
+    n_step_lanes = max(step_lane.values(), default=0) + 1
+    traffic = [pt for p in (result.traffic.phases() if result.traffic else []) for pt in p.p99_per_second]
     span = max(
         [result.seconds]
         + [_offset(result, s) + s.seconds for s in result.steps]
         + [h.end for h in result.locks]
+        + [t + 1 for t, _ in traffic]
         + [1.0]
     )
     scale = plot_w / span
-    lanes = 1 + len(relations)
-    axis_y = top + lanes * lane_h + 4
+    traffic_h = 60 if traffic else 0
+    lanes = n_step_lanes + len(relations)
+    axis_y = top + lanes * lane_h + traffic_h + 4
     height = axis_y + 24
     width = label_w + plot_w + 20
 
@@ -586,9 +591,10 @@ def render_timeline(result: Result) -> str:
         f'viewBox="0 0 {width} {height}" role="img" aria-label="timeline of the rehearsal">'
     ]
     # lane labels and separators
-    for i, name in enumerate(["steps", *relations]):
+    names = ["steps" if i == 0 else "steps (in parallel)" for i in range(n_step_lanes)] + relations
+    for i, name in enumerate(names):
         y = top + i * lane_h
-        parts.append(f'<text x="4" y="{y + bar_h - 2}">{e(name if i else "steps")}</text>')
+        parts.append(f'<text x="4" y="{y + bar_h - 2}">{e(name)}</text>')
         parts.append(
             f'<line x1="{label_w}" y1="{y + lane_h - 3}" x2="{label_w + plot_w}" y2="{y + lane_h - 3}" '
             'stroke="#eaeef2"/>'
@@ -601,18 +607,19 @@ def render_timeline(result: Result) -> str:
         if s.error:
             tip += f": {s.error}"
         bar_w = max(1.0, s.seconds * scale)
+        y_step = top + step_lane[i] * lane_h
         parts.append(
-            f'<rect class="step" x="{x(start):.1f}" y="{top}" width="{bar_w:.1f}" '
+            f'<rect class="step" x="{x(start):.1f}" y="{y_step}" width="{bar_w:.1f}" '
             f'height="{bar_h}" fill="{colour}" stroke="#ffffff" stroke-width="0.5">'
             f"<title>{e(tip)}</title></rect>"
         )
         if bar_w > 6.5 * len(s.name) + 6:  # label the bar when it fits
             parts.append(
-                f'<text x="{x(start) + 3:.1f}" y="{top + bar_h - 3}" style="fill:#ffffff">{e(s.name)}</text>'
+                f'<text x="{x(start) + 3:.1f}" y="{y_step + bar_h - 3}" style="fill:#ffffff">{e(s.name)}</text>'
             )
     # lock holds
     for hold in result.locks:
-        lane = 1 + relations.index(hold.relation)
+        lane = n_step_lanes + relations.index(hold.relation)
         y = top + lane * lane_h
         held = hold.end - hold.start
         tip = (
@@ -625,6 +632,23 @@ def render_timeline(result: Result) -> str:
             f'height="{bar_h}" fill="{_lock_colour(hold.mode)}" fill-opacity="{opacity}">'
             f"<title>{e(tip)}</title></rect>"
         )
+    # traffic: p99 latency per second, on the same time axis as the lock holds
+    if traffic:
+        y0 = top + lanes * lane_h
+        peak = max(ms for _, ms in traffic) or 1.0
+        parts.append(f'<text x="4" y="{y0 + 14}">traffic p99 per second</text>')
+        parts.append(f'<text x="4" y="{y0 + 28}">(peak {peak:.0f} ms)</text>')
+        for phase in result.traffic.phases() if result.traffic else []:
+            points = " ".join(
+                f"{x(t + 0.5):.1f},{y0 + traffic_h - 6 - (ms / peak) * (traffic_h - 12):.1f}"
+                for t, ms in phase.p99_per_second
+            )
+            if points:
+                parts.append(
+                    f'<polyline class="traffic" points="{points}" fill="none" stroke="#0969da" stroke-width="1.5">'
+                    f"<title>{e(f'traffic during the {phase.phase}: p99 per second, peak {peak:.0f} ms')}</title>"
+                    "</polyline>"
+                )
     # axis
     parts.append(
         f'<line x1="{label_w}" y1="{axis_y}" x2="{label_w + plot_w}" y2="{axis_y}" stroke="#57606a"/>'
@@ -639,6 +663,23 @@ def render_timeline(result: Result) -> str:
     parts.append(f'<text x="4" y="{axis_y + 16}">seconds since start</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def step_lanes(result: Result) -> dict[int, int]:
+    """Lane of each step (by index): steps that overlap in time go on separate rows."""
+    ends: list[float] = []
+    lanes: dict[int, int] = {}
+    order = sorted(range(len(result.steps)), key=lambda i: _offset(result, result.steps[i]))
+    for i in order:
+        s = result.steps[i]
+        start = _offset(result, s)
+        lane = next((k for k, end in enumerate(ends) if end <= start + 0.05), None)
+        if lane is None:
+            ends.append(0.0)
+            lane = len(ends) - 1
+        ends[lane] = start + s.seconds
+        lanes[i] = lane
+    return lanes
 
 
 def _html_table(header: Sequence[str], rows: Iterable[Sequence[tuple[str, str]]]) -> str:

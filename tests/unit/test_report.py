@@ -442,3 +442,35 @@ def test_html_turns_backticks_into_code(failed: Result) -> None:
     body = html.split("<body>")[1]
     assert "`" not in re.sub(r"<pre>.*?</pre>", "", body, flags=re.S)
     assert body.count("Rollback:") == 1
+
+
+def test_parallel_steps_get_their_own_rows_and_traffic_its_lane(failed: Result) -> None:
+    # Given: restore_test runs while scratch and baseline run (as the local rehearsal does)
+    from datetime import timedelta
+
+    from migsafe.report import step_lanes
+    from migsafe.result import StepResult
+
+    result = _with_insight(failed)
+    result.traffic.upgrade.p99_per_second = [(10.0, 2.0), (11.0, 8100.0), (12.0, 3.0)]  # type: ignore[union-attr]
+    t0 = result.started
+    result.steps = [
+        StepResult(name="backup", started=t0, seconds=2, ok=True),
+        StepResult(name="restore_test", started=t0 + timedelta(seconds=2), seconds=6, ok=True),
+        StepResult(name="scratch", started=t0 + timedelta(seconds=2), seconds=3, ok=True),
+        StepResult(name="baseline", started=t0 + timedelta(seconds=5), seconds=1, ok=True),
+        StepResult(name="upgrade", started=t0 + timedelta(seconds=9), seconds=4, ok=True),
+    ]
+    # When
+    lanes = step_lanes(result)
+    svg = ET.fromstring(render_timeline(result))  # noqa: S314 - our own output
+    # Then: restore_test on a row of its own; scratch and baseline share one; upgrade back on the first
+    assert lanes[1] != lanes[2] and lanes[2] == lanes[3] and lanes[4] == 0 and lanes[0] == 0
+    ys = {
+        r.findtext(f"{SVG}title", "").split(":")[0]: r.get("y")
+        for r in svg.iter(f"{SVG}rect")
+        if r.get("class") == "step"
+    }
+    assert ys["restore_test"] != ys["scratch"] and ys["scratch"] == ys["baseline"]
+    lines = [p for p in svg.iter(f"{SVG}polyline") if p.get("class") == "traffic"]
+    assert len(lines) == 1 and len(lines[0].get("points", "").split()) == 3
