@@ -58,6 +58,8 @@ def lintable(statement: str) -> str | None:
     text = statement.strip().rstrip(";").strip()
     if not text or "alembic_version" in text.lower():
         return None
+    if text.upper() in ("BEGIN", "COMMIT", "ROLLBACK"):  # alembic --sql's own transaction
+        return None
     # bound parameters are not SQL squawk can parse; a NULL keeps the statement's shape
     return _PLACEHOLDER.sub("NULL", text)
 

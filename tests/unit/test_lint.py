@@ -80,3 +80,9 @@ def test_advice_follows_rule_then_lock() -> None:
     assert "CONCURRENTLY" in (advice_for("require-concurrent-index-creation", "ShareLock") or "")
     assert "lock_timeout" in (advice_for(None, "AccessExclusiveLock") or "")
     assert advice_for("prefer-bigint-over-int", "RowExclusiveLock") is None
+
+
+def test_alembic_offline_transaction_is_not_linted() -> None:
+    # Given: alembic --sql wraps the migration in BEGIN/COMMIT of its own
+    # When / Then: squawk would call them nesting/uncommitted; they are the tool's, not the migration's
+    assert lintable("BEGIN;") is None and lintable("COMMIT;") is None

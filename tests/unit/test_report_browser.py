@@ -125,9 +125,10 @@ def test_report_renders_with_verdict_and_rollback_in_the_first_screen(name: str,
     m = re.search(r'data-positions="([^"]*)"', dom)
     assert m, dom[-500:]
     pos = json.loads(html.unescape(m.group(1)))
-    assert pos["height"] == HEIGHT
+    screen = pos["height"]  # the viewport of the 1280x900 window
+    assert 600 <= screen <= HEIGHT
     for key in ("verdict", "why", "rollback"):
-        assert pos[key][0] >= 0 and pos[key][1] <= HEIGHT, (key, pos)
+        assert pos[key][0] >= 0 and pos[key][1] <= screen, (key, pos)
     if "command" in pos:
-        assert pos["command"][1] <= HEIGHT, pos
+        assert pos["command"][1] <= screen, pos
     assert result.verdict in dom
