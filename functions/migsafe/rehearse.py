@@ -50,6 +50,7 @@ from .result import (
     BackupInfo,
     CheckResult,
     LintFinding,
+    LockHold,
     Phase,
     Result,
     RevisionRun,
@@ -548,12 +549,39 @@ def _attribute_wait(run: _Run, traffic: TrafficRun, felt: TrafficPhase, mig: Mig
     felt.blocking_revision = rev.id if rev else None
 
 
+def _captured_holds(run: _Run, mig: MigrationRun, phase: Phase) -> None:
+    """Lock holds the 50 ms sampler missed (shorter than a sample), from the statement capture.
+
+    A statement's new lock is held from the statement to its transaction's COMMIT; a hold already
+    sampled for the same relation and mode in this phase is not added twice.
+    """
+    sampled = {(h.relation, h.mode) for h in run.locks if h.phase == phase}
+    for rev in mig.revisions:
+        for lk in rev.locks:
+            if (lk.relation, lk.mode) in sampled or lk.relation.endswith(".alembic_version"):
+                continue
+            first = next(
+                (st.start for st in rev.statements if st.locks.get(lk.relation) == lk.mode), rev.start
+            )
+            run.locks.append(
+                LockHold(
+                    relation=lk.relation,
+                    mode=lk.mode,
+                    phase=phase,
+                    start=round(first, 3),
+                    end=round(first + lk.held_seconds, 3),
+                )
+            )
+            sampled.add((lk.relation, lk.mode))
+
+
 def _lint_phase(run: _Run, conn: psycopg.Connection[Any], mig: MigrationRun, phase: Phase) -> None:
     """Per-revision figures and squawk's findings on the statements the phase ran (never fatal)."""
     from .lint import Unit, lint_units, pg_version
 
     run.warnings.extend(mig.warnings)
     run.revision_runs.extend(mig.revisions)
+    _captured_holds(run, mig, phase)
     if run.pg_version is None:
         row = conn.execute("show server_version_num").fetchone()
         run.pg_version = pg_version(int(row[0])) if row else None

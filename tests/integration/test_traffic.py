@@ -29,7 +29,13 @@ def source(make_database: Callable[..., Database]) -> Database:
 
 
 def _rehearse(
-    tmp_path: Path, db: Database, runtime_dir: Path, up: list[str], down: list[str], extra: str = ""
+    tmp_path: Path,
+    db: Database,
+    runtime_dir: Path,
+    up: list[str],
+    down: list[str],
+    extra: str = "",
+    traffic: str = TRAFFIC,
 ) -> Result:
     ini = write_project(tmp_path / "proj", upgrade=up, downgrade=down)
     listed = ", ".join(f'"{t}"' for t in seed.TABLES)
@@ -37,7 +43,7 @@ def _rehearse(
     plan.write_text(
         f'name = "traffic"\n[source]\ndsn = "{db.url}"\ntables = [{listed}]\n'
         f'[migration]\nalembic_ini = "{ini}"\nurl_env = "DATABASE_URL"\n'
-        f'[store]\nurl = "file://{tmp_path / "store"}"\n' + TRAFFIC + extra
+        f'[store]\nurl = "file://{tmp_path / "store"}"\n' + traffic + extra
     )
     settings = Settings.from_environ({**os.environ, "MIGSAFE_RUNTIME_DIR": str(runtime_dir)})
     return rehearse(Plan.load(plan), settings, report_dir=tmp_path / "report")
@@ -126,3 +132,20 @@ def test_create_index_without_concurrently_is_linted_and_blocks_writes(
     assert tp.blocking_statement == "CREATE INDEX ix_users_full_name ON users (full_name)"
     assert result.verdict == "PASS"  # under the plan's 10 s, and lint only warns by default
     assert any("CONCURRENTLY" in s and "require-concurrent-index-creation" in s for s in result.next_steps)
+
+
+def test_a_downgrade_lock_shorter_than_a_sample_is_in_the_lock_list(
+    tmp_path: Path, source: Database, runtime_dir: Path
+) -> None:
+    # Given: both directions take ACCESS EXCLUSIVE for a few milliseconds only
+    up = ["ALTER TABLE users ADD COLUMN nickname text"]
+    down = ["ALTER TABLE users DROP COLUMN nickname"]
+    # When
+    result = _rehearse(tmp_path, source, runtime_dir, up, down, traffic="[traffic]\nenabled = false\n")
+    # Then: the statement capture puts it in the list even when the 50 ms sampler missed it
+    for phase in ("upgrade", "downgrade"):
+        holds = [h for h in result.locks if h.phase == phase and h.relation == "public.users"]
+        assert any(h.mode == "AccessExclusiveLock" for h in holds), (phase, result.locks)
+    assert result.traffic is None
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| public.users | ACCESS EXCLUSIVE | downgrade |" in md
