@@ -262,7 +262,7 @@ def test_every_string_is_escaped_in_the_html(failed: Result) -> None:
     # Then
     assert "<script>" not in html
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;quoted&#x27; &lt;/td&gt;" in html
-    assert "2 &lt; 3 &amp;&amp; &#x27;&lt;b&gt;&#x27;" in html
+    assert "2 &lt; 3 &amp;&amp; &#39;&lt;b&gt;&#39;" in html  # Jinja2's autoescape (markupsafe)
     root = parse_xhtml(html)  # still well-formed
     assert EVIL in "".join(root.itertext())
 
@@ -474,3 +474,22 @@ def test_parallel_steps_get_their_own_rows_and_traffic_its_lane(failed: Result) 
     assert ys["restore_test"] != ys["scratch"] and ys["scratch"] == ys["baseline"]
     lines = [p for p in svg.iter(f"{SVG}polyline") if p.get("class") == "traffic"]
     assert len(lines) == 1 and len(lines[0].get("points", "").split()) == 3
+
+
+def test_reading_results_needs_no_jinja2() -> None:
+    # Given: an interpreter where jinja2 cannot be imported (the Lambda steps: Powertools layer only)
+    import subprocess
+    import sys
+
+    code = (
+        "import builtins\nreal = builtins.__import__\n"
+        "def guarded(name, *a, **k):\n"
+        "    if name.split('.')[0] in ('jinja2', 'markupsafe'): raise ImportError(name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guarded\n"
+        "import migsafe.notify, migsafe.report\n"
+    )
+    # When
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # Then
+    assert proc.returncode == 0, proc.stderr
