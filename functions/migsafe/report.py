@@ -230,25 +230,6 @@ def _threshold_note(result: Result, step: str, name: str) -> str:
     return text
 
 
-_CSS = """
-body{font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
- color:#1f2328;max-width:1100px;margin:24px auto;padding:0 16px}
-h1{font-size:22px;margin:0 0 8px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d0d7de}
-.verdict{display:inline-block;padding:2px 10px;border-radius:4px;color:#fff;font-weight:600}
-.PASS{background:#1a7f37}.FAIL{background:#cf222e}
-table{border-collapse:collapse;margin:6px 0;width:100%}
-th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}
-code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
-pre{background:#f6f8fa;padding:8px 12px;border-radius:6px;white-space:pre-wrap;word-break:break-all}
-.bad{color:#cf222e;font-weight:600}.good{color:#1a7f37}
-ul.reasons li{color:#cf222e}dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px}
-dt{font-weight:600}dd{margin:0}
-.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
-svg text{font:11px sans-serif;fill:#1f2328}
-"""
-
-
 # --- the view: what the templates show ---------------------------------------------------------
 # report.md and report.html are rendered from Jinja2 templates (package data, templates/); this module
 # only prepares the data. The HTML environment autoescapes; the Markdown one escapes through filters.
@@ -319,7 +300,6 @@ def view(result: Result) -> dict[str, Any]:
             (_COLOURS["lock_weak"], "weaker lock"),
             (_COLOURS["traffic"], "traffic p99"),
         ],
-        "css": _CSS,
     }
 
 
