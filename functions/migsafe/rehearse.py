@@ -343,6 +343,7 @@ def _phase(
     plan = run.plan
     assert run.scratch is not None
     traffic = _start_traffic(run, conn, phase)
+    run.say(f"{phase} ...")  # add_step says its end
     began, clock = datetime.now(UTC), time.monotonic()
     try:
         if traffic is not None:
