@@ -235,7 +235,7 @@ def _table_ops(
     for idx in [pk, *_index_columns(conn, oid, primary=False)]:
         if any(c in defaulted or c in fresh for c in idx):
             continue
-        candidates = sorted(idx, key=lambda c: c in fks)
+        candidates = [c for c in idx if c not in fks]  # a made-up foreign key would point nowhere
         for cname in candidates:
             maker = _fresh(by_name[cname]) if cname in by_name else None
             if maker is not None:

@@ -149,3 +149,37 @@ def test_a_downgrade_lock_shorter_than_a_sample_is_in_the_lock_list(
     assert result.traffic is None
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| public.users | ACCESS EXCLUSIVE | downgrade |" in md
+
+
+def test_default_workload_satisfies_constraints_and_plan_queries_bind_from_rows(source: Database) -> None:
+    # Given: the seed's tables (serial keys, unique e-mails, foreign keys, enums, a composite key)
+    from migsafe.plan import Traffic as TrafficPlan
+    from migsafe.traffic import derive_workload
+
+    cfg = TrafficPlan.model_validate(
+        {
+            "queries": [
+                {
+                    "name": "by email",
+                    "sql": "select id from users where email = :email",
+                    "table": "public.users",
+                }
+            ]
+        }
+    )
+    with source.connect() as conn:
+        # When
+        ops, warnings = derive_workload(conn, seed.TABLES, cfg)
+        # Then: every kind of transaction runs against the real schema (and is rolled back)
+        import random
+
+        rng = random.Random(7)  # noqa: S311 - a workload
+        for op in ops:
+            for _ in range(20):
+                with conn.transaction(force_rollback=True):
+                    conn.execute(op.query, op.params(rng))
+    names = {op.name for op in ops}
+    assert {"read public.users", "insert public.users", "update public.users", "query by email"} <= names
+    assert "insert public.user_invitations" in names and "read public.user_application_access" in names
+    assert warnings == [] or all("no inserts" in w for w in warnings), warnings
+    assert source.scalar("select count(*) from users") == 2000  # nothing stayed
