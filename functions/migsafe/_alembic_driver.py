@@ -127,15 +127,33 @@ class _Capture:
             )
 
     def _query(self, dbapi_conn, sql: str) -> list:  # type: ignore[no-untyped-def]
+        """Our catalog query on the migration's connection, never able to abort its transaction.
+
+        Inside a transaction it runs in a savepoint (rolled back to on any error, released otherwise);
+        outside one it is a statement of its own. With a connection whose state cannot be read, it
+        does not run at all.
+        """
+        status = _transaction_status(dbapi_conn)
+        if status not in (0, 2):  # 0 idle, 2 in transaction; 1 active, 3 failed, 4 unknown: keep out
+            raise RuntimeError(f"connection state {status}: not queried")
         self.busy = True
+        cur = dbapi_conn.cursor()
         try:
-            cur = dbapi_conn.cursor()
+            if status == 2:
+                cur.execute("SAVEPOINT migsafe_capture")
             try:
                 cur.execute(sql)
-                return list(cur.fetchall())
-            finally:
-                cur.close()
+                rows = list(cur.fetchall())
+            except Exception:
+                if status == 2:
+                    cur.execute("ROLLBACK TO SAVEPOINT migsafe_capture")
+                    cur.execute("RELEASE SAVEPOINT migsafe_capture")
+                raise
+            if status == 2:
+                cur.execute("RELEASE SAVEPOINT migsafe_capture")
+            return rows
         finally:
+            cur.close()
             self.busy = False
 
     def new_locks(self, dbapi_conn) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -241,6 +259,15 @@ class _Capture:
 
     def flush(self) -> None:
         pass
+
+
+def _transaction_status(dbapi_conn) -> int | None:  # type: ignore[no-untyped-def]
+    """libpq's PQtransactionStatus through psycopg 3 or psycopg2 (None when neither)."""
+    info = getattr(dbapi_conn, "info", None)
+    if info is not None and hasattr(info, "transaction_status"):
+        return int(info.transaction_status)
+    getter = getattr(dbapi_conn, "get_transaction_status", None)
+    return int(getter()) if getter else None
 
 
 def _is_query(statement: str) -> bool:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from chain_projects import write_chain
 from migsafe.migrate import DRIVER
 from pgsupport import CliResult
@@ -92,3 +93,27 @@ def test_capture_that_cannot_write_never_stops_the_migration(tmp_path: Path, mak
     # Then
     assert proc.returncode == 0, proc.stderr
     assert db.scalar("select count(*) from items") == 0
+
+
+def test_a_failing_capture_query_leaves_the_migrations_transaction_usable(
+    tmp_path: Path, make_database
+) -> None:  # type: ignore[no-untyped-def]
+    # Given: the driver's capture on a connection in the middle of the migration's transaction
+    import importlib.util
+
+    import psycopg
+
+    spec = importlib.util.spec_from_file_location("migsafe_driver", DRIVER)
+    assert spec and spec.loader
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    capture = driver._Capture(str(tmp_path / "capture.jsonl"), offline=False)
+    db = make_database()
+    with psycopg.connect(db.conninfo) as conn:
+        conn.execute("create table t (a int)")
+        # When: its own query fails
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            capture._query(conn, "select 1/0")
+        # Then: the migration's transaction goes on, its work intact
+        conn.execute("insert into t values (1)")
+        assert conn.execute("select count(*) from t").fetchone() == (1,)
