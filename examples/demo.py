@@ -26,13 +26,13 @@ from migsafe.localpg import LocalCluster, sweep  # noqa: E402
 from examples.enum_uppercase import seed  # noqa: E402
 
 
-def run(*args: str, capture: bool = False) -> str:
+def run(*args: str, capture: bool = False, ok: tuple[int, ...] = (0,)) -> str:
     shown = " ".join(shlex.quote(a) for a in args)
     print(f"\n$ migsafe {shown}", flush=True)
     proc = subprocess.run(
         [sys.executable, "-m", "migsafe", *args], text=True, stdout=subprocess.PIPE if capture else None
     )
-    if proc.returncode != 0:
+    if proc.returncode not in ok:
         raise SystemExit(f"demo: `migsafe {shown}` exited {proc.returncode}")
     if capture:
         print(proc.stdout, end="")
@@ -80,13 +80,54 @@ def main() -> None:
             cluster.dsn("restored").url(),
         )
         report_dir = args.out / "report"
-        run("rehearse", "--plan", str(plan), "--report-dir", str(report_dir), capture=True)
-        print(f"\ndemo complete: backup {backup_id} restored and verified; migration rehearsed: PASS")
+        run("lint", "--plan", str(plan))
+        verdict = (
+            run(
+                "rehearse",
+                "--plan",
+                str(plan),
+                "--report-dir",
+                str(report_dir),
+                "--backup-id",
+                backup_id,
+                capture=True,
+                ok=(0, 1),
+            )
+            .strip()
+            .split(" ")[0]
+        )
+        show_insight(report_dir / "result.json")
+        print(f"\ndemo complete: backup {backup_id} restored and verified; migration rehearsed: {verdict}")
         print(
             f"reports: {report_dir / 'report.md'}\n         {report_dir / 'report.html'}\n"
             f"         {report_dir / 'result.json'}"
         )
         print("the throw-away server is being stopped.")
+
+
+def show_insight(path: Path) -> None:
+    """What the rehearsal says about the deploy minute: squawk's findings and what the clients felt."""
+    import json
+
+    result = json.loads(path.read_text())
+    print("\nlint (squawk) on the statements the upgrade and downgrade ran:")
+    for f in result["lint"]:
+        held = f" -- observed {', '.join(f['locks'])}" if f["locks"] else ""
+        print(f"  {f['rule']:28} {f['revision']} ({f['phase']}): {f['statement'][:70]}{held}")
+    print("traffic on the touched tables while the migration ran:")
+    for phase in ("upgrade", "downgrade"):
+        t = (result.get("traffic") or {}).get(phase)
+        if not t:
+            continue
+        print(
+            f"  {phase:9} baseline p99 {t['baseline_p99_ms']} ms -> p99 {t['p99_ms']} ms, max {t['max_ms']} ms; "
+            f"{t['waits_over_1s']} transactions waited > 1 s, {t['errors']} errors"
+        )
+        if t["blocked_max_s"] >= 0.1:
+            print(
+                f"            {t['blocked_table']}: clients blocked {t['blocked_max_s']:.1f} s by "
+                f"{(t['blocking_statement'] or '?')[:80]} ({t['blocking_mode']}) in revision {t['blocking_revision']}"
+            )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Make sure the PostgreSQL server/client binaries and zstd exist (Debian/Ubuntu); no-op when present.
+# Make sure the PostgreSQL server/client binaries, zstd and chromium exist (Debian/Ubuntu); no-op when present.
 set -euo pipefail
 need=()
 command -v pg_config >/dev/null 2>&1 && [ -x "$(pg_config --bindir)/initdb" ] || need+=(postgresql postgresql-contrib)
 command -v zstd >/dev/null 2>&1 || need+=(zstd)
+# the report's browser test renders report.html in headless Chromium (Debian's package)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${need[*]} ..." >&2

@@ -423,6 +423,50 @@ def rehearse(
     raise typer.Exit(0 if result.verdict == "PASS" else 1)
 
 
+@app.command()
+def lint(
+    plan: PlanOpt,
+    json_out: JsonOpt = False,
+    pg_version: Annotated[
+        str | None, typer.Option("--pg-version", help="PostgreSQL version squawk assumes, e.g. 15.4.")
+    ] = None,
+) -> None:
+    """Lint the plan's upgrade and downgrade SQL (alembic --sql, no database); exit 1 on a lint_fail rule.
+
+    Example: migsafe lint --plan plan.toml --pg-version 15
+    """
+    from .lint import lint_plan
+
+    report = lint_plan(Plan.load(plan), settings().environ, pg_version_text=pg_version)
+    if json_out:
+        out.print(
+            json.dumps(
+                {
+                    "revisions": report.revisions,
+                    "lint": [f.model_dump(mode="json") for f in report.findings],
+                    "warnings": report.warnings,
+                    "failing": len(report.failing),
+                },
+                indent=2,
+            )
+        )
+    else:
+        for f in report.findings:
+            mark = "FAIL" if f.fails else f.level
+            out.print(
+                f"{mark:7} {f.rule}  revision {f.revision} ({f.phase}), line {f.line}: {f.message}\n"
+                f"        {f.statement}",
+                markup=False,
+            )
+        for w in report.warnings:
+            err.print(f"  ! {w}", markup=False)
+        err.print(
+            f"{len(report.findings)} finding(s) in {len(report.revisions)} revision(s), "
+            f"{len(report.failing)} failing (thresholds.lint_fail)"
+        )
+    raise typer.Exit(1 if report.failing else 0)
+
+
 @scratch_app.command("sweep")
 def scratch_sweep() -> None:
     """Stop and delete local scratch clusters whose rehearsal process is gone."""

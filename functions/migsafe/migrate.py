@@ -28,7 +28,7 @@ from . import pgtools
 from .dsn import Dsn, mask
 from .exceptions import RevisionUnknown
 from .plan import Plan
-from .result import LockHold, Phase
+from .result import LockHold, Phase, RevisionLock, RevisionRun, StatementRun
 
 DRIVER = Path(__file__).with_name("_alembic_driver.py")
 
@@ -145,6 +145,7 @@ class LockObserver:
                         join pg_class c on c.oid = l.relation join pg_namespace n on n.oid = c.relnamespace
                         where l.locktype = 'relation' and l.granted and l.pid <> pg_backend_pid()
                           and a.backend_type = 'client backend' and c.relkind in ('r', 'p', 'm')
+                          and a.application_name not like 'migsafe traffic%%'
                           and n.nspname not in ('pg_catalog', 'information_schema')
                           and n.nspname not like 'pg_toast%%'
                         """
@@ -190,6 +191,9 @@ class MigrationRun:
     started_at: float = 0.0  # seconds since the rehearsal started
     commit_locks: dict[str, str] = field(default_factory=dict)  # relation -> strongest mode at commit
     xact_seconds: float = 0.0
+    revisions: list[RevisionRun] = field(default_factory=list)
+    statements: list[StatementRun] = field(default_factory=list)  # every captured one (bounded)
+    warnings: list[str] = field(default_factory=list)  # the capture's own troubles (never fatal)
 
 
 def run_alembic(
@@ -210,8 +214,7 @@ def run_alembic(
     # a private folder, removed whatever happens (an interrupt, a timeout, a driver that crashed)
     workdir = Path(tempfile.mkdtemp(prefix="migsafe-alembic-"))
     try:
-        return _run_observed(plan, action, revision, ini, url, workdir / "locks.jsonl", observer, environ,
-                             phase, timeout)
+        return _run_observed(plan, action, revision, ini, url, workdir, observer, environ, phase, timeout)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -222,15 +225,21 @@ def _run_observed(
     revision: str,
     ini: Path,
     url: str,
-    lock_file: Path,
+    workdir: Path,
     observer: LockObserver,
     environ: Mapping[str, str],
     phase: Phase,
     timeout: float | None,
 ) -> MigrationRun:
-    env = _env(plan, {"MIGSAFE_LOCK_REPORT": str(lock_file)}, url, environ)
+    lock_file = workdir / "locks.jsonl"
+    capture_file = workdir / "capture.jsonl"
+    capture_file.touch()  # present even if the driver never starts: an unreadable capture is a warning
+    env = _env(
+        plan, {"MIGSAFE_LOCK_REPORT": str(lock_file), "MIGSAFE_CAPTURE": str(capture_file)}, url, environ
+    )
     observer.start(phase)
     started_at = time.monotonic() - observer.t0
+    epoch0 = time.time() - started_at  # wall clock of the rehearsal's start (the driver stamps epochs)
     t = time.monotonic()
     try:
         # its own process group: a migration that forks (or an env.py that does) is stopped whole
@@ -275,7 +284,84 @@ def _run_observed(
                 if relkind in ("r", "p", "m"):
                     name = f"{nsp}.{rel}"
                     run.commit_locks[name] = stronger(run.commit_locks.get(name), mode) or mode
+    try:
+        read_capture(capture_file, run, phase, epoch0)
+    except Exception as exc:  # instrumentation: noted, never fatal
+        run.warnings.append(f"the {phase}'s statement capture could not be read: {exc}")
     return run
+
+
+MAX_STATEMENTS = 5_000  # kept per phase (the rest are counted)
+REVISION_STATEMENTS = 200
+
+
+def read_capture(path: Path, run: MigrationRun, phase: Phase, epoch0: float) -> None:
+    """Turn the driver's JSON lines into statements and per-revision figures on the rehearsal's clock."""
+    stmts: list[tuple[float, StatementRun]] = []  # (epoch, statement)
+    revisions: list[dict[str, Any]] = []
+    commits: list[float] = []
+    count = 0
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec: dict[str, Any] = json.loads(line)
+        kind = rec.get("kind")
+        if kind == "statement":
+            count += 1
+            if len(stmts) < MAX_STATEMENTS:
+                new_locks = {
+                    r: m for r, m in (rec.get("locks") or {}).items() if not r.endswith(".alembic_version")
+                }
+                stmts.append(
+                    (
+                        float(rec["at"]),
+                        StatementRun(
+                            sql=str(rec["sql"])[:2000],
+                            start=round(float(rec["at"]) - epoch0, 3),
+                            seconds=round(float(rec["seconds"]), 4),
+                            locks=new_locks,
+                        ),
+                    )
+                )
+        elif kind == "revision":
+            revisions.append(rec)
+        elif kind == "commit":
+            commits.append(float(rec["at"]))
+        elif kind == "warning":
+            run.warnings.append(mask(str(rec.get("message"))))
+    run.statements = [s for _, s in stmts]
+    end_epoch = epoch0 + run.started_at + run.seconds
+    for rec in revisions:
+        begin, end = float(rec["started"]), float(rec["at"])
+        mine = [(t, s) for t, s in stmts if begin <= t <= end]
+        commit = next((c for c in commits if c >= end), end_epoch)
+        locks: dict[str, RevisionLock] = {}
+        for t, s in mine:
+            for rel, mode in s.locks.items():
+                have = locks.get(rel)
+                if have is None or stronger(have.mode, mode) != have.mode:
+                    locks[rel] = RevisionLock(
+                        relation=rel, mode=mode, held_seconds=round(max(commit - t, 0.0), 3)
+                    )
+        for rel, mode in (rec.get("locks") or {}).items():
+            if rel not in locks and not rel.endswith(".alembic_version"):
+                locks[rel] = RevisionLock(
+                    relation=rel, mode=mode, held_seconds=round(max(commit - begin, 0.0), 3)
+                )
+        run.revisions.append(
+            RevisionRun(
+                id=str(rec.get("revision") or "?"),
+                phase=phase,
+                start=round(begin - epoch0, 3),
+                seconds=round(float(rec["seconds"]), 3),
+                statement_count=len(mine),
+                statements=[s for _, s in mine[:REVISION_STATEMENTS]],
+                locks=sorted(locks.values(), key=lambda h: -LOCK_STRENGTH.index(h.mode)),
+                rewrites=[r for r in rec.get("rewrites", []) if not r.endswith(".alembic_version")],
+            )
+        )
+    if count > MAX_STATEMENTS:
+        run.warnings.append(f"the {phase} ran {count} statements; the first {MAX_STATEMENTS} were kept")
 
 
 def relfilenodes(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, int | None]:
@@ -292,3 +378,90 @@ def relfilenodes(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, 
         ).fetchone()
         out[t] = int(row[0]) if row and row[0] is not None else None
     return out
+
+
+def probe_offline(plan: Plan, environ: Mapping[str, str]) -> Probe:
+    """The plan's range with no database: from ``downgrade_to`` (resolved from ``upgrade_to``) up."""
+    ini = plan.path(plan.migration.alembic_ini)
+    if not ini.is_file():
+        raise RevisionUnknown(f"migration.alembic_ini: {ini} does not exist")
+    env = _env(
+        plan,
+        {
+            "MIGSAFE_PROBE_OFFLINE": "1",
+            "MIGSAFE_PROBE_UP": plan.migration.upgrade_to,
+            "MIGSAFE_PROBE_DOWN": plan.migration.downgrade_to,
+        },
+        None,
+        environ,
+    )
+    proc = subprocess.run(
+        [_python(plan), str(DRIVER), "probe", str(ini)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ini.parent,
+        timeout=120,
+    )
+    if proc.returncode != 0:
+        last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "no output"
+        raise RevisionUnknown(f"alembic could not read {ini}: {mask(last)}")
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    if data.get("error"):
+        raise RevisionUnknown(data["error"])
+    return Probe(
+        upgrade_to=data["upgrade_to"], downgrade_dest=data.get("downgrade_dest"), path=data.get("path", [])
+    )
+
+
+@dataclass
+class OfflineRevision:
+    id: str
+    phase: Phase
+    sql: str
+
+
+def run_offline(
+    plan: Plan, action: Phase, start: str | None, end: str | None, environ: Mapping[str, str]
+) -> list[OfflineRevision]:
+    """``alembic upgrade|downgrade start:end --sql``: the SQL of each revision, with no database."""
+    ini = plan.path(plan.migration.alembic_ini)
+    with tempfile.NamedTemporaryFile(prefix="migsafe-capture-", suffix=".jsonl", delete=False) as fh:
+        capture_file = Path(fh.name)
+    env = _env(plan, {"MIGSAFE_CAPTURE": str(capture_file)}, None, environ)
+    span = f"{start or 'base'}:{end or 'base'}"
+    try:
+        proc = subprocess.run(
+            [_python(plan), str(DRIVER), action, str(ini), span, "--sql"],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ini.parent,
+            timeout=plan.migration.timeout_seconds,
+        )
+        if proc.returncode != 0:
+            marker = [line for line in proc.stderr.splitlines() if line.startswith("MIGSAFE-ERROR: ")]
+            if marker:
+                info = json.loads(marker[-1].removeprefix("MIGSAFE-ERROR: "))
+                why = f"{info['type']}: {info['message']}"
+            else:
+                why = (
+                    proc.stderr.strip().splitlines()[-1]
+                    if proc.stderr.strip()
+                    else f"exited {proc.returncode}"
+                )
+            raise RevisionUnknown(
+                f"alembic {action} {span} --sql failed (does env.py support offline mode?): {mask(why)}"
+            )
+        out: list[OfflineRevision] = []
+        for line in capture_file.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("kind") == "revision":
+                out.append(
+                    OfflineRevision(
+                        id=str(rec.get("revision") or "?"), phase=action, sql=str(rec.get("sql", ""))
+                    )
+                )
+        return out
+    finally:
+        capture_file.unlink(missing_ok=True)

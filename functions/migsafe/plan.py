@@ -115,6 +115,27 @@ class Thresholds(_Strict):
     downgrade_seconds: float = 120
     lock_seconds: float = 120
     lossy_downgrade: Literal["fail", "warn"] = "fail"
+    lint_fail: list[str] = Field(default_factory=list)  # squawk rules that FAIL (others warn); "*" = all
+    max_blocked_seconds: float = Field(default=5, ge=0)  # longest lock wait a traffic client may have
+    max_traffic_errors: int = Field(default=0, ge=0)
+
+
+class TrafficQuery(_Strict):
+    """A hot query of the application; ``:name`` placeholders are bound from a sampled row."""
+
+    name: str
+    sql: str
+    weight: float = Field(default=1, gt=0)
+    table: str | None = None  # the table whose rows bind the placeholders (default: the first touched)
+
+
+class Traffic(_Strict):
+    enabled: bool = True
+    clients: int = Field(default=4, ge=1, le=64)
+    rate: float = Field(default=50, gt=0, le=1000)  # transactions per second per client, open loop
+    baseline_seconds: float = Field(default=2, ge=0.5, le=60)
+    default_workload: bool = True  # point reads, inserts, updates derived from the catalog
+    queries: list[TrafficQuery] = Field(default_factory=list)
 
 
 _EXPECT = re.compile(
@@ -152,6 +173,7 @@ class Plan(_Strict):
     store: Store = Field(default_factory=Store)
     backup: Backup = Field(default_factory=Backup)
     thresholds: Thresholds = Field(default_factory=Thresholds)
+    traffic: Traffic = Field(default_factory=Traffic)
     checks: list[Check] = Field(default_factory=list)
     notify: Notify = Field(default_factory=Notify)
 

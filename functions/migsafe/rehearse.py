@@ -32,12 +32,39 @@ from .exceptions import BackupIncomplete, EnvironmentFault, MigsafeError, Restor
 from .identifiers import QualifiedName
 from .inventory import load_manifest
 from .localpg import LocalCluster, sweep
-from .migrate import LockObserver, MigrationRun, Probe, probe, relfilenodes, run_alembic, stronger
+from .migrate import (
+    LOCK_STRENGTH as LOCK_ORDER,
+)
+from .migrate import (
+    LockObserver,
+    MigrationRun,
+    Probe,
+    probe,
+    relfilenodes,
+    run_alembic,
+    stronger,
+)
 from .plan import Plan
 from .restore import RestoreOptions, run_restore
-from .result import BackupInfo, CheckResult, Phase, Result, Revisions, ScratchInfo, StepResult, TableResult
+from .result import (
+    BackupInfo,
+    CheckResult,
+    LintFinding,
+    LockHold,
+    Phase,
+    Result,
+    RevisionRun,
+    Revisions,
+    ScratchInfo,
+    StatementRun,
+    StepResult,
+    TableResult,
+    Traffic,
+    TrafficPhase,
+)
 from .scratch import Scratch, create_scratch
 from .store import open_store
+from .traffic import Op, TrafficRun, derive_workload
 from .verdict import decide, expectation_met
 
 Say = Callable[[str], None]
@@ -82,6 +109,14 @@ class _Run:
         self.error: str | None = None
         self.warnings: list[str] = []
         self.restore_cluster: LocalCluster | None = None
+        self.lint: list[LintFinding] = []
+        self.revision_runs: list[RevisionRun] = []
+        self.traffic = Traffic()
+        self.traffic_ops: list[Op] | None = None
+        self.after_upgrade: str | None = None
+        self.after_downgrade: str | None = None
+        self.traffic_dropped: set[str] = set()  # kinds of transaction that failed before any migration
+        self.pg_version: str | None = None
 
     def cancel_restore_test(self) -> None:
         """Stop a running restore test quickly (its server goes away, so its restore fails)."""
@@ -285,11 +320,13 @@ def _on_scratch(
             restore_test.result()  # the safety net is proven before the migration runs
             run.backup.restore_tested = True
         after_nodes = _phase(run, conn, observer, "upgrade", pr.upgrade_to, before_nodes)
+        run.after_upgrade = catalog.alembic_revision(conn)
         if after_nodes is None:
             return
-        if _phase(run, conn, observer, "downgrade", pr.downgrade_dest or "base", after_nodes) is None:
+        downgraded = _phase(run, conn, observer, "downgrade", pr.downgrade_dest or "base", after_nodes)
+        run.after_downgrade = back = catalog.alembic_revision(conn)
+        if downgraded is None:
             return
-        back = catalog.alembic_revision(conn)
         if back != (pr.downgrade_dest or None):
             run.warnings.append(f"after the downgrade the revision is {back}, expected {pr.downgrade_dest}")
 
@@ -305,8 +342,12 @@ def _phase(
     """Run one direction of the migration, observed, then verify; the relfilenodes after, or None."""
     plan = run.plan
     assert run.scratch is not None
+    traffic = _start_traffic(run, conn, phase)
+    run.say(f"{phase} ...")  # add_step says its end
     began, clock = datetime.now(UTC), time.monotonic()
     try:
+        if traffic is not None:
+            traffic.phase_started()
         mig = run_alembic(
             plan,
             phase,
@@ -321,8 +362,17 @@ def _phase(
     except BaseException:
         run._record(phase, began, clock, False, "interrupted")  # the report shows where it stopped
         raise
+    finally:
+        if traffic is not None:
+            traffic.phase_ended()
+            felt = traffic.stop()
+            run.warnings.extend(w for w in traffic.warnings if w not in run.warnings)
     run.add_step(mig, phase)
     _apply_locks(run, mig, observer, phase)
+    _lint_phase(run, conn, mig, phase)
+    if traffic is not None:
+        _attribute_wait(run, traffic, felt, mig)
+        setattr(run.traffic, phase, felt)
     if not mig.ok:
         return None
     tables = list(run.tables)
@@ -449,6 +499,108 @@ def _apply_locks(run: _Run, mig: MigrationRun, observer: LockObserver, phase: st
         run.warnings.append(f"the {phase} also locked tables the plan does not back up: {', '.join(others)}")
 
 
+def _start_traffic(run: _Run, conn: psycopg.Connection[Any], phase: Phase) -> TrafficRun | None:
+    """The synthetic clients, started a baseline before the phase (None when the plan turns them off)."""
+    cfg = run.plan.traffic
+    if not cfg.enabled or run.scratch is None:
+        return None
+    # The application of today (the schema before the upgrade) is what runs during both phases:
+    # migrations deploy before the new code, and a rollback puts the old code back before downgrading.
+    if run.traffic_ops is None:
+        run.traffic_ops, warnings = derive_workload(conn, list(run.tables), cfg)
+        run.warnings.extend(w for w in warnings if w not in run.warnings)
+    ops = run.traffic_ops
+    if not ops:
+        run.warnings.append(f"traffic: nothing to run against the touched tables during the {phase}")
+        return None
+    traffic = TrafficRun(run.scratch.dsn, ops, cfg, run.t0, phase, dropped=run.traffic_dropped)
+    traffic.start()
+    try:
+        time.sleep(cfg.baseline_seconds)  # the baseline: the same clients before the migration starts
+    except BaseException:
+        traffic.stop()
+        raise
+    return traffic
+
+
+def _attribute_wait(run: _Run, traffic: TrafficRun, felt: TrafficPhase, mig: MigrationRun) -> None:
+    """Name the migration's statement that held the lock the longest wait was on, and its revision.
+
+    The blocker's ``pg_stat_activity.query`` is only what it runs *now* (maybe a later statement in
+    the same transaction): the captured statements say which one took the lock.
+    """
+    wait = traffic.worst
+    if wait is None or not wait.table:
+        return
+    table = wait.table
+    took = [s for s in mig.statements if table in s.locks and s.start <= wait.started + 0.05]
+    if not took:
+        took = [s for s in mig.statements if table in s.locks]
+    if not took:
+        return
+
+    def strength(s: StatementRun) -> tuple[int, float]:
+        mode = s.locks[table]
+        return (LOCK_ORDER.index(mode) if mode in LOCK_ORDER else -1, -s.start)
+
+    stmt = max(took, key=strength)
+    felt.blocking_statement = " ".join(stmt.sql.split())[:300]
+    felt.blocking_mode = stronger(felt.blocking_mode, stmt.locks[table])
+    rev = next((r for r in mig.revisions if r.start <= stmt.start <= r.start + r.seconds + 0.01), None)
+    felt.blocking_revision = rev.id if rev else None
+
+
+def _captured_holds(run: _Run, mig: MigrationRun, phase: Phase) -> None:
+    """Lock holds the 50 ms sampler missed (shorter than a sample), from the statement capture.
+
+    A statement's new lock is held from the statement to its transaction's COMMIT; a hold already
+    sampled for the same relation and mode in this phase is not added twice.
+    """
+    sampled = {(h.relation, h.mode) for h in run.locks if h.phase == phase}
+    for rev in mig.revisions:
+        for lk in rev.locks:
+            if (lk.relation, lk.mode) in sampled or lk.relation.endswith(".alembic_version"):
+                continue
+            first = next(
+                (st.start for st in rev.statements if st.locks.get(lk.relation) == lk.mode), rev.start
+            )
+            run.locks.append(
+                LockHold(
+                    relation=lk.relation,
+                    mode=lk.mode,
+                    phase=phase,
+                    start=round(first, 3),
+                    end=round(first + lk.held_seconds, 3),
+                )
+            )
+            sampled.add((lk.relation, lk.mode))
+
+
+def _lint_phase(run: _Run, conn: psycopg.Connection[Any], mig: MigrationRun, phase: Phase) -> None:
+    """Per-revision figures and squawk's findings on the statements the phase ran (never fatal)."""
+    from .lint import Unit, lint_units, pg_version
+
+    run.warnings.extend(mig.warnings)
+    run.revision_runs.extend(mig.revisions)
+    _captured_holds(run, mig, phase)
+    if run.pg_version is None:
+        row = conn.execute("show server_version_num").fetchone()
+        run.pg_version = pg_version(int(row[0])) if row else None
+    units = [
+        Unit(r.id, phase, [s.sql for s in r.statements], [s.locks for s in r.statements])
+        for r in mig.revisions
+    ]
+    if not units and mig.statements:
+        units = [Unit(None, phase, [s.sql for s in mig.statements], [s.locks for s in mig.statements])]
+    findings, warnings = lint_units(
+        units, pg_version_text=run.pg_version, lint_fail=run.plan.thresholds.lint_fail
+    )
+    run.warnings.extend(w for w in warnings if w not in run.warnings)
+    run.lint.extend(findings)
+    for r in mig.revisions:
+        r.lint = [f for f in findings if f.revision == r.id]
+
+
 def _result(run: _Run, source: Dsn, source_rev: str | None, pr: Probe) -> Result:
     finished = datetime.now(UTC)
     sc = run.scratch
@@ -460,13 +612,20 @@ def _result(run: _Run, source: Dsn, source_rev: str | None, pr: Probe) -> Result
         seconds=round(time.monotonic() - run.t0, 3),
         source=f"{source.host}:{source.port}/{source.dbname}",
         revisions=Revisions(
-            source=source_rev, upgrade_to=pr.upgrade_to, downgrade_to=run.plan.migration.downgrade_to
+            source=source_rev,
+            upgrade_to=pr.upgrade_to,
+            downgrade_to=pr.downgrade_dest or "base",  # resolved: "-1" is no command anyone can run
+            after_upgrade=run.after_upgrade,
+            after_downgrade=run.after_downgrade,
         ),
         thresholds=run.plan.thresholds.model_dump(),
         steps=run.steps,
         tables=list(run.tables.values()),
         checks=run.checks,
         locks=run.locks,
+        lint=run.lint,
+        revision_runs=run.revision_runs,
+        traffic=run.traffic if run.traffic.phases() else None,
         backup=run.backup,
         scratch=ScratchInfo(
             kind=run.plan.scratch.kind,

@@ -1,22 +1,32 @@
 """Reports of a rehearsal: ``result.json`` for machines, ``report.md`` and ``report.html`` for people.
 
-Everything rendered here goes through :func:`migsafe.dsn.mask` first (see :func:`masked`), and the
-HTML escapes every string, so SQL, error messages and table names can carry ``<``, ``&`` or quotes.
+This module prepares the data (:func:`view`, :func:`timeline_view`); Jinja2 templates shipped as
+package data (``migsafe/templates``) render it. The HTML and SVG templates autoescape every string
+(SQL, error messages and table names can carry ``<``, ``&`` or quotes); the Markdown template escapes
+through its filters. Everything goes through :func:`migsafe.dsn.mask` first (see :func:`masked`).
 The HTML is one self-contained file (inline CSS, an inline SVG timeline, no script, no external
-asset), well-formed enough to parse as XML.
+asset), well-formed enough to parse as XML. Its first screen holds the verdict, the one-line reason,
+the worst traffic impact and the rollback; the details follow.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # jinja2 is imported when a report is rendered: the Lambda steps only read results
+    from jinja2 import Environment
+    from markupsafe import Markup
 
 from .dsn import mask_tree
-from .result import LockHold, Result, StepResult, TableResult
+from .result import LintFinding, Result, RevisionRun, StatementRun, StepResult
 
 ACCESS_EXCLUSIVE = "AccessExclusiveLock"
 
@@ -137,6 +147,58 @@ def rollback_advice(result: Result) -> tuple[str, str | None]:
     return (sentence + ":" if command else sentence + ".", command)
 
 
+def headline(result: Result) -> str:
+    """The one-line reason: the first reason of a FAIL, or what a PASS proved."""
+    if result.reasons:
+        more = len(result.reasons) - 1
+        return result.reasons[0] + (
+            f" (and {more} more reason{'s' if more > 1 else ''} below)" if more else ""
+        )
+    tables = len(result.tables)
+    return (
+        f"upgrade and downgrade ran within the thresholds and the data of all {tables} table"
+        f"{'s' if tables != 1 else ''} came back exactly"
+    )
+
+
+def worst_traffic(result: Result) -> str | None:
+    """What the synthetic clients felt at worst, in one line (None without traffic)."""
+    from .verdict import traffic_sentence
+
+    if result.traffic is None or not result.traffic.phases():
+        return None
+    worst = max(result.traffic.phases(), key=lambda p: (p.blocked_max_s, p.max_ms or 0))
+    lat = (
+        f"p99 {worst.p99_ms:g} ms, max {worst.max_ms:g} ms (baseline p99 {worst.baseline_p99_ms:g} ms)"
+        if worst.p99_ms is not None and worst.max_ms is not None and worst.baseline_p99_ms is not None
+        else "no transaction completed"
+    )
+    errors = f"; {worst.errors} failed" if worst.errors else ""
+    if worst.blocked_max_s >= 0.1:
+        return f"{traffic_sentence(result, worst)}; {lat}{errors}"
+    return f"no client waited on a lock during the {worst.phase}; {lat}{errors}"
+
+
+def slowest_first(result: Result) -> list[RevisionRun]:
+    return sorted(result.revision_runs, key=lambda r: -r.seconds)
+
+
+def slowest_statement(result: Result) -> tuple[RevisionRun, StatementRun] | None:
+    found = [(r, st) for r in result.revision_runs for st in r.statements]
+    return max(found, key=lambda p: p[1].seconds) if found else None
+
+
+def _lint_locks(f: LintFinding) -> str:
+    return ", ".join(
+        lock_label(x.split(" on ")[0]) + " on " + x.split(" on ", 1)[1] for x in f.locks if " on " in x
+    )
+
+
+def _detail_steps(result: Result) -> list[str]:
+    """next_steps without the rollback sentence (the top of the report already has it)."""
+    return [x for x in result.next_steps if not x.startswith("Rollback")]
+
+
 def _yes_no(value: bool | None, *, loud: bool = True) -> str:
     """yes / NO (``loud``: a "no" that needs attention) / no / - (unknown)."""
     if value is None:
@@ -168,19 +230,367 @@ def _threshold_note(result: Result, step: str, name: str) -> str:
     return text
 
 
-# --- Markdown ---------------------------------------------------------------------------------
+# --- the view: what the templates show ---------------------------------------------------------
+# report.md and report.html are rendered from Jinja2 templates (package data, templates/); this module
+# only prepares the data. The HTML environment autoescapes; the Markdown one escapes through filters.
+
+
+@dataclass
+class Cell:
+    text: str
+    code: bool = False  # shown as code (Markdown: a code span; HTML: <code>)
+    cls: str = ""  # HTML class: n (number), bad, good
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[Cell]]
+
+
+@dataclass
+class Section:
+    """One detail section; every field may be empty. Inline text marks code with backticks."""
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    definitions: list[tuple[str, str]] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+    bad_items: bool = False
+    table: Table | None = None
+    after: list[str] = field(default_factory=list)
+    pre: str | None = None
+    timeline: bool = False  # HTML only: the SVG timeline goes here
+
+
+def _c(text: object, cls: str = "") -> Cell:
+    return Cell(str(text), False, cls)
+
+
+def _yn(value: bool | None, *, bad_when: bool = False) -> Cell:
+    return Cell(_yes_no(value), False, "bad" if value is bad_when and value is not None else "")
+
+
+def _tick(text: str) -> str:
+    """``text`` as an inline code span (backticks inside fall back to plain text)."""
+    return f"`{text}`" if "`" not in text else text
+
+
+def view(result: Result) -> dict[str, Any]:
+    """Everything report.md.j2 and report.html.j2 show, in the order they show it."""
+    r = result
+    sentence, command = rollback_advice(r)
+    return {
+        "title": f"{r.verdict}: migsafe rehearsal of {r.plan}",
+        "verdict": r.verdict,
+        "icon": "✅" if r.verdict == "PASS" else "❌",
+        "plan": r.plan,
+        "why_label": "Why it failed" if r.reasons else "Why it passed",
+        "headline": headline(r),
+        "impact": worst_traffic(r),
+        "rollback": sentence,
+        "command": command,
+        "sections": _sections(r),
+        "timeline": render_timeline(r),
+        "legend": [
+            (_COLOURS["step_ok"], "step ok"),
+            (_COLOURS["step_failed"], "step failed"),
+            (_COLOURS["lock_ae"], "ACCESS EXCLUSIVE"),
+            (_COLOURS["lock_strong"], "other blocking lock"),
+            (_COLOURS["lock_weak"], "weaker lock"),
+            (_COLOURS["traffic"], "traffic p99"),
+        ],
+    }
+
+
+def _sections(r: Result) -> list[Section]:
+    out = [_summary(r)]
+    if r.reasons:
+        out.append(Section("Why it failed", items=list(r.reasons), bad_items=True))
+    if r.warnings:
+        out.append(Section("Warnings", items=list(r.warnings)))
+    out += [s for s in (_traffic(r), _revisions(r), _lint(r)) if s is not None]
+    out.append(Section("Timeline", timeline=True))
+    out.append(
+        Section(
+            "Steps",
+            table=Table(
+                ["step", "started (s)", "seconds", "ok", "error"],
+                [
+                    [
+                        _c(s.name),
+                        _c(f"+{_offset(r, s):.1f}", "n"),
+                        _c(f"{s.seconds:.2f}", "n"),
+                        _yn(s.ok),
+                        _c(s.error or "", "bad" if s.error else ""),
+                    ]
+                    for s in r.steps
+                ],
+            ),
+        )
+    )
+    invalid = [(t.name, "after upgrade", fk) for t in r.tables for fk in t.fk_invalid_after_upgrade]
+    invalid += [(t.name, "after downgrade", fk) for t in r.tables for fk in t.fk_invalid_after_downgrade]
+    out.append(
+        Section(
+            "Tables",
+            table=Table(
+                [
+                    "table",
+                    "rows before",
+                    "rows after upgrade",
+                    "rows after downgrade",
+                    "data equal after downgrade",
+                    "rewritten (up / down)",
+                    "max lock",
+                    "longest ACCESS EXCLUSIVE",
+                ],
+                [
+                    [
+                        _c(t.name),
+                        _c(_num(t.rows_before), "n"),
+                        _c(_num(t.rows_after_upgrade), "n"),
+                        _c(_num(t.rows_after_downgrade), "n"),
+                        _yn(t.downgrade_restores_data),
+                        _c(
+                            f"{_yes_no(t.rewritten, loud=False)} / {_yes_no(t.rewritten_by_downgrade, loud=False)}"
+                        ),
+                        _c(
+                            lock_label(t.max_lock_mode), "bad" if is_access_exclusive(t.max_lock_mode) else ""
+                        ),
+                        _c(seconds(t.lock_seconds) if t.lock_seconds else "-", "n"),
+                    ]
+                    for t in r.tables
+                ],
+            ),
+            after=(
+                ["Foreign keys not valid:"] + [f"{_tick(n)} {when}: {_tick(fk)}" for n, when, fk in invalid]
+                if invalid
+                else []
+            ),
+        )
+    )
+    up = [_tick(t.name) for t in r.tables if t.rewritten]
+    down = [_tick(t.name) for t in r.tables if t.rewritten_by_downgrade]
+    out.append(
+        Section(
+            "Locks and rewrites",
+            items=[
+                f"Rewritten by the upgrade: {', '.join(up) or 'none'}",
+                f"Rewritten by the downgrade: {', '.join(down) or 'none'}",
+            ],
+            table=Table(
+                ["relation", "mode", "phase", "from (s)", "to (s)", "held"],
+                [
+                    [
+                        _c(h.relation),
+                        _c(lock_label(h.mode), "bad" if is_access_exclusive(h.mode) else ""),
+                        _c(h.phase),
+                        _c(f"{h.start:.1f}", "n"),
+                        _c(f"{h.end:.1f}", "n"),
+                        _c(seconds(h.end - h.start), "n"),
+                    ]
+                    for h in sorted(r.locks, key=lambda h: h.start)
+                ],
+            )
+            if r.locks
+            else None,
+            after=[] if r.locks else ["No lock holds were recorded."],
+        )
+    )
+    out.append(
+        Section(
+            "Checks",
+            table=Table(
+                ["check", "when", "sql", "expect", "value", "ok", "error"],
+                [
+                    [
+                        _c(c.name),
+                        _c(c.when),
+                        Cell(c.sql, True),
+                        _c(c.expect),
+                        _c("-" if c.value is None else c.value),
+                        _yn(c.ok),
+                        _c(c.error or "", "bad" if c.error else ""),
+                    ]
+                    for c in r.checks
+                ],
+            )
+            if r.checks
+            else None,
+            after=[] if r.checks else ["No checks in the plan."],
+        )
+    )
+    if r.backup:
+        out.append(
+            Section(
+                "Backup",
+                definitions=[
+                    ("id", _tick(r.backup.id)),
+                    ("url", _tick(r.backup.url)),
+                    ("bytes", f"{r.backup.bytes:,}"),
+                    ("restore-tested", _yes_no(r.backup.restore_tested)),
+                ],
+            )
+        )
+    else:
+        out.append(Section("Backup", after=["No backup was taken."]))
+    out.append(
+        Section(
+            "Scratch database",
+            definitions=[
+                ("kind", f"{r.scratch.kind}{_method(r)}"),
+                ("id", _tick(r.scratch.id or "-")),
+                ("destroyed", _scratch_fate(r)),
+            ],
+        )
+    )
+    steps = _detail_steps(r)
+    out.append(
+        Section("What to do next", items=steps, after=[] if steps else ["See the rollback at the top."])
+    )
+    return out
+
+
+def _summary(r: Result) -> Section:
+    rev = r.revisions
+    revisions = f"{_tick(rev.source or '?')} → {_tick(rev.upgrade_to)} → {_tick(rev.downgrade_to)}"
+    if rev.after_upgrade:
+        revisions += f" (reached {_tick(rev.after_upgrade)} then {_tick(rev.after_downgrade or '?')})"
+    defs = [
+        ("Plan", _tick(r.plan)),
+        ("Source", _tick(r.source)),
+        ("Revisions", revisions),
+        ("Started", r.started.isoformat()),
+        ("Finished", r.finished.isoformat()),
+        ("Total", seconds(r.seconds)),
+        ("Upgrade", _threshold_note(r, "upgrade", "upgrade_seconds")),
+        ("Downgrade", _threshold_note(r, "downgrade", "downgrade_seconds")),
+    ]
+    lock = longest_lock(r)
+    if lock:
+        limit = threshold(r, "lock_seconds")
+        defs.append(
+            (
+                "Longest ACCESS EXCLUSIVE hold",
+                f"{seconds(lock[1])} on {_tick(lock[0])} ({lock[2]})"
+                + (f" (limit {limit:g} s)" if limit is not None else ""),
+            )
+        )
+    if r.failed_step or r.error:
+        defs.append(("Failed step", f"{_tick(r.failed_step or '?')}: {r.error or ''}".rstrip()))
+    return Section("Summary", definitions=defs)
+
+
+def _traffic(r: Result) -> Section | None:
+    if r.traffic is None or not r.traffic.phases():
+        return None
+    rows = []
+    for p in r.traffic.phases():
+        wait = (
+            Cell(
+                f"{p.blocked_max_s:.1f} s on {p.blocked_table} ({lock_label(p.blocking_mode)}) by "
+                f"{p.blocking_statement or '?'}",
+                False,
+                "bad" if p.blocked_max_s >= 1 else "",
+            )
+            if p.blocked_max_s >= 0.1
+            else _c("-")
+        )
+        rows.append(
+            [
+                _c(p.phase),
+                _c(f"{p.clients} x {p.rate:g}/s"),
+                _c(f"{_ms(p.baseline_p50_ms)} / {_ms(p.baseline_p99_ms)}", "n"),
+                _c(f"{_ms(p.p50_ms)} / {_ms(p.p99_ms)} / {_ms(p.max_ms)}", "n"),
+                _c(f"{p.waits_over_100ms} / {p.waits_over_1s} / {p.waits_over_5s}", "n"),
+                _c(str(p.errors), "bad" if p.errors else "n"),
+                wait,
+            ]
+        )
+    samples = [x for p in r.traffic.phases() for x in p.error_samples]
+    return Section(
+        "Traffic during the migration",
+        table=Table(
+            [
+                "phase",
+                "clients x rate",
+                "baseline p50 / p99",
+                "p50 / p99 / max",
+                "waits >100 ms / >1 s / >5 s",
+                "errors",
+                "longest lock wait",
+            ],
+            rows,
+        ),
+        after=["Errors seen:", *samples] if samples else [],
+    )
+
+
+def _revisions(r: Result) -> Section | None:
+    if not r.revision_runs:
+        return None
+    top = slowest_statement(r)
+    intro = []
+    if top:
+        rev, st = top
+        intro.append(
+            f"Slowest statement: {seconds(st.seconds)} in {_tick(rev.id)} ({rev.phase}): {_tick(_one_line(st.sql))}"
+        )
+    return Section(
+        "Revisions (slowest first)",
+        paragraphs=intro,
+        table=Table(
+            ["revision", "phase", "seconds", "statements", "locks (held)", "rewrites", "lint"],
+            [
+                [
+                    _c(x.id),
+                    _c(x.phase),
+                    _c(f"{x.seconds:.3f}", "n"),
+                    _c(str(x.statement_count), "n"),
+                    _c(
+                        ", ".join(
+                            f"{lock_label(lk.mode)} on {lk.relation} ({lk.held_seconds:.2f} s)"
+                            for lk in x.locks
+                        )
+                        or "-"
+                    ),
+                    _c(", ".join(x.rewrites) or "-"),
+                    _c(", ".join(sorted({f.rule for f in x.lint})) or "-"),
+                ]
+                for x in slowest_first(r)
+            ],
+        ),
+    )
+
+
+def _lint(r: Result) -> Section | None:
+    if not r.lint:
+        return None
+    return Section(
+        "Lint (squawk)",
+        table=Table(
+            ["rule", "level", "revision", "phase", "statement", "observed locks", "message"],
+            [
+                [
+                    _c(("FAIL " if f.fails else "") + f.rule, "bad" if f.fails else ""),
+                    _c(f.level),
+                    _c(f.revision or "-"),
+                    _c(f.phase),
+                    Cell(f.statement, True),
+                    _c(_lint_locks(f) or "-", "bad" if f.locks else ""),
+                    _c(f.message),
+                ]
+                for f in sorted(r.lint, key=lambda f: (not f.fails, not f.locks, f.revision or ""))
+            ],
+        ),
+    )
+
+
+# --- Markdown filters ---------------------------------------------------------------------------
 def _md(text: object) -> str:
     """Free text for Markdown: no raw HTML gets through (``<`` is shown, not interpreted)."""
     return str(text).replace("<", "&lt;")
-
-
-class _Code(str):
-    """A table cell shown as a code span (literal: nothing inside is escaped but ``|``)."""
-
-
-def _cell(text: object) -> str:
-    body = _code(text) if isinstance(text, _Code) else _md(text)
-    return body.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
 
 
 def _code(text: str) -> str:
@@ -190,185 +600,157 @@ def _code(text: str) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return lines
+def _md_cell(cell: Cell) -> str:
+    body = _code(cell.text) if cell.code else _md(cell.text)
+    return body.replace("|", "\\|").replace("\r", "").replace("\n", "<br>")
+
+
+# --- HTML filters -------------------------------------------------------------------------------
+def _html_inline(text: str) -> Markup:
+    from markupsafe import Markup
+
+    return Markup(_inline_code_html(text))  # noqa: S704 - every piece is escaped by _inline_code_html
+
+
+@functools.cache
+def _environment(kind: str) -> Environment:
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(
+        loader=PackageLoader("migsafe", "templates"),
+        # HTML and SVG escape everything; Markdown escapes through its own filters (md, mdcell, code)
+        autoescape=select_autoescape(
+            enabled_extensions=("html.j2", "svg.j2"), disabled_extensions=("md.j2",), default=True
+        ),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=StrictUndefined,
+    )
+    env.filters.update(md=_md, mdcell=_md_cell, code=_code, inline=_html_inline)
+    return env
 
 
 def render_markdown(result: Result) -> str:
-    r = masked(result)
-    icon = "✅" if r.verdict == "PASS" else "❌"
-    out: list[str] = [f"# {icon} {r.verdict}: migsafe rehearsal of {_code(r.plan)}", ""]
-    rev = r.revisions
-    out += [
-        f"- **Plan:** {_code(r.plan)}",
-        f"- **Source:** {_code(r.source)}",
-        f"- **Revisions:** {_code(rev.source or '?')} → {_code(rev.upgrade_to)} → {_code(rev.downgrade_to)}"
-        + (
-            f" (reached {_code(rev.after_upgrade)} then {_code(rev.after_downgrade or '?')})"
-            if rev.after_upgrade
-            else ""
-        ),
-        f"- **Started:** {r.started.isoformat()} · **finished:** {r.finished.isoformat()} · "
-        f"**total:** {seconds(r.seconds)}",
-        f"- **Upgrade:** {_threshold_note(r, 'upgrade', 'upgrade_seconds')} · "
-        f"**downgrade:** {_threshold_note(r, 'downgrade', 'downgrade_seconds')}",
-    ]
-    lock = longest_lock(r)
-    if lock:
-        limit = threshold(r, "lock_seconds")
-        out.append(
-            f"- **Longest ACCESS EXCLUSIVE hold:** {seconds(lock[1])} on {_code(lock[0])} ({lock[2]})"
-            + (f" (limit {limit:g} s)" if limit is not None else "")
-        )
-    if r.failed_step or r.error:
-        out.append(f"- **Failed step:** {_code(r.failed_step or '?')}: {_md(r.error or '')}".rstrip())
-    out.append("")
+    return _environment("md").get_template("report.md.j2").render(view(masked(result)))
 
-    if r.reasons:
-        out += ["## Why it failed", ""] + [f"- {_md(x)}" for x in r.reasons] + [""]
-    if r.warnings:
-        out += ["## Warnings", ""] + [f"- {_md(x)}" for x in r.warnings] + [""]
 
-    out += ["## Steps", ""]
-    out += _table(
-        ["step", "started (s)", "seconds", "ok", "error"],
-        [
-            (s.name, f"+{_offset(r, s):.1f}", f"{s.seconds:.2f}", "yes" if s.ok else "NO", s.error or "")
-            for s in r.steps
-        ],
+def render_html(result: Result) -> str:
+    return _environment("html").get_template("report.html.j2").render(view(masked(result)))
+
+
+# --- the timeline ---------------------------------------------------------------------------------
+def timeline_view(result: Result) -> dict[str, Any]:
+    """Geometry of the SVG timeline: a row per concurrent step, a row per locked relation, traffic."""
+    label_w, plot_w, lane_h, bar_h, top = 230, 820, 22, 14, 8
+    relations: list[str] = []
+    for hold in sorted(result.locks, key=lambda h: h.start):
+        if hold.relation not in relations:
+            relations.append(hold.relation)
+    step_lane = step_lanes(result)
+    n_step_lanes = max(step_lane.values(), default=0) + 1
+    phases = result.traffic.phases() if result.traffic else []
+    traffic = [pt for p in phases for pt in p.p99_per_second]
+    span = max(
+        [result.seconds]
+        + [_offset(result, s) + s.seconds for s in result.steps]
+        + [h.end for h in result.locks]
+        + [t + 1 for t, _ in traffic]
+        + [1.0]
     )
-    out.append("")
+    scale = plot_w / span
+    traffic_h = 60 if traffic else 0
+    lanes = n_step_lanes + len(relations)
+    axis_y = top + lanes * lane_h + traffic_h + 4
 
-    out += ["## Tables", ""]
-    out += _table(
-        [
-            "table",
-            "rows before",
-            "rows after upgrade",
-            "rows after downgrade",
-            "data equal after downgrade",
-            "rewritten (up / down)",
-            "max lock",
-            "longest ACCESS EXCLUSIVE",
-        ],
-        [
-            (
-                t.name,
-                _num(t.rows_before),
-                _num(t.rows_after_upgrade),
-                _num(t.rows_after_downgrade),
-                _yes_no(t.downgrade_restores_data),
-                f"{_yes_no(t.rewritten, loud=False)} / {_yes_no(t.rewritten_by_downgrade, loud=False)}",
-                lock_label(t.max_lock_mode),
-                seconds(t.lock_seconds) if t.lock_seconds else "-",
+    def x(t: float) -> float:
+        return round(label_w + max(0.0, t) * scale, 1)
+
+    names = ["steps" if i == 0 else "steps (in parallel)" for i in range(n_step_lanes)] + relations
+    labels = [{"y": top + i * lane_h, "name": n} for i, n in enumerate(names)]
+    steps = []
+    for i, s in enumerate(result.steps):
+        start = _offset(result, s)
+        colour = _COLOURS["step_failed"] if not s.ok else _COLOURS["step_ok" if i % 2 == 0 else "step_ok_alt"]
+        tip = f"{s.name}: {s.seconds:.2f} s from +{start:.1f} s ({'ok' if s.ok else 'failed'})"
+        if s.error:
+            tip += f": {s.error}"
+        width = round(max(1.0, s.seconds * scale), 1)
+        steps.append(
+            {
+                "x": x(start),
+                "y": top + step_lane[i] * lane_h,
+                "w": width,
+                "fill": colour,
+                "tip": tip,
+                "label": s.name if width > 6.5 * len(s.name) + 6 else None,
+            }
+        )
+    locks = []
+    for hold in result.locks:
+        held = hold.end - hold.start
+        locks.append(
+            {
+                "x": x(hold.start),
+                "y": top + (n_step_lanes + relations.index(hold.relation)) * lane_h,
+                "w": round(max(1.0, held * scale), 1),
+                "fill": _lock_colour(hold.mode),
+                "opacity": "1" if hold.phase == "upgrade" else "0.7",
+                "tip": f"{hold.relation}: {lock_label(hold.mode)} during the {hold.phase}, {held:.2f} s "
+                f"(+{hold.start:.1f} s to +{hold.end:.1f} s)",
+            }
+        )
+    lines = []
+    y0 = top + lanes * lane_h
+    peak = max((ms for _, ms in traffic), default=0.0) or 1.0
+    for phase in phases:
+        points = " ".join(
+            f"{x(t + 0.5):.1f},{y0 + traffic_h - 6 - (ms / peak) * (traffic_h - 12):.1f}"
+            for t, ms in phase.p99_per_second
+        )
+        if points:
+            lines.append(
+                {
+                    "points": points,
+                    "tip": f"traffic during the {phase.phase}: p99 per second, peak {peak:.0f} ms",
+                }
             )
-            for t in r.tables
-        ],
-    )
-    invalid = [(t.name, "after upgrade", fk) for t in r.tables for fk in t.fk_invalid_after_upgrade]
-    invalid += [(t.name, "after downgrade", fk) for t in r.tables for fk in t.fk_invalid_after_downgrade]
-    if invalid:
-        out += ["", "Foreign keys not valid:", ""] + [
-            f"- {_code(n)} {when}: {_code(fk)}" for n, when, fk in invalid
-        ]
-    out.append("")
-
-    out += ["## Locks and rewrites", ""]
-    rewritten = [t.name for t in r.tables if t.rewritten]
-    rewritten_down = [t.name for t in r.tables if t.rewritten_by_downgrade]
-    out.append(f"- Rewritten by the upgrade: {', '.join(_code(n) for n in rewritten) or 'none'}")
-    out.append(f"- Rewritten by the downgrade: {', '.join(_code(n) for n in rewritten_down) or 'none'}")
-    out.append("")
-    if r.locks:
-        out += _table(
-            ["relation", "mode", "phase", "from (s)", "to (s)", "held"],
-            [
-                (
-                    h.relation,
-                    lock_label(h.mode),
-                    h.phase,
-                    f"{h.start:.1f}",
-                    f"{h.end:.1f}",
-                    seconds(h.end - h.start),
-                )
-                for h in sorted(r.locks, key=lambda h: h.start)
-            ],
-        )
-    else:
-        out.append("No lock holds were recorded.")
-    out.append("")
-
-    out += ["## Checks", ""]
-    if r.checks:
-        out += _table(
-            ["check", "when", "sql", "expect", "value", "ok", "error"],
-            [
-                (
-                    c.name,
-                    c.when,
-                    _Code(c.sql),
-                    c.expect,
-                    "-" if c.value is None else c.value,
-                    "yes" if c.ok else "NO",
-                    c.error or "",
-                )
-                for c in r.checks
-            ],
-        )
-    else:
-        out.append("No checks in the plan.")
-    out.append("")
-
-    out += ["## Backup", ""]
-    if r.backup:
-        out += [
-            f"- **id:** {_code(r.backup.id)}",
-            f"- **url:** {_code(r.backup.url)}",
-            f"- **bytes:** {r.backup.bytes:,}",
-            f"- **restore-tested:** {_yes_no(r.backup.restore_tested)}",
-        ]
-    else:
-        out.append("No backup was taken.")
-    out += ["", "## Scratch database", ""]
-    out += [
-        f"- **kind:** {_md(r.scratch.kind)}{_md(_method(r))}",
-        f"- **id:** {_code(r.scratch.id or '-')}",
-        f"- **destroyed:** {_scratch_fate(r)}",
-        "",
-    ]
-
-    out += ["## What to do next", ""]
-    sentence, command = rollback_advice(r)
-    out.append(f"**Rollback:** {_md(sentence)}")
-    if command:
-        out += ["", "```sh", command, "```"]
-    if r.next_steps:
-        out.append("")
-        out += [f"- {_md(x)}" for x in r.next_steps]
-    out.append("")
-    return "\n".join(out)
+    step = _nice_step(span)
+    ticks = [{"x": x(i * step), "t": f"{i * step:g}"} for i in range(int(span // step) + 1)]
+    return {
+        "width": label_w + plot_w + 20,
+        "height": axis_y + 24,
+        "label_w": label_w,
+        "plot_end": label_w + plot_w,
+        "lane_h": lane_h,
+        "bar_h": bar_h,
+        "labels": labels,
+        "steps": steps,
+        "locks": locks,
+        "traffic": lines,
+        "traffic_y": y0,
+        "peak": f"{peak:.0f}",
+        "axis_y": axis_y,
+        "ticks": ticks,
+    }
 
 
-# --- HTML -------------------------------------------------------------------------------------
-_CSS = """
-body{font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;
- color:#1f2328;max-width:1100px;margin:24px auto;padding:0 16px}
-h1{font-size:22px;margin:0 0 8px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #d0d7de}
-.verdict{display:inline-block;padding:2px 10px;border-radius:4px;color:#fff;font-weight:600}
-.PASS{background:#1a7f37}.FAIL{background:#cf222e}
-table{border-collapse:collapse;margin:6px 0;width:100%}
-th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#f6f8fa}td.n{text-align:right;font-variant-numeric:tabular-nums}
-code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12.5px}
-pre{background:#f6f8fa;padding:8px 12px;border-radius:6px;white-space:pre-wrap;word-break:break-all}
-.bad{color:#cf222e;font-weight:600}.good{color:#1a7f37}
-ul.reasons li{color:#cf222e}dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px}
-dt{font-weight:600}dd{margin:0}
-.legend span{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}
-svg text{font:11px sans-serif;fill:#1f2328}
-"""
+def render_timeline(result: Result) -> Markup:
+    """The rehearsal as an inline SVG: exactly one ``<rect>`` per step and per lock hold, each titled."""
+    from markupsafe import Markup
+
+    svg = _environment("svg").get_template("timeline.svg.j2").render(timeline_view(result))
+    return Markup(svg.strip())  # noqa: S704 - rendered with autoescape
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:g} ms"
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
 
 _COLOURS = {
     "step_ok": "#2da44e",
@@ -377,6 +759,7 @@ _COLOURS = {
     "lock_ae": "#8b0000",
     "lock_strong": "#e16f24",
     "lock_weak": "#8c959f",
+    "traffic": "#0969da",
 }
 
 
@@ -396,301 +779,21 @@ def _nice_step(span: float) -> float:
     return 3600 * (int(raw // 3600) + 1)
 
 
-def render_timeline(result: Result) -> str:
-    """The rehearsal as an inline SVG: a lane of steps, then one lane per relation for lock holds.
-
-    It contains exactly one ``<rect>`` per step and one per lock hold, each with a ``<title>``.
-    """
-    e = escape
-    label_w, plot_w, lane_h, bar_h, top = 230, 820, 22, 14, 8
-    relations: list[str] = []
-    for hold in sorted(result.locks, key=lambda h: h.start):
-        if hold.relation not in relations:
-            relations.append(hold.relation)
-    span = max(
-        [result.seconds]
-        + [_offset(result, s) + s.seconds for s in result.steps]
-        + [h.end for h in result.locks]
-        + [1.0]
-    )
-    scale = plot_w / span
-    lanes = 1 + len(relations)
-    axis_y = top + lanes * lane_h + 4
-    height = axis_y + 24
-    width = label_w + plot_w + 20
-
-    def x(t: float) -> float:
-        return label_w + max(0.0, t) * scale
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="timeline of the rehearsal">'
-    ]
-    # lane labels and separators
-    for i, name in enumerate(["steps", *relations]):
-        y = top + i * lane_h
-        parts.append(f'<text x="4" y="{y + bar_h - 2}">{e(name if i else "steps")}</text>')
-        parts.append(
-            f'<line x1="{label_w}" y1="{y + lane_h - 3}" x2="{label_w + plot_w}" y2="{y + lane_h - 3}" '
-            'stroke="#eaeef2"/>'
-        )
-    # steps
-    for i, s in enumerate(result.steps):
+def step_lanes(result: Result) -> dict[int, int]:
+    """Lane of each step (by index): steps that overlap in time go on separate rows."""
+    ends: list[float] = []
+    lanes: dict[int, int] = {}
+    order = sorted(range(len(result.steps)), key=lambda i: _offset(result, result.steps[i]))
+    for i in order:
+        s = result.steps[i]
         start = _offset(result, s)
-        colour = _COLOURS["step_failed"] if not s.ok else _COLOURS["step_ok" if i % 2 == 0 else "step_ok_alt"]
-        tip = f"{s.name}: {s.seconds:.2f} s from +{start:.1f} s ({'ok' if s.ok else 'failed'})"
-        if s.error:
-            tip += f": {s.error}"
-        bar_w = max(1.0, s.seconds * scale)
-        parts.append(
-            f'<rect class="step" x="{x(start):.1f}" y="{top}" width="{bar_w:.1f}" '
-            f'height="{bar_h}" fill="{colour}" stroke="#ffffff" stroke-width="0.5">'
-            f"<title>{e(tip)}</title></rect>"
-        )
-        if bar_w > 6.5 * len(s.name) + 6:  # label the bar when it fits
-            parts.append(
-                f'<text x="{x(start) + 3:.1f}" y="{top + bar_h - 3}" style="fill:#ffffff">{e(s.name)}</text>'
-            )
-    # lock holds
-    for hold in result.locks:
-        lane = 1 + relations.index(hold.relation)
-        y = top + lane * lane_h
-        held = hold.end - hold.start
-        tip = (
-            f"{hold.relation}: {lock_label(hold.mode)} during the {hold.phase}, {held:.2f} s "
-            f"(+{hold.start:.1f} s to +{hold.end:.1f} s)"
-        )
-        opacity = "1" if hold.phase == "upgrade" else "0.7"
-        parts.append(
-            f'<rect class="lock" x="{x(hold.start):.1f}" y="{y}" width="{max(1.0, held * scale):.1f}" '
-            f'height="{bar_h}" fill="{_lock_colour(hold.mode)}" fill-opacity="{opacity}">'
-            f"<title>{e(tip)}</title></rect>"
-        )
-    # axis
-    parts.append(
-        f'<line x1="{label_w}" y1="{axis_y}" x2="{label_w + plot_w}" y2="{axis_y}" stroke="#57606a"/>'
-    )
-    step = _nice_step(span)
-    ticks = int(span // step) + 1
-    for i in range(ticks):
-        t = i * step
-        tx = x(t)
-        parts.append(f'<line x1="{tx:.1f}" y1="{axis_y}" x2="{tx:.1f}" y2="{axis_y + 4}" stroke="#57606a"/>')
-        parts.append(f'<text x="{tx:.1f}" y="{axis_y + 16}" text-anchor="middle">{t:g}</text>')
-    parts.append(f'<text x="4" y="{axis_y + 16}">seconds since start</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _html_table(header: Sequence[str], rows: Iterable[Sequence[tuple[str, str]]]) -> str:
-    """Rows of (already escaped html, css class) cells."""
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>"
-        + "".join(f'<td class="{cls}">{html}</td>' if cls else f"<td>{html}</td>" for html, cls in row)
-        + "</tr>"
-        for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _t(text: object, cls: str = "") -> tuple[str, str]:
-    return escape(str(text)), cls
-
-
-def _yn(value: bool | None, *, bad_when: bool = False) -> tuple[str, str]:
-    text = _yes_no(value)
-    return escape(text), ("bad" if value is bad_when and value is not None else "")
-
-
-def render_html(result: Result) -> str:
-    r = masked(result)
-    e = escape
-    rev = r.revisions
-    title = f"{r.verdict}: migsafe rehearsal of {r.plan}"
-    body: list[str] = [
-        f'<h1><span class="verdict {e(r.verdict)}">{e(r.verdict)}</span> '
-        f"migsafe rehearsal of <code>{e(r.plan)}</code></h1>"
-    ]
-    summary = [
-        ("Plan", f"<code>{e(r.plan)}</code>"),
-        ("Source", f"<code>{e(r.source)}</code>"),
-        (
-            "Revisions",
-            f"<code>{e(rev.source or '?')}</code> → <code>{e(rev.upgrade_to)}</code> → "
-            f"<code>{e(rev.downgrade_to)}</code>"
-            + (
-                f" (reached <code>{e(rev.after_upgrade)}</code> "
-                f"then <code>{e(rev.after_downgrade or '?')}</code>)"
-                if rev.after_upgrade
-                else ""
-            ),
-        ),
-        ("Started", e(r.started.isoformat())),
-        ("Finished", e(r.finished.isoformat())),
-        ("Total", e(seconds(r.seconds))),
-        ("Upgrade", e(_threshold_note(r, "upgrade", "upgrade_seconds"))),
-        ("Downgrade", e(_threshold_note(r, "downgrade", "downgrade_seconds"))),
-    ]
-    lock = longest_lock(r)
-    if lock:
-        limit = threshold(r, "lock_seconds")
-        summary.append(
-            (
-                "Longest ACCESS EXCLUSIVE",
-                e(
-                    f"{seconds(lock[1])} on {lock[0]} ({lock[2]})"
-                    + (f" (limit {limit:g} s)" if limit is not None else "")
-                ),
-            )
-        )
-    if r.failed_step or r.error:
-        summary.append(("Failed step", f"<code>{e(r.failed_step or '?')}</code> {e(r.error or '')}"))
-    body.append("<dl>" + "".join(f"<dt>{e(k)}</dt><dd>{v}</dd>" for k, v in summary) + "</dl>")
-
-    if r.reasons:
-        body.append(
-            '<h2>Why it failed</h2><ul class="reasons">'
-            + "".join(f"<li>{e(x)}</li>" for x in r.reasons)
-            + "</ul>"
-        )
-    if r.warnings:
-        body.append("<h2>Warnings</h2><ul>" + "".join(f"<li>{e(x)}</li>" for x in r.warnings) + "</ul>")
-
-    body.append("<h2>Timeline</h2>")
-    body.append(
-        '<p class="legend">'
-        f'<span style="background:{_COLOURS["step_ok"]}"></span>step ok'
-        f'<span style="background:{_COLOURS["step_failed"]}"></span>step failed'
-        f'<span style="background:{_COLOURS["lock_ae"]}"></span>ACCESS EXCLUSIVE'
-        f'<span style="background:{_COLOURS["lock_strong"]}"></span>other blocking lock'
-        f'<span style="background:{_COLOURS["lock_weak"]}"></span>weaker lock'
-        " (downgrade holds are lighter; hover a bar for details)</p>"
-    )
-    body.append(f"<div>{render_timeline(r)}</div>")
-
-    body.append("<h2>Steps</h2>")
-    body.append(
-        _html_table(
-            ["step", "started (s)", "seconds", "ok", "error"],
-            [
-                (
-                    _t(s.name),
-                    _t(f"+{_offset(r, s):.1f}", "n"),
-                    _t(f"{s.seconds:.2f}", "n"),
-                    _yn(s.ok),
-                    _t(s.error or "", "bad" if s.error else ""),
-                )
-                for s in r.steps
-            ],
-        )
-    )
-
-    body.append("<h2>Tables</h2>")
-    body.append(
-        _html_table(
-            [
-                "table",
-                "rows before",
-                "rows after upgrade",
-                "rows after downgrade",
-                "data equal after downgrade",
-                "rewritten by upgrade",
-                "rewritten by downgrade",
-                "max lock",
-                "longest ACCESS EXCLUSIVE",
-            ],
-            [
-                (
-                    _t(t.name),
-                    _t(_num(t.rows_before), "n"),
-                    _t(_num(t.rows_after_upgrade), "n"),
-                    _t(_num(t.rows_after_downgrade), "n"),
-                    _yn(t.downgrade_restores_data),
-                    _t(_yes_no(t.rewritten, loud=False)),
-                    _t(_yes_no(t.rewritten_by_downgrade, loud=False)),
-                    _t(lock_label(t.max_lock_mode)),
-                    _t(seconds(t.lock_seconds) if t.lock_seconds else "-", "n"),
-                )
-                for t in r.tables
-            ],
-        )
-    )
-    invalid = [(t.name, "after upgrade", fk) for t in r.tables for fk in t.fk_invalid_after_upgrade]
-    invalid += [(t.name, "after downgrade", fk) for t in r.tables for fk in t.fk_invalid_after_downgrade]
-    if invalid:
-        body.append(
-            "<p>Foreign keys not valid:</p><ul>"
-            + "".join(f'<li class="bad">{e(n)} {e(w)}: <code>{e(fk)}</code></li>' for n, w, fk in invalid)
-            + "</ul>"
-        )
-
-    body.append("<h2>Locks and rewrites</h2>")
-    body.append(_locks_html(r.tables, r.locks))
-
-    body.append("<h2>Checks</h2>")
-    if r.checks:
-        body.append(
-            _html_table(
-                ["check", "when", "sql", "expect", "value", "ok", "error"],
-                [
-                    (
-                        _t(c.name),
-                        _t(c.when),
-                        (f"<code>{e(c.sql)}</code>", ""),
-                        _t(c.expect),
-                        _t("-" if c.value is None else c.value),
-                        _yn(c.ok),
-                        _t(c.error or "", "bad" if c.error else ""),
-                    )
-                    for c in r.checks
-                ],
-            )
-        )
-    else:
-        body.append("<p>No checks in the plan.</p>")
-
-    body.append("<h2>Backup</h2>")
-    if r.backup:
-        body.append(
-            "<dl>"
-            + "".join(
-                f"<dt>{k}</dt><dd>{v}</dd>"
-                for k, v in (
-                    ("id", f"<code>{e(r.backup.id)}</code>"),
-                    ("url", f"<code>{e(r.backup.url)}</code>"),
-                    ("bytes", e(f"{r.backup.bytes:,}")),
-                    ("restore-tested", e(_yes_no(r.backup.restore_tested))),
-                )
-            )
-            + "</dl>"
-        )
-    else:
-        body.append("<p>No backup was taken.</p>")
-    body.append(
-        "<h2>Scratch database</h2><dl>"
-        f"<dt>kind</dt><dd>{e(r.scratch.kind)}{e(_method(r))}</dd>"
-        f"<dt>id</dt><dd><code>{e(r.scratch.id or '-')}</code></dd>"
-        f'<dt>destroyed</dt><dd class="{"" if r.scratch.destroyed or r.scratch.kind == "dsn" else "bad"}">'
-        f"{e(_scratch_fate(r))}</dd>"
-        "</dl>"
-    )
-
-    body.append("<h2>What to do next</h2>")
-    sentence, command = rollback_advice(r)
-    body.append(f"<p><strong>Rollback:</strong> {_inline_code_html(sentence)}</p>")
-    if command:
-        body.append(f"<pre>{e(command)}</pre>")
-    if r.next_steps:
-        body.append("<ul>" + "".join(f"<li>{e(x)}</li>" for x in r.next_steps) + "</ul>")
-
-    return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8"/>'
-        '<meta name="viewport" content="width=device-width, initial-scale=1"/>'
-        f"<title>{e(title)}</title><style>{_CSS}</style></head>\n"
-        "<body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
+        lane = next((k for k, end in enumerate(ends) if end <= start + 0.05), None)
+        if lane is None:
+            ends.append(0.0)
+            lane = len(ends) - 1
+        ends[lane] = start + s.seconds
+        lanes[i] = lane
+    return lanes
 
 
 def _inline_code_html(text: str) -> str:
@@ -699,34 +802,6 @@ def _inline_code_html(text: str) -> str:
     if len(pieces) % 2 == 0:  # unbalanced: show as is
         return escape(text)
     return "".join(escape(p) if i % 2 == 0 else f"<code>{escape(p)}</code>" for i, p in enumerate(pieces))
-
-
-def _locks_html(tables: Sequence[TableResult], locks: Sequence[LockHold]) -> str:
-    e = escape
-    up = [t.name for t in tables if t.rewritten]
-    down = [t.name for t in tables if t.rewritten_by_downgrade]
-    html = (
-        "<ul>"
-        f"<li>Rewritten by the upgrade: {', '.join(f'<code>{e(n)}</code>' for n in up) or 'none'}</li>"
-        f"<li>Rewritten by the downgrade: {', '.join(f'<code>{e(n)}</code>' for n in down) or 'none'}</li>"
-        "</ul>"
-    )
-    if not locks:
-        return html + "<p>No lock holds were recorded.</p>"
-    return html + _html_table(
-        ["relation", "mode", "phase", "from (s)", "to (s)", "held"],
-        [
-            (
-                _t(h.relation),
-                _t(lock_label(h.mode), "bad" if is_access_exclusive(h.mode) else ""),
-                _t(h.phase),
-                _t(f"{h.start:.1f}", "n"),
-                _t(f"{h.end:.1f}", "n"),
-                _t(seconds(h.end - h.start), "n"),
-            )
-            for h in sorted(locks, key=lambda h: h.start)
-        ],
-    )
 
 
 # --- files ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Fields here are a public contract (deploy pipelines parse ``result.json``): add,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -95,6 +95,82 @@ class Revisions(_Model):
     after_downgrade: str | None = None
 
 
+class LintFinding(_Model):
+    """One squawk finding on a statement the migration ran (or, offline, would run)."""
+
+    rule: str  # squawk's rule name, e.g. require-concurrent-index-creation
+    level: str  # squawk's: error | warning
+    message: str
+    help: str | None = None
+    revision: str | None = None
+    phase: Phase
+    statement: str  # truncated
+    line: int | None = None  # of the statement in its revision's SQL
+    locks: list[str] = Field(default_factory=list)  # what the same statement was observed to take
+    fails: bool = False  # the plan's thresholds.lint_fail names this rule
+
+
+class StatementRun(_Model):
+    sql: str  # truncated
+    start: float  # seconds since the rehearsal started
+    seconds: float
+    locks: dict[str, str] = Field(default_factory=dict)  # relation -> mode newly held after it
+
+
+class RevisionLock(_Model):
+    relation: str
+    mode: str
+    held_seconds: float  # from the revision's start to its transaction's COMMIT
+
+
+class RevisionRun(_Model):
+    """One revision applied (upgrade) or undone (downgrade)."""
+
+    id: str
+    phase: Phase
+    start: float = 0.0  # seconds since the rehearsal started
+    seconds: float
+    statement_count: int = 0
+    statements: list[StatementRun] = Field(default_factory=list)  # in order, at most 200
+    locks: list[RevisionLock] = Field(default_factory=list)
+    rewrites: list[str] = Field(default_factory=list)  # tables whose relfilenode it changed
+    lint: list[LintFinding] = Field(default_factory=list)
+
+
+class TrafficPhase(_Model):
+    """What the synthetic clients felt during one phase (latencies in milliseconds)."""
+
+    phase: Phase
+    clients: int
+    rate: float  # transactions per second per client, open loop
+    transactions: int = 0
+    baseline_p50_ms: float | None = None
+    baseline_p99_ms: float | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    max_ms: float | None = None
+    waits_over_100ms: int = 0
+    waits_over_1s: int = 0
+    waits_over_5s: int = 0
+    errors: int = 0
+    error_samples: list[str] = Field(default_factory=list)
+    blocked_max_s: float = 0.0  # longest lock wait any client had (pg_locks.waitstart sampling)
+    blocked_table: str | None = None
+    blocked_query: str | None = None  # what the waiting client ran (insert/update/select)
+    blocking_mode: str | None = None  # the lock the migration held on that table
+    blocking_statement: str | None = None
+    blocking_revision: str | None = None
+    p99_per_second: list[tuple[float, float]] = Field(default_factory=list)  # (t since start, ms)
+
+
+class Traffic(_Model):
+    upgrade: TrafficPhase | None = None
+    downgrade: TrafficPhase | None = None
+
+    def phases(self) -> list[TrafficPhase]:
+        return [p for p in (self.upgrade, self.downgrade) if p is not None]
+
+
 class Result(_Model):
     format: int = 1
     plan: str
@@ -108,11 +184,15 @@ class Result(_Model):
     seconds: float
     source: str  # masked DSN: host, port, database
     revisions: Revisions
-    thresholds: dict[str, float | str] = Field(default_factory=dict)
+    thresholds: dict[str, Any] = Field(default_factory=dict)
     steps: list[StepResult] = Field(default_factory=list)
     tables: list[TableResult] = Field(default_factory=list)
     checks: list[CheckResult] = Field(default_factory=list)
     locks: list[LockHold] = Field(default_factory=list)
+    lint: list[LintFinding] = Field(default_factory=list)
+    # per revision and phase; `revisions` was already the source/target summary (a contract: never renamed)
+    revision_runs: list[RevisionRun] = Field(default_factory=list)
+    traffic: Traffic | None = None
     backup: BackupInfo | None = None
     scratch: ScratchInfo
     failed_step: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from .plan import Thresholds
-from .result import CheckResult, Result, StepResult, TableResult
+from .result import CheckResult, Result, StepResult, TableResult, TrafficPhase
 
 _EXPECT = re.compile(r"^\s*(==|=|!=|>=|<=|>|<)\s*(.+?)\s*$")
 
@@ -79,6 +79,8 @@ def decide(result: Result, thresholds: Thresholds) -> Result:
     for c in result.checks:
         if not c.ok:
             reasons.append(_check_reason(c))
+    _lint(result, thresholds, reasons)
+    _traffic(result, thresholds, reasons)
     result.reasons = reasons
     result.warnings = warnings + result.warnings
     result.verdict = "FAIL" if reasons else "PASS"
@@ -90,6 +92,70 @@ def decide(result: Result, thresholds: Thresholds) -> Result:
     )
     result.next_steps = _next_steps(result, lossy)
     return result
+
+
+def _lint(result: Result, thresholds: Thresholds, reasons: list[str]) -> None:
+    seen: set[tuple[str, str | None, str]] = set()
+    for f in result.lint:
+        key = (f.rule, f.revision, f.phase)
+        if (f.fails or f.rule in thresholds.lint_fail or "*" in thresholds.lint_fail) and key not in seen:
+            seen.add(key)
+            f.fails = True
+            held = f" (observed: {', '.join(f.locks)})" if f.locks else ""
+            reasons.append(
+                f"lint {f.rule} in revision {f.revision or '?'} ({f.phase}): {f.message} -- {f.statement}{held} "
+                "(thresholds.lint_fail)"
+            )
+
+
+_MODE_WORDS = {
+    "AccessExclusiveLock": "ACCESS EXCLUSIVE",
+    "ExclusiveLock": "EXCLUSIVE",
+    "ShareRowExclusiveLock": "SHARE ROW EXCLUSIVE",
+    "ShareLock": "SHARE",
+    "ShareUpdateExclusiveLock": "SHARE UPDATE EXCLUSIVE",
+    "RowExclusiveLock": "ROW EXCLUSIVE",
+}
+
+
+def traffic_sentence(result: Result, tp: TrafficPhase) -> str:
+    """``public.orders: writes blocked 8.2 s by ALTER TABLE ... (ACCESS EXCLUSIVE, table rewrite) in revision 0002``."""
+    table = tp.blocked_table or "a touched table"
+    what = "reads" if (tp.blocked_query or "").lstrip().lower().startswith("select") else "writes"
+    mode = _MODE_WORDS.get(tp.blocking_mode or "", tp.blocking_mode or "a lock")
+    rewritten = any(
+        tp.blocked_table in r.rewrites
+        for r in result.revision_runs
+        if r.phase == tp.phase and (tp.blocking_revision is None or r.id == tp.blocking_revision)
+    )
+    by = _short(tp.blocking_statement) if tp.blocking_statement else "the migration"
+    rev = f" in revision {tp.blocking_revision}" if tp.blocking_revision else ""
+    return (
+        f"{table}: {what} blocked {tp.blocked_max_s:.1f} s by {by} "
+        f"({mode}{', table rewrite' if rewritten else ''}){rev} during the {tp.phase}"
+    )
+
+
+def _short(sql: str, limit: int = 90) -> str:
+    one = " ".join(sql.split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
+def _traffic(result: Result, thresholds: Thresholds, reasons: list[str]) -> None:
+    if result.traffic is None:
+        return
+    for tp in result.traffic.phases():
+        if tp.blocked_max_s > thresholds.max_blocked_seconds:
+            reasons.append(
+                traffic_sentence(result, tp)
+                + f", over the {thresholds.max_blocked_seconds:g} s threshold (thresholds.max_blocked_seconds)"
+            )
+        if tp.errors > thresholds.max_traffic_errors:
+            sample = f": {tp.error_samples[0]}" if tp.error_samples else ""
+            reasons.append(
+                f"{tp.errors} traffic transaction(s) failed during the {tp.phase}, over the "
+                f"{thresholds.max_traffic_errors} allowed (thresholds.max_traffic_errors){sample}"
+            )
 
 
 def _timing(step: StepResult | None, label: str, limit: float, key: str, reasons: list[str]) -> None:
@@ -145,4 +211,44 @@ def _next_steps(result: Result, lossy: list[str]) -> list[str]:
         steps.append(
             f"Rollback: `alembic downgrade {result.revisions.downgrade_to}` restores the data exactly."
         )
+    steps.extend(_advice(result))
     return steps
+
+
+def _advice(result: Result) -> list[str]:
+    """Remedies tied to what squawk found and what the same statement was observed to hold."""
+    from .lint import advice_for
+
+    out: list[str] = []
+    worst = max(result.traffic.phases(), key=lambda p: p.blocked_max_s) if result.traffic else None
+    if worst is not None and worst.blocked_max_s > 0.1:
+        rules = [
+            f.rule
+            for f in result.lint
+            if f.phase == worst.phase
+            and worst.blocking_statement
+            and _short(f.statement, 60) == _short(worst.blocking_statement, 60)
+        ]
+        rule = next((r for r in rules if advice_for(r, None)), None)
+        text = advice_for(rule, worst.blocking_mode)
+        if text:
+            because = f"squawk {rule}, " if rule else ""
+            out.append(
+                f"{worst.blocked_table}: {because}held {_MODE_WORDS.get(worst.blocking_mode or '', worst.blocking_mode)} "
+                f"while clients waited {worst.blocked_max_s:.1f} s: {text}."
+            )
+    done = {o for o in out}
+    for f in result.lint:
+        observed = [
+            lk
+            for lk in f.locks
+            if lk.split(" on ")[0]
+            in ("AccessExclusiveLock", "ShareLock", "ShareRowExclusiveLock", "ExclusiveLock")
+        ]
+        text = advice_for(f.rule, None)
+        if text and observed and f.rule != "require-lock-timeout":
+            line = f"revision {f.revision} ({f.phase}): squawk {f.rule} and the statement held {observed[0]}: {text}."
+            if line not in done:
+                done.add(line)
+                out.append(line)
+    return out[:5]

@@ -95,8 +95,7 @@ def test_markdown_of_a_lossy_fail_has_every_section_and_the_real_restore_command
     ) in md
     assert (
         "| public.user_invitations | 180,000 | 180,000 | 180,000 | NO | yes / yes "
-        "| ACCESS EXCLUSIVE | 5.5 s |"
-        in md
+        "| ACCESS EXCLUSIVE | 5.5 s |" in md
     )
     assert "Split the migration" in md  # next_steps
 
@@ -263,7 +262,7 @@ def test_every_string_is_escaped_in_the_html(failed: Result) -> None:
     # Then
     assert "<script>" not in html
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &#x27;quoted&#x27; &lt;/td&gt;" in html
-    assert "2 &lt; 3 &amp;&amp; &#x27;&lt;b&gt;&#x27;" in html
+    assert "2 &lt; 3 &amp;&amp; &#39;&lt;b&gt;&#39;" in html  # Jinja2's autoescape (markupsafe)
     root = parse_xhtml(html)  # still well-formed
     assert EVIL in "".join(root.itertext())
 
@@ -321,3 +320,176 @@ def test_write_reports_leaves_the_old_file_whole_when_writing_fails(
     # Then
     assert (tmp_path / "result.json").read_text() == "previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
+
+
+# --- the first screen, traffic, revisions, lint (issue 10) -------------------------------------
+def _with_insight(result: Result) -> Result:
+    from migsafe.result import LintFinding, RevisionLock, RevisionRun, StatementRun, Traffic, TrafficPhase
+
+    alter = "ALTER TABLE users ALTER COLUMN status TYPE text"
+    data = result.model_copy(deep=True)
+    data.reasons = [
+        "public.users: writes blocked 8.2 s by ALTER TABLE users ALTER COLUMN status TYPE text "
+        "(ACCESS EXCLUSIVE, table rewrite) in revision 0002 during the upgrade, over the 5 s threshold",
+        *data.reasons,
+    ]
+    data.traffic = Traffic(
+        upgrade=TrafficPhase(
+            phase="upgrade",
+            clients=4,
+            rate=50,
+            transactions=900,
+            baseline_p50_ms=1.2,
+            baseline_p99_ms=4.0,
+            p50_ms=2.0,
+            p99_ms=8100.0,
+            max_ms=8230.0,
+            waits_over_100ms=400,
+            waits_over_1s=380,
+            waits_over_5s=120,
+            blocked_max_s=8.2,
+            blocked_table="public.users",
+            blocked_query="insert into",
+            blocking_mode="AccessExclusiveLock",
+            blocking_statement=alter,
+            blocking_revision="0002",
+        )
+    )
+    data.revision_runs = [
+        RevisionRun(
+            id="0001",
+            phase="upgrade",
+            seconds=0.2,
+            statement_count=1,
+            statements=[StatementRun(sql="CREATE TYPE s AS ENUM ('a')", start=1, seconds=0.01)],
+        ),
+        RevisionRun(
+            id="0002",
+            phase="upgrade",
+            seconds=8.4,
+            statement_count=1,
+            statements=[
+                StatementRun(sql=alter, start=2, seconds=8.3, locks={"public.users": "AccessExclusiveLock"})
+            ],
+            locks=[RevisionLock(relation="public.users", mode="AccessExclusiveLock", held_seconds=8.3)],
+            rewrites=["public.users"],
+        ),
+    ]
+    data.lint = [
+        LintFinding(
+            rule="changing-column-type",
+            level="warning",
+            message="Changing a column type <rewrites>",
+            revision="0002",
+            phase="upgrade",
+            statement=alter,
+            line=1,
+            locks=["AccessExclusiveLock on public.users"],
+        )
+    ]
+    return data
+
+
+def test_first_screen_has_verdict_reason_impact_and_rollback_before_the_details(failed: Result) -> None:
+    # Given
+    result = _with_insight(failed)
+    # When
+    md = render_markdown(result)
+    # Then: all four sit above the first detail section, in this order
+    head = md.split("## Summary")[0]
+    order = [
+        head.index(x)
+        for x in (
+            "# ❌ FAIL",
+            "**Why it failed:** public.users: writes blocked 8.2 s",
+            "**Worst traffic impact:** public.users: writes blocked 8.2 s",
+            "**Rollback:**",
+        )
+    ]
+    assert order == sorted(order)
+    assert "migsafe restore" in head
+    # and the rollback sentence is said once
+    assert md.count("Rollback") == 1
+
+
+def test_revisions_slowest_first_with_the_slowest_statement(failed: Result) -> None:
+    # Given
+    result = _with_insight(failed)
+    # When
+    md = render_markdown(result)
+    html = render_html(result)
+    # Then
+    section = md.split("## Revisions (slowest first)")[1]
+    assert section.index("| 0002 |") < section.index("| 0001 |")
+    assert (
+        "Slowest statement: 8.3 s in `0002` (upgrade): `ALTER TABLE users ALTER COLUMN status TYPE text`"
+        in md
+    )
+    assert "ACCESS EXCLUSIVE on public.users (8.30 s)" in md
+    # lint sits next to the lock the statement was observed to take
+    assert "| changing-column-type | warning | 0002 | upgrade |" in md
+    assert "ACCESS EXCLUSIVE on public.users" in md.split("## Lint (squawk)")[1]
+    assert "Changing a column type &lt;rewrites&gt;" in html
+    parse_xhtml(html)
+
+
+def test_html_turns_backticks_into_code(failed: Result) -> None:
+    # Given: reasons and next steps written with `code` spans
+    result = _with_insight(failed)
+    # When
+    html = render_html(result)
+    # Then
+    body = html.split("<body>")[1]
+    assert "`" not in re.sub(r"<pre>.*?</pre>", "", body, flags=re.S)
+    assert body.count("Rollback:") == 1
+
+
+def test_parallel_steps_get_their_own_rows_and_traffic_its_lane(failed: Result) -> None:
+    # Given: restore_test runs while scratch and baseline run (as the local rehearsal does)
+    from datetime import timedelta
+
+    from migsafe.report import step_lanes
+    from migsafe.result import StepResult
+
+    result = _with_insight(failed)
+    result.traffic.upgrade.p99_per_second = [(10.0, 2.0), (11.0, 8100.0), (12.0, 3.0)]  # type: ignore[union-attr]
+    t0 = result.started
+    result.steps = [
+        StepResult(name="backup", started=t0, seconds=2, ok=True),
+        StepResult(name="restore_test", started=t0 + timedelta(seconds=2), seconds=6, ok=True),
+        StepResult(name="scratch", started=t0 + timedelta(seconds=2), seconds=3, ok=True),
+        StepResult(name="baseline", started=t0 + timedelta(seconds=5), seconds=1, ok=True),
+        StepResult(name="upgrade", started=t0 + timedelta(seconds=9), seconds=4, ok=True),
+    ]
+    # When
+    lanes = step_lanes(result)
+    svg = ET.fromstring(render_timeline(result))  # noqa: S314 - our own output
+    # Then: restore_test on a row of its own; scratch and baseline share one; upgrade back on the first
+    assert lanes[1] != lanes[2] and lanes[2] == lanes[3] and lanes[4] == 0 and lanes[0] == 0
+    ys = {
+        r.findtext(f"{SVG}title", "").split(":")[0]: r.get("y")
+        for r in svg.iter(f"{SVG}rect")
+        if r.get("class") == "step"
+    }
+    assert ys["restore_test"] != ys["scratch"] and ys["scratch"] == ys["baseline"]
+    lines = [p for p in svg.iter(f"{SVG}polyline") if p.get("class") == "traffic"]
+    assert len(lines) == 1 and len(lines[0].get("points", "").split()) == 3
+
+
+def test_reading_results_needs_no_jinja2() -> None:
+    # Given: an interpreter where jinja2 cannot be imported (the Lambda steps: Powertools layer only)
+    import subprocess
+    import sys
+
+    code = (
+        "import builtins\nreal = builtins.__import__\n"
+        "def guarded(name, *a, **k):\n"
+        "    if name.split('.')[0] in ('jinja2', 'markupsafe'): raise ImportError(name)\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = guarded\n"
+        "import migsafe.notify, migsafe.report\n"
+    )
+    # When
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    # Then
+    assert proc.returncode == 0, proc.stderr

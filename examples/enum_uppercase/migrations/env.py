@@ -25,4 +25,14 @@ def run_migrations_online() -> None:
             context.run_migrations()
 
 
-run_migrations_online()
+def run_migrations_offline() -> None:
+    """``alembic upgrade --sql`` (and ``migsafe lint``): the SQL, with no database."""
+    context.configure(url=config.get_main_option("sqlalchemy.url"), literal_binds=True, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()
