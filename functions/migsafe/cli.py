@@ -504,8 +504,11 @@ def run(argv: list[str] | None = None) -> int:
     """Run one command; the exit code. Every error ends here as one line on stderr, never a traceback."""
     from typer.exceptions import Abort, Exit, TyperException
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `restore --merge` takes an optional value: a bare --merge means --merge=keep
+    args = ["--merge=keep" if a == "--merge" else a for a in args]
     try:
-        rv = app(args=argv, prog_name="migsafe", standalone_mode=False)
+        rv = app(args=args, prog_name="migsafe", standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         return _interrupted() if code == 130 else code  # typer turns KeyboardInterrupt into Exit(130)
     except MigsafeError as exc:
@@ -540,19 +543,6 @@ def main(argv: list[str] | None = None) -> None:
     Usage errors exit 2 (click's own convention, which matches "bad input"); SIGTERM is handled like
     Ctrl-C (exit 130, children stopped).
     """
-<<<<<<< HEAD
-    args = list(sys.argv[1:] if argv is None else argv)
-    # `restore --merge` takes an optional value: a bare --merge means --merge=keep
-    args = ["--merge=keep" if a == "--merge" else a for a in args]
-    try:
-        app(args=args, prog_name="migsafe")
-    except MigsafeError as exc:
-        err.print(f"migsafe: error: {mask(str(exc))}", markup=False)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("migsafe: interrupted")
-        sys.exit(130)
-=======
     installed = False
     with contextlib.suppress(ValueError):  # not the main thread (embedded): no handler
         signal.signal(signal.SIGTERM, _on_sigterm)
@@ -561,7 +551,6 @@ def main(argv: list[str] | None = None) -> None:
     if installed:  # the work is done (children stopped): a late SIGTERM no longer changes the outcome
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)
->>>>>>> reliab
 
 
 if __name__ == "__main__":
