@@ -23,7 +23,8 @@ POWERTOOLS_LAYER = "AWSLambdaPowertoolsPythonV3-python311-x86_64"
 POWERTOOLS_ACCOUNT = "017000801446"  # commercial regions
 # The layer is published by other accounts outside the commercial partition (Powertools docs,
 # "Lambda layer"); an ARN in another partition's format does not resolve at all.
-POWERTOOLS_REGION_ACCOUNTS = {"us-gov-west-1": "165087284144", "us-gov-east-1": "165093116878"}
+# publisher accounts per the Powertools docs (Lambda layers: GovCloud and China tables)
+POWERTOOLS_REGION_ACCOUNTS = {"us-gov-east-1": "165087284144", "us-gov-west-1": "165093116878"}
 POWERTOOLS_PARTITION_ACCOUNTS = {"aws-cn": "498634801083"}
 
 

@@ -315,7 +315,7 @@ def test_powertools_layer_arn_follows_partition_and_region(synth: Synth) -> None
             for r, p in [("eu-west-1", "aws"), ("us-gov-west-1", "aws-us-gov"), ("cn-north-1", "aws-cn")]}
     # Then each is in its partition, published by that partition's account
     assert arns["eu-west-1"].startswith("arn:aws:lambda:eu-west-1:017000801446:layer:AWSLambdaPowertoolsPythonV3")
-    assert arns["us-gov-west-1"].startswith("arn:aws-us-gov:lambda:us-gov-west-1:165087284144:layer:")
+    assert arns["us-gov-west-1"].startswith("arn:aws-us-gov:lambda:us-gov-west-1:165093116878:layer:")
     assert arns["cn-north-1"].startswith("arn:aws-cn:lambda:cn-north-1:498634801083:layer:")
 
 
@@ -327,7 +327,7 @@ def test_powertools_layer_arn_is_literal_for_a_known_region() -> None:
                       env=cdk.Environment(account="123456789012", region="us-gov-east-1"))
     # When the layer ARN is built / Then it is GovCloud's, without conditions
     assert stack.resolve(powertools_layer_arn(stack, 27)) == \
-        "arn:aws-us-gov:lambda:us-gov-east-1:165093116878:layer:AWSLambdaPowertoolsPythonV3-python311-x86_64:27"
+        "arn:aws-us-gov:lambda:us-gov-east-1:165087284144:layer:AWSLambdaPowertoolsPythonV3-python311-x86_64:27"
 
 
 def test_chatbot_configuration_name_is_unique_per_stack() -> None:
