@@ -189,8 +189,10 @@ class Follower:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            events = list(_history(self.sfn, self.arn))
+            # status first: once it reads finished, the history read after it holds every event
+            # (the other order drops the last states of an execution that ends between the two calls)
             status = str(self.sfn.describe_execution(executionArn=self.arn)["status"])
+            events = list(_history(self.sfn, self.arn))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
                 raise InputError(f"execution {self.arn} does not exist") from None
