@@ -546,7 +546,10 @@ def _attribute_wait(run: _Run, traffic: TrafficRun, felt: TrafficPhase, mig: Mig
     stmt = max(took, key=strength)
     felt.blocking_statement = " ".join(stmt.sql.split())[:300]
     felt.blocking_mode = stronger(felt.blocking_mode, stmt.locks[table])
-    rev = next((r for r in mig.revisions if r.start <= stmt.start <= r.start + r.seconds + 0.01), None)
+    # the revision the statement was captured in (time windows of adjacent revisions touch)
+    rev = next((r for r in mig.revisions if any(x is stmt for x in r.statements)), None)
+    if rev is None:
+        rev = next((r for r in reversed(mig.revisions) if r.start <= stmt.start), None)
     felt.blocking_revision = rev.id if rev else None
 
 

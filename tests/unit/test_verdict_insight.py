@@ -119,3 +119,40 @@ def test_plan_keys_for_lint_and_traffic() -> None:
         Plan.from_mapping({**base, "traffic": {"clients": 0}})
     with pytest.raises(PlanInvalid, match=r"unknown key 'traffic\.queries\.0\.weigth'"):
         Plan.from_mapping({**base, "traffic": {"queries": [{"name": "a", "sql": "s", "weigth": 2}]}})
+
+
+def test_the_blocking_statement_is_named_with_its_own_revision() -> None:
+    # Given: two adjacent revisions (the second starts 1 ms after the first ends); the wait is on
+    # the lock the second one's statement took
+    from types import SimpleNamespace
+
+    from migsafe.migrate import MigrationRun
+    from migsafe.rehearse import _attribute_wait
+    from migsafe.result import RevisionRun, StatementRun
+
+    first = StatementRun(
+        sql="ALTER TABLE budget ADD COLUMN v text",
+        start=15.389,
+        seconds=0.001,
+        locks={"public.budget": "AccessExclusiveLock"},
+    )
+    second = StatementRun(
+        sql="ALTER TABLE trace DROP CONSTRAINT fk",
+        start=15.412,
+        seconds=0.002,
+        locks={"public.experiments": "AccessExclusiveLock"},
+    )
+    mig = MigrationRun(action="upgrade", revision="head", seconds=1, ok=True, statements=[first, second])
+    mig.revisions = [
+        RevisionRun(id="c3d9", phase="upgrade", start=15.388, seconds=0.022, statements=[first]),
+        RevisionRun(id="6f8d", phase="upgrade", start=15.411, seconds=0.016, statements=[second]),
+    ]
+    wait = SimpleNamespace(table="public.experiments", started=15.413)
+    felt = TrafficPhase(
+        phase="upgrade", clients=1, rate=1, blocked_max_s=1.3, blocked_table="public.experiments"
+    )
+    # When
+    _attribute_wait(None, SimpleNamespace(worst=wait), felt, mig)  # type: ignore[arg-type]
+    # Then
+    assert felt.blocking_statement == "ALTER TABLE trace DROP CONSTRAINT fk"
+    assert felt.blocking_revision == "6f8d" and felt.blocking_mode == "AccessExclusiveLock"
