@@ -4,7 +4,8 @@ The seed scenario stamped at the example alembic project's baseline, rehearsed `
 times by migsafe (a subprocess, wall clock; result.json gives its steps) and by hand (``pg_dump -Fc``,
 ``pg_basebackup`` + start, ``pg_restore`` into a second cluster, the count + fingerprint queries,
 ``alembic upgrade head`` / ``downgrade -1``), interleaved: migsafe first in even rounds, raw in odd.
-It runs on its own database at the first size, before the backup benchmarks fill the cluster.
+It runs on its own database at the first size, before the sizes are seeded: ``pg_basebackup`` copies
+the whole cluster, which should hold the rehearsal's database alone.
 """
 
 from __future__ import annotations
@@ -299,8 +300,7 @@ def print_rehearsal(r: dict[str, Any]) -> None:
 
 
 def run(ctx: Context) -> dict[str, Any]:
-    label = next(iter(ctx.sizes))
-    users = ctx.sizes[label]["users"]
+    users = ctx.shared["rehearse_users"]  # the first size; run before the sizes are seeded
     repeat = ctx.shared.get("rehearse_repeat", 1 if ctx.smoke else 3)
     return rehearsal_section(ctx.bench, ctx.cluster, users, repeat, ctx.types_sql, ctx.say)
 

@@ -129,14 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         with LocalCluster.create("bench") as cluster:
             results["machine"] = machine_info(bench, cluster.dsn("postgres").conninfo())
             say(f"cluster on port {cluster.port}; {results['machine']['nproc']} CPUs, load {results['machine']['loadavg_start']}")
-            sizes = seed_sizes(bench, cluster, args.sizes, say)
-            results["sizes"] = sizes
-            ctx = Context(bench=bench, cluster=cluster, sizes=sizes, repeat=args.repeat, smoke=args.smoke,
+            ctx = Context(bench=bench, cluster=cluster, sizes={}, repeat=args.repeat, smoke=args.smoke,
                           types_sql=types_sql, say=say)  # fmt: skip
             ctx.shared["rehearse_repeat"] = args.rehearse_repeat
+            ctx.shared["rehearse_users"] = math.ceil(args.sizes[0] / 3)
             if args.backup_variants:
                 ctx.shared["backup_variants"] = [v.strip() for v in args.backup_variants.split(",")]
             for name in args.chosen:
+                if name != "rehearse" and not ctx.sizes:  # the rehearsal first: pg_basebackup copies the
+                    ctx.sizes = results["sizes"] = seed_sizes(bench, cluster, args.sizes, say)  # whole cluster
                 module = importlib.import_module(f"bench.bench_{name}")
                 say(f"{name}: start")
                 t0 = time.monotonic()
@@ -179,7 +180,7 @@ def print_tables(results: dict[str, Any]) -> None:
     if m:
         print(f"\n{m['nproc']} CPUs ({m['cpu']}), {m['memory_gb']} GB, {m['postgresql'].split(' on ')[0]}; "
               f"load average at start {m['loadavg_start'][0]:.2f}, at end {results['loadavg_end'][0]:.2f}")  # fmt: skip
-    for name, result in results["benchmarks"].items():
+    for name, result in results.get("benchmarks", {}).items():
         if name == "rehearse":
             from bench.bench_rehearse import report
 
