@@ -124,10 +124,15 @@ def write_manifest(store: Store, prefix: str, manifest: Manifest) -> None:
     data = manifest_bytes(manifest)
     store.put_bytes(prefix + MANIFEST_NAME, data)
     try:
-        store.put_bytes(prefix + MANIFEST_SUM, f"{hashlib.sha256(data).hexdigest()}  {MANIFEST_NAME}\n".encode())
+        store.put_bytes(prefix + MANIFEST_SUM, _seal(data))
     except BaseException:
         store.delete([prefix + MANIFEST_NAME])  # no seal, no manifest: the backup stays incomplete
         raise
+
+
+def _seal(manifest: bytes) -> bytes:
+    """The seal's exact bytes (``sha256sum`` format, so ``sha256sum -c`` checks it by hand too)."""
+    return f"{hashlib.sha256(manifest).hexdigest()}  {MANIFEST_NAME}\n".encode()
 
 
 def _examine(store: Store, folder: str, backup_id: str, names: set[str]) -> tuple[str, Manifest | None, str]:
@@ -138,10 +143,10 @@ def _examine(store: Store, folder: str, backup_id: str, names: set[str]) -> tupl
         return "incomplete", None, f"no {MANIFEST_SUM}: it died before its manifest was sealed"
     try:
         data = store.get_bytes(folder + MANIFEST_NAME)
-        sealed = store.get_bytes(folder + MANIFEST_SUM).decode("ascii", errors="replace").split()
+        sealed = store.get_bytes(folder + MANIFEST_SUM)
     except ObjectMissing:
         return "incomplete", None, "its manifest disappeared while it was read"
-    if not sealed or sealed[0] != hashlib.sha256(data).hexdigest():
+    if sealed != _seal(data):  # byte for byte: a seal that changed at all is not trusted
         return "corrupt", None, f"{MANIFEST_NAME} changed after it was written (its sha256 differs from {MANIFEST_SUM})"
     try:
         manifest = Manifest.model_validate_json(data)

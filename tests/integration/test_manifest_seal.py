@@ -98,3 +98,15 @@ def test_a_row_count_differing_from_a_consistently_resealed_manifest_rolls_the_r
     assert res.code == 1, res.output
     assert "Traceback" not in res.output
     assert target.scalar("select count(*) from pg_tables where schemaname = 'public'") == 0
+
+
+def test_a_seal_changed_anywhere_is_corrupt(backed_up: tuple[Path, str]) -> None:
+    # Given: one byte of the seal's file name part flipped (found by the chaos suite's byte flips)
+    store, bid = backed_up
+    seal = backup_dir(store, bid) / "manifest.json.sha256"
+    data = bytearray(seal.read_bytes())
+    data[70] ^= 0x01
+    seal.write_bytes(bytes(data))
+    # When / Then
+    with pytest.raises(ManifestCorrupt):
+        inventory.load_manifest(FileStore(store), bid)
