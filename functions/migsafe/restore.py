@@ -48,6 +48,7 @@ from .staging import (
     Staged,
     advisory_key,
     drop_schemas,
+    drop_types,
     entry_name,
     new_restore_id,
     partition_names,
@@ -83,7 +84,8 @@ class _Plan:
 
     entries: list[TableEntry]
     existing: list[QualifiedName] = field(default_factory=list)
-    stage_types: list[TypeInfo] = field(default_factory=list)
+    stage_types: list[TypeInfo] = field(default_factory=list)  # enums, loaded into staging and swapped
+    create_types: list[TypeInfo] = field(default_factory=list)  # other missing types, created in place
     warnings: list[str] = field(default_factory=list)
 
 
@@ -143,17 +145,21 @@ def staged_backup(
         loader = Loader(store, ref.prefix, manifest, target, restore_id, jobs=opts.jobs, no_owner=opts.no_owner,
                         pg_bindir=opts.pg_bindir, notify=notify, analyze=opts.analyze)
         schemas = list(loader.plan_schemas(plan.entries, plan.stage_types).values())
+        swapped = False
         try:
             try:
-                staged = loader.load(conn, plan.entries, plan.stage_types)
+                staged = loader.load(conn, plan.entries, plan.stage_types, plan.create_types)
             except psycopg.Error as exc:
                 raise RestoreFailed(f"loading the staging schema failed, nothing swapped: "
                                     f"{mask(str(exc)).strip()}") from exc
             notify("verified", "", {"objects": len(plan.entries)})
             loader.verify(conn, staged, plan.entries, manifest.types)
             yield conn, manifest, plan, staged
+            swapped = not opts.merge  # diff and merge leave the target's types as they were
         finally:
             drop_schemas(conn, schemas)
+            if not swapped:
+                drop_types(conn, loader.created_types)
 
 
 def select(manifest: Manifest, tables: Sequence[str] | None) -> list[TableEntry]:
@@ -239,7 +245,7 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
             (tname.schema, tname.name),
         ).fetchone()
         if row is None:
-            plan.stage_types.append(info)
+            (plan.stage_types if info.kind == "enum" else plan.create_types).append(info)
             continue
         if info.kind != "enum":
             continue

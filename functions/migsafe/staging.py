@@ -9,7 +9,10 @@ same tool to turn each archive into SQL. One ``pg_restore --file=-`` per table r
 once, as it streams from the store through sha256; its output is split by the entry headers
 pg_dump writes (``-- Name: x; Type: T; Schema: s; Owner: o``):
 
-* table definitions and rows go straight into one ``psql`` session per table (``--jobs`` at once);
+* table definitions go to one session per table (``--jobs`` tables at once), and the rows of each
+  COPY are dealt out, in chunks of whole lines, to several COPY sessions (the jobs left over when
+  there are fewer tables than jobs) -- the server's parsing and inserting runs on several cores
+  even for one large table;
 * indexes and constraints are kept (they are small) and built afterwards, also in parallel --
   several ``CREATE INDEX`` on one table run concurrently in separate sessions;
 * foreign keys come last, once every referenced key exists.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import re
 import subprocess
 import tempfile
@@ -43,7 +47,7 @@ from .dsn import Dsn, mask
 from .exceptions import ChecksumMismatch, DatabaseError, RestoreFailed, RestoreVerificationFailed, ToolFailed
 from .identifiers import QualifiedName
 from .models import Manifest, TableEntry, TableRestoreCheck, TypeInfo, TypeRestoreCheck
-from .pgtools import tool, tool_env
+from .pgtools import tool
 from .store import Store
 from .streams import decompressed, hashed_chunks
 
@@ -178,6 +182,8 @@ class Loader:
                  jobs: int | None, no_owner: bool, pg_bindir: str | None, notify: ProgressFn,
                  analyze: bool = True) -> None:
         self.analyze = analyze
+        self.created_types: list[QualifiedName] = []  # made in place by load(), in this order
+        self.streams = 1  # COPY sessions per table, set by load() from jobs and the table count
         self.store = store
         self.prefix = prefix
         self.manifest = manifest
@@ -187,7 +193,6 @@ class Loader:
         self.no_owner = no_owner
         self.pg_bindir = pg_bindir
         self.notify = notify
-        self.env = tool_env(target.tool_env())
 
     # -- naming ------------------------------------------------------------------------------
     def plan_schemas(self, entries: Sequence[TableEntry], types: Sequence[TypeInfo]) -> dict[str, str]:
@@ -198,7 +203,7 @@ class Loader:
 
     # -- the load ----------------------------------------------------------------------------
     def load(self, conn: psycopg.Connection[Any], entries: Sequence[TableEntry],
-             stage_types: Sequence[TypeInfo]) -> Staged:
+             stage_types: Sequence[TypeInfo], create_types: Sequence[TypeInfo] = ()) -> Staged:
         """Create the staging schemas and load ``entries``; ChecksumMismatch/RestoreFailed on failure.
 
         ``stage_types`` are created in staging (missing in the target, or with other enum labels);
@@ -230,12 +235,23 @@ class Loader:
             mapping[sql.Identifier(n.schema, n.name).as_string(conn).encode()] = q.qualified(schemas[n.schema], n.name)
             staged.types[t.name] = staged.staged(n)
         rewrite = _Rewriter(mapping)
+        # enums are staged (swapped with their tables); the other missing types -- domains,
+        # composites, ranges, whose helper objects would not follow a schema move -- are created
+        # in place, referring to staged enums, and dropped again when the restore does not swap
+        staging_ddl = {t.name for t in stage_types}
         with conn.transaction():
             conn.execute("set local search_path = ''")
             conn.execute("set local check_function_bodies = false")
-            for t in stage_types:
+            for s_ in sorted({split_name(t.name).schema for t in create_types}):
+                conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(s_)))
+            for t in sorted([*stage_types, *create_types], key=lambda t: self.manifest.types.index(t)
+                            if t in self.manifest.types else 0):
                 conn.execute(rewrite(t.ddl.encode()).decode())
-        # phase 1: definitions and rows, one psql session per table
+                if t.name not in staging_ddl:
+                    self.created_types.append(split_name(t.name))
+        # phase 1: definitions and rows; jobs spread over the tables, and the rest of them over
+        # each table's rows
+        self.streams = max(1, self.jobs // min(self.jobs, max(1, len(entries))))
         names: dict[str, set[tuple[str, str]]] = {}
         later: dict[str, list[tuple[bytes, bytes]]] = {}
         lock = threading.Lock()
@@ -314,20 +330,15 @@ class Loader:
     def _load_table(self, entry: TableEntry, rewrite: _Rewriter, mapping: dict[bytes, bytes], lock: threading.Lock,
                     q: Quoter, schemas: dict[str, str], relations: dict[str, set[str]]
                     ) -> tuple[set[tuple[str, str]], list[tuple[bytes, bytes]]]:
-        """Stream one archive: definitions and rows into psql, the rest kept for later phases."""
+        """Stream one archive: definitions, then rows over several COPY sessions; the rest kept for later."""
         key = self.prefix + entry.key
         self.notify("start", entry.name, {})
-        psql = subprocess.Popen(
-            [tool("psql", self.pg_bindir), "-X", "-q", "-v", "ON_ERROR_STOP=1", "--no-psqlrc",
-             f"--dbname={self.target.conninfo(with_password=False)}",
-             "--set=application_name=migsafe restore staging"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=(perr := tempfile.TemporaryFile()),  # noqa: SIM115
-            env=self.env,
-        )
-        args = ["--file=-"] + (["--no-owner", "--no-privileges"] if self.no_owner else [])
-        restore = subprocess.Popen([tool("pg_restore", self.pg_bindir), *args], stdin=subprocess.PIPE,
+        argv = [tool("pg_restore", self.pg_bindir), "--file=-"] + (
+            ["--no-owner", "--no-privileges"] if self.no_owner else [])
+        conn = catalog.connect(self.target, application_name="migsafe restore staging")
+        restore = subprocess.Popen(argv, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=(rerr := tempfile.TemporaryFile()))  # noqa: SIM115
-        assert psql.stdin is not None and restore.stdin is not None and restore.stdout is not None
+        assert restore.stdin is not None and restore.stdout is not None
         digest = hashlib.sha256()
         size = [0]
         feed_error: list[BaseException] = []
@@ -339,8 +350,8 @@ class Loader:
                 for chunk in decompressed(_counted(stored, size), self.manifest.compression):
                     restore.stdin.write(chunk)
             except BrokenPipeError:
-                # pg_restore stopped early (it failed): still hash every byte, so a changed object
-                # is reported as such
+                # pg_restore stopped early (it failed, or we stopped reading): still hash every
+                # byte, so a changed object is reported as such
                 with contextlib.suppress(Exception):
                     for _ in _counted(stored, size):
                         pass
@@ -352,35 +363,28 @@ class Loader:
 
         feeder = threading.Thread(target=feed, name="migsafe-stage-feed", daemon=True)
         feeder.start()
-        sink: IO[bytes] = psql.stdin
         found: set[tuple[str, str]] = set()
         kept: list[tuple[bytes, bytes]] = []
         current: list[bytes] | None = None  # lines of an entry kept for later
         kind = b""
-        in_copy = False
+        pending: list[bytes] = []  # SQL of the entries loaded now, run before each COPY and at the end
+        preamble: list[bytes] = []  # pg_restore's session settings (encoding, ...): every COPY session's too
+        seen_header = False
         moved = 0
-        broken = False
-        try:
-            sink.write(b"SET maintenance_work_mem = '256MB';\n")
-            def forward(data: bytes) -> None:
-                nonlocal broken, moved
-                moved += len(data)
-                if not broken:
-                    try:
-                        sink.write(data)
-                    except BrokenPipeError:
-                        broken = True
-                self.notify("bytes", entry.name, {"bytes": moved})
+        failure: BaseException | None = None
 
+        def flush() -> None:
+            if pending:
+                conn.execute(b"".join(pending))
+                pending.clear()
+
+        try:
+            conn.execute("set maintenance_work_mem = '256MB'")
             source = _Lines(restore.stdout)
             while line := source.readline():
-                if in_copy:  # rows pass through in large chunks, untouched, up to the end marker
-                    in_copy = False
-                    source.unread(line)
-                    source.copy_rows(forward)
-                    continue
                 m = _HEADER.match(line.rstrip(b"\n"))
                 if m:
+                    seen_header = True
                     kind = m.group(2)
                     schema = m.group(3).decode(errors="replace")
                     name = m.group(1).decode(errors="replace")
@@ -406,39 +410,95 @@ class Loader:
                     current.append(line)
                     kept[-1] = (kind, b"".join(current))
                     continue
+                if line.startswith(b"\\"):  # psql meta-commands (\restrict): we are not psql
+                    continue
                 if line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
-                    in_copy = True
-                if not broken:
-                    try:
-                        sink.write(rewrite(line))
-                    except BrokenPipeError:
-                        broken = True
-            with contextlib.suppress(BrokenPipeError):
-                sink.close()
-        except BaseException:
-            restore.kill()
-            psql.kill()
-            raise
+                    flush()  # the table exists, committed, before any COPY session starts
+                    moved = self._copy(b"".join(preamble), rewrite(line).rstrip().rstrip(b";"), source,
+                                       entry.name, moved)
+                    continue
+                if not seen_header:
+                    preamble.append(line)
+                pending.append(rewrite(line))
+            flush()
+        except psycopg.Error as exc:
+            failure = RestoreFailed(f"loading {entry.name} into staging failed: {mask(str(exc)).strip()}")
+        except BaseException as exc:
+            failure = exc
         finally:
+            conn.close()
+            if failure is not None:
+                restore.kill()
             rrc = restore.wait()
             feeder.join()
-            prc = psql.wait()
             rerr.seek(0)
-            perr.seek(0)
             restore_msg = rerr.read().decode(errors="replace").strip()
-            psql_msg = mask(perr.read().decode(errors="replace").strip())
             rerr.close()
-            perr.close()
         if feed_error:
             raise feed_error[0]
         if digest.hexdigest() != entry.sha256 or size[0] != entry.bytes:
             raise ChecksumMismatch(f"checksum mismatch: {key} differs from the manifest; nothing was swapped")
+        if failure is not None:
+            raise failure
         if rrc != 0:
             raise ToolFailed(f"pg_restore failed on {key}: {restore_msg[-1500:]}")
-        if prc != 0:
-            raise RestoreFailed(f"loading {entry.name} into staging failed: {_first_error(psql_msg)}")
         self.notify("loaded", entry.name, {"rows": entry.rows})
         return found, kept
+
+    def _copy(self, preamble: bytes, statement: bytes, source: _Lines, name: str, moved: int) -> int:
+        """One table's rows, spread chunk by chunk over ``streams`` COPY sessions; returns bytes moved.
+
+        COPY rows are independent lines and every chunk holds whole lines, so sessions can load
+        them side by side: the server's parsing and inserting, the bulk of a restore, runs on as
+        many cores as there are sessions.
+        """
+        streams = max(1, self.streams)
+        queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=8) for _ in range(streams)]
+        errors: list[BaseException] = []
+
+        def load(q: queue.Queue[bytes | None]) -> None:
+            ended = False
+            try:
+                with catalog.connect(self.target, application_name="migsafe restore staging") as c:
+                    if preamble.strip():
+                        c.execute(preamble)
+                    with c.cursor() as cur, cur.copy(statement.decode()) as copy:
+                        while (chunk := q.get()) is not None:
+                            copy.write(chunk)
+                        ended = True
+            except BaseException as exc:
+                errors.append(exc)
+                while not ended:  # keep draining: the reader never blocks on a dead session
+                    ended = q.get() is None
+
+        threads = [threading.Thread(target=load, args=(q,), name="migsafe-stage-copy", daemon=True) for q in queues]
+        for t in threads:
+            t.start()
+        turn = 0
+
+        def forward(data: bytes) -> None:
+            nonlocal turn, moved
+            moved += len(data)
+            if data.endswith(b"\\.\n") and (len(data) == 3 or data[-4:-3] == b"\n"):
+                data = data[:-3]  # the end marker is psql's; over the protocol, the end is the message
+            if data:
+                queues[turn % streams].put(data)
+                turn += 1
+            self.notify("bytes", name, {"bytes": moved})
+
+        try:
+            source.copy_rows(forward)
+        finally:
+            for q in queues:
+                q.put(None)
+            for t in threads:
+                t.join()
+        if errors:
+            first = errors[0]
+            if isinstance(first, psycopg.Error):
+                raise RestoreFailed(f"loading {name} into staging failed: {mask(str(first)).strip()}") from first
+            raise first
+        return moved
 
     # -- verification ------------------------------------------------------------------------
     def verify(self, conn: psycopg.Connection[Any], staged: Staged, entries: Sequence[TableEntry],
@@ -559,11 +619,6 @@ def _counted(chunks: Iterable[bytes], size: list[int]) -> Iterable[bytes]:
         yield chunk
 
 
-def _first_error(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if "ERROR" in line or "FATAL" in line]
-    return (lines[0].split("ERROR:", 1)[-1].strip() if lines else stderr[-1000:]) or "psql failed"
-
-
 def drop_schemas(conn: psycopg.Connection[Any], schemas: Iterable[str]) -> None:
     for s in schemas:
         with contextlib.suppress(psycopg.Error):
@@ -606,3 +661,10 @@ def enum_labels(conn: psycopg.Connection[Any], name: QualifiedName) -> list[str]
         (name.schema, name.name),
     ).fetchone()
     return list(row[0]) if row else None
+
+
+def drop_types(conn: psycopg.Connection[Any], types: Sequence[QualifiedName]) -> None:
+    """Drop types a restore created in place, newest first (best effort: it is cleanup)."""
+    for t in reversed(types):
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(sql.SQL("drop type if exists {}").format(t.ident))

@@ -423,3 +423,33 @@ def test_prune_drops_undo_schemas_older_than_keep_undo_only(
     assert _staging_schemas(target) == []
     assert undo.code == 2, undo.output
     assert table_fingerprints(target, TABLES) == table_fingerprints(seeded, TABLES)
+
+
+def test_types_a_failed_restore_created_are_dropped_again(
+    make_database: Callable[..., Database], tmp_path: Path
+) -> None:
+    # Given a backup of a table using a domain and a range type, with one byte of its dump flipped
+    source = make_database()
+    with source.connect() as conn:
+        conn.execute("create schema billing; create domain billing.amount as numeric(12, 2) check (value >= 0); "
+                     "create type billing.span as range (subtype = int4); "
+                     "create table billing.invoices (id int primary key, total billing.amount, valid billing.span); "
+                     "insert into billing.invoices select g, g, billing.span(g, g + 3) from generate_series(1, 3000) g")
+    store = FileStore(tmp_path / "store")
+    backup = run_backup(source.dsn, store, [QualifiedName.parse("billing.invoices")])
+    dump = next(backup_dir(tmp_path / "store", backup.backup_id).glob("billing.invoices.dump*"))
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    dump.write_bytes(bytes(data))
+    target = make_database()
+
+    # When it is restored into an empty database
+    from migsafe.exceptions import ChecksumMismatch
+
+    with pytest.raises(ChecksumMismatch):
+        run_restore(store, backup.backup_id, target.dsn, RestoreOptions())
+
+    # Then the types it created for the tables are gone again, as is the staging
+    assert target.scalar("select count(*) from pg_type t join pg_namespace n on n.oid = t.typnamespace "
+                         "where n.nspname = 'billing'") == 0
+    assert _staging_schemas(target) == []
