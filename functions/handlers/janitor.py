@@ -1,4 +1,4 @@
-"""Scheduled: delete scratch instances (tagged migsafe:scratch) older than N hours."""
+"""Scheduled: delete scratch instances, run snapshots and scratch secrets whose execution is over."""
 
 from __future__ import annotations
 
@@ -11,14 +11,21 @@ import boto3
 from . import steps
 from .common import logger, metrics, step
 
+# the boto3 calls this handler makes (its role grants exactly these; tests/infra checks it)
+BOTO3_CALLS = ["rds:DescribeDBInstances", "rds:DescribeDBSnapshots", "rds:DeleteDBInstance", "rds:DeleteDBSnapshot",
+               "states:DescribeExecution", "secretsmanager:ListSecrets", "secretsmanager:DeleteSecret"]
+
 
 @step
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    hours = float(os.environ.get("MIGSAFE_SCRATCH_MAX_AGE_HOURS", "6"))
+    hours = float(os.environ.get("MIGSAFE_SCRATCH_MAX_AGE_HOURS", "9"))
     swept = steps.sweep_scratch(boto3.client("rds"), max_age=timedelta(hours=hours),
+                                sfn=boto3.client("stepfunctions"), secrets=boto3.client("secretsmanager"),
                                 tag=os.environ.get("MIGSAFE_SCRATCH_TAG", steps.SCRATCH_TAG),
-                                prefix=os.environ.get("MIGSAFE_SCRATCH_PREFIX", steps.SCRATCH_PREFIX))
+                                prefix=os.environ.get("MIGSAFE_SCRATCH_PREFIX", steps.SCRATCH_PREFIX),
+                                log=logger.error)
     if swept["deleted"]:
-        logger.warning("deleted orphaned scratch instances", extra={"deleted": swept["deleted"]})
+        logger.warning("deleted orphaned scratch resources", extra={"deleted": swept["deleted"]})
     metrics.add_metric(name="ScratchDeleted", unit="Count", value=len(swept["deleted"]))
+    metrics.add_metric(name="ScratchDeleteFailed", unit="Count", value=len(swept["failed"]))
     return swept

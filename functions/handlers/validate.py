@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import boto3
 from migsafe.store import open_store
 
 from . import steps
 from .common import metrics, step
+
+BOTO3_CALLS = ["s3:GetObject", "s3:PutObject", "s3:ListBucket", "rds:DescribeDBInstances"]
 
 
 @step
@@ -20,6 +23,7 @@ def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @step
 def restore_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    out = steps.validate_restore(event, open_store(os.environ["MIGSAFE_STORE_URL"]))
+    # the client is made only for a real target (its tags and endpoint)
+    out = steps.validate_restore(event, open_store(os.environ["MIGSAFE_STORE_URL"]), lambda: boto3.client("rds"))
     metrics.add_metric(name="RestoresStarted", unit="Count", value=1)
     return out

@@ -189,8 +189,9 @@ class Follower:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            events = list(_history(self.sfn, self.arn))
+            # the status first: a history read after it holds every event up to that status
             status = str(self.sfn.describe_execution(executionArn=self.arn)["status"])
+            events = list(_history(self.sfn, self.arn))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
                 raise InputError(f"execution {self.arn} does not exist") from None
