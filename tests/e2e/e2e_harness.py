@@ -158,6 +158,7 @@ class Harness:
         self.calls: list[Call] = []
         self.scratches: dict[str, Scratch] = {}  # RDS instance id -> the cluster behind it
         self.instances: dict[str, Dsn] = {}  # other RDS instances with a database behind them
+        self.extra_clusters: list[Scratch] = []  # other instances' servers, destroyed at the end
         self.passwords: dict[str, str] = {}  # scratch id -> the master password the worker set
         self.snapshot_revision: str | None = None  # set: restored scratches are at this alembic revision
         self.approval_seconds = 120  # the approval state's timeout here (an hour on AWS)
@@ -619,6 +620,6 @@ class Harness:
         return sorted(d["DBInstanceIdentifier"] for d in self.rds.describe_db_instances()["DBInstances"])
 
     def close(self) -> None:
-        for scratch in self.scratches.values():
+        for scratch in [*self.scratches.values(), *self.extra_clusters]:
             scratch.destroy()
         self.scratches.clear()

@@ -122,6 +122,7 @@ def test_passing_plan_succeeds_publishes_pass_and_cleans_up(harness: Harness, tm
     messages = harness.messages()
     assert len(messages) == 1
     assert messages[0]["MessageAttributes"]["verdict"]["Value"] == "PASS"
+    assert messages[0]["MessageAttributes"]["plan"]["Value"] == "us-6-uppercase-enums"  # docs/slack.md's filter key
     assert "PASS" in messages[0]["Subject"]
     assert "PASS" in chatbot(messages[0])["content"]["title"]
     # the scratch instance and its cluster are gone; only the source is left
@@ -446,7 +447,20 @@ def test_a_plan_of_200_tables_and_50_checks_reaches_the_worker(harness: Harness,
 
 # --- issue 8: restores into real instances need the allowlist and an approval ---------------------
 def _staging(h: Harness, make_database: Callable[..., Any], *, allowlisted: bool = True) -> Any:
-    staging = make_database(users=50)
+    """An instance of its own (another server, the source's database name, as a restored copy
+    would be) whose data has drifted from the backup: half its invitations are gone."""
+    from migsafe.scratch import create_scratch
+
+    copy = create_scratch("local", h.source, runtime_dir=h.runtime_dir)
+    h.extra_clusters.append(copy)
+    with psycopg.connect(copy.dsn.conninfo(), autocommit=True) as conn:
+        conn.execute("delete from user_invitations where email like '%1%'")
+
+    class Staging:
+        dsn = copy.dsn
+        conninfo = copy.dsn.conninfo()
+
+    staging = Staging()
     tags = [{"Key": "migsafe:restore-target", "Value": "true"}] if allowlisted else []
     h.rds.create_db_instance(DBInstanceIdentifier="app-staging", Engine="postgres", DBInstanceClass="db.t4g.medium",
                              MasterUsername="app", MasterUserPassword="e2e-not-checked", AllocatedStorage=20,
@@ -534,7 +548,6 @@ def test_a_rejected_restore_changes_nothing(harness: Harness, source: Any,
     messages = harness.messages()
     context = chatbot(messages[-1])["metadata"]["additionalContext"]
     assert (context["state"], context["error"]) == (workflows.WAIT_FOR_APPROVAL, workflows.RESTORE_REJECTED)
-    assert "wrong backup" in messages[-1]["Message"]
 
 
 def test_an_unanswered_restore_times_out_to_a_rejection(harness: Harness, source: Any,

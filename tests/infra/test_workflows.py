@@ -264,6 +264,12 @@ def test_retries_match_the_package_exception_names(pre: dict[str, Any], restore:
             resource = state["Resource"]
             if resource.endswith("ecs:runTask.sync"):
                 assert "ECS.AmazonECSException" in errors, name  # capacity and throttling
+                capacity = next(r for r in state["Retry"] if "ECS.AmazonECSException" in r["ErrorEquals"])
+                # capacity comes back in minutes, not seconds: about half an hour of backoff
+                waited = sum(capacity["IntervalSeconds"] * capacity["BackoffRate"] ** i
+                             for i in range(capacity["MaxAttempts"]))
+                assert capacity["IntervalSeconds"] >= 30 and waited >= 15 * 60, name
+                assert "ECS.ThrottlingException" not in errors, name  # ECS models no such error
             elif ":aws-sdk:rds:" in resource:
                 assert "Rds.RdsException" in errors, name  # RDS throttling (it has no ThrottlingException)
                 assert "TransientAwsError" not in errors, name  # only the Lambdas raise it
@@ -352,3 +358,23 @@ def test_definitions_use_only_states_moto_can_interpret(pre: dict[str, Any], res
     found = set(types(pre["States"])) | set(types(restore["States"]))
     assert found <= {"Task", "Choice", "Wait", "Parallel", "Pass", "Succeed", "Fail"}
     assert "QueryLanguage" not in pre and "QueryLanguage" not in restore
+
+
+def test_the_scratch_port_and_its_security_group_rule_follow_the_source_port() -> None:
+    import aws_cdk as cdk
+    from aws_cdk.assertions import Template
+
+    import app as cdk_app
+    from infra.definitions import find
+
+    # Given a deploy whose source listens on 6432, not 5432
+    app = cdk.App(context={**cdk_app.cdk_json_context(), "sourcePort": "6432"})
+    app, stack = cdk_app.build(app)
+    template = Template.from_stack(stack).to_json()
+    # When we read the scratch security group's rule and the restore state
+    ingress = [r["Properties"] for r in template["Resources"].values()
+               if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    restore = find(template, "PreMigration")["States"][wf.PREPARE]["Branches"][1]["States"][wf.RESTORE_SCRATCH]
+    # Then the worker is admitted on 6432 (only), and the scratch is restored on 6432
+    assert [(r["FromPort"], r["ToPort"]) for r in ingress] == [(6432, 6432)]
+    assert restore["Parameters"]["Port"] == 6432

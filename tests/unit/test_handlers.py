@@ -294,6 +294,23 @@ def test_latest_snapshot_of_the_source(rds: Any) -> None:
         snapshots.handler({"instance_id": "no-such-db"}, FakeContext())
 
 
+def test_source_settings_name_the_groups_the_scratch_copies_and_check_the_port(rds: Any) -> None:
+    # Given a source with its own parameter group and option group, on port 5432
+    rds.create_db_parameter_group(DBParameterGroupName="prod-pg", DBParameterGroupFamily="postgres13",
+                                  Description="production")
+    rds.create_option_group(OptionGroupName="prod-og", EngineName="postgres", MajorEngineVersion="13",
+                            OptionGroupDescription="production")
+    rds.create_db_instance(DBInstanceIdentifier="prod-db", DBInstanceClass="db.t4g.micro", Engine="postgres",
+                           EngineVersion="13.7", AllocatedStorage=20, MasterUsername="app",
+                           MasterUserPassword="password1", DBParameterGroupName="prod-pg", OptionGroupName="prod-og")
+    # When the scratch's settings are read for a stack that admits 5432, and for one that admits 6432
+    out = snapshots.handler({"action": "source_settings", "instance_id": "prod-db"}, FakeContext())
+    # Then they are the source's groups and port; a port the stack does not admit is refused
+    assert out == {"port": 5432, "engine": "postgres", "parameter_group": "prod-pg", "option_group": "prod-og"}
+    with pytest.raises(ScratchFailed, match="port 5432 but the stack admits 6432"):
+        steps.source_settings("prod-db", rds, port=6432)
+
+
 def test_janitor_deletes_only_old_tagged_scratch_instances(rds: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a tagged scratch instance, an untagged one with the scratch name, and a tagged non-scratch name
     _instance(rds, "migsafe-scratch-0123456789abcdef", {"migsafe:scratch": "exec"})
