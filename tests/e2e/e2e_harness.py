@@ -31,7 +31,16 @@ interpreter's service-task classes and nowhere else:
   (only ``.name`` and ``[N]`` steps) to the single node, as AWS does, and leaves every other path
   to moto.
 
-SNS publishes, S3 (the store) and the RDS API itself are moto's. Faults are injected per seam with
+- **RDS behind every caller**: moto's ``DBInstance.endpoint`` reports the PostgreSQL behind an
+  instance to every caller (the state machine, the Lambdas, the worker); a restored scratch
+  accepts TCP logins only with a password (scram), first the one "of snapshot time", and moto's
+  ``ModifyDBInstance`` sets a new ``MasterUserPassword`` on that server, as RDS applies it. So a
+  worker that logged in with the source's password instead of the one it set fails, as on AWS.
+  :attr:`Harness.snapshot_revision` makes restored scratches an older alembic revision (a stale
+  snapshot).
+
+SNS publishes (``waitForTaskToken`` included: tests answer with ``SendTaskSuccess/Failure``), S3
+(the store), Secrets Manager and the RDS API itself are moto's. Faults are injected per seam with
 :meth:`Harness.fail_next`.
 """
 

@@ -32,6 +32,15 @@ from migsafe.store import FileStore, open_store
 from migsafe.worker import RehearsalRequest, RestoreRequest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "enum_uppercase"
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+
+
+def _event(name: str, **replace: str) -> dict[str, Any]:
+    """A sample event from tests/events, with its ``<placeholders>`` filled in."""
+    text = (EVENTS / name).read_text()
+    for key, value in replace.items():
+        text = text.replace(f"<{key.replace('_', ' ')}>", value)
+    return dict(json.loads(text))
 
 
 @dataclass
@@ -139,8 +148,7 @@ def test_restore_with_the_right_confirm_into_an_allowlisted_instance_or_into_scr
         env: dict[str, Path], backup_id: str, rds: Any) -> None:
     # Given a real, complete backup, and an instance tagged as a restore target
     _instance(rds, "prod-db", {"migsafe:restore-target": "true"})
-    confirmed = {"input": {"backup_id": backup_id, "target": "prod-db", "confirm": "prod-db", "mode": "replace"},
-                 "execution": "r2", "execution_arn": "arn:aws:states:eu-west-1:1:execution:restore:r2"}
+    confirmed = _event("restore_into_instance.json", backup_id=backup_id)
     scratch = {"input": {"backup_id": backup_id, "target": "scratch", "tables": ["users"]}, "execution": "r3"}
     # When validated
     out = validate.restore_handler(confirmed, FakeContext())
@@ -304,7 +312,7 @@ def test_source_settings_name_the_groups_the_scratch_copies_and_check_the_port(r
                            EngineVersion="13.7", AllocatedStorage=20, MasterUsername="app",
                            MasterUserPassword="password1", DBParameterGroupName="prod-pg", OptionGroupName="prod-og")
     # When the scratch's settings are read for a stack that admits 5432, and for one that admits 6432
-    out = snapshots.handler({"action": "source_settings", "instance_id": "prod-db"}, FakeContext())
+    out = snapshots.handler(_event("source_settings.json"), FakeContext())
     # Then they are the source's groups and port; a port the stack does not admit is refused
     assert out == {"port": 5432, "engine": "postgres", "parameter_group": "prod-pg", "option_group": "prod-og"}
     with pytest.raises(ScratchFailed, match="port 5432 but the stack admits 6432"):
@@ -378,6 +386,10 @@ def test_janitor_goes_on_when_one_deletion_fails_and_sweeps_run_snapshots(rds: A
     rds.create_db_snapshot(DBInstanceIdentifier="prod-db", DBSnapshotIdentifier="migsafe-scratch-snap",
                            Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
     rds.create_db_snapshot(DBInstanceIdentifier="prod-db", DBSnapshotIdentifier="prod-db-nightly")
+    secrets = boto3.client("secretsmanager", region_name="eu-west-1")
+    secrets.create_secret(Name="migsafe-scratch/migsafe-scratch-free", SecretString="{}",
+                          Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    secrets.create_secret(Name="app/other", SecretString="{}", Tags=[{"Key": "migsafe:scratch", "Value": "x"}])
     real_delete = rds.delete_db_instance
 
     def delete(**kwargs: Any) -> Any:
@@ -387,10 +399,12 @@ def test_janitor_goes_on_when_one_deletion_fails_and_sweeps_run_snapshots(rds: A
 
     monkeypatch.setattr(rds, "delete_db_instance", delete)
     # When the sweep runs
-    out = steps.sweep_scratch(rds, sfn=sfn, max_age=timedelta(hours=9))
+    out = steps.sweep_scratch(rds, sfn=sfn, secrets=secrets, max_age=timedelta(hours=9))
     # Then the stuck one is reported, the others are deleted, the source's snapshot is left alone
     assert out["failed"] == ["instance:migsafe-scratch-stuck"]
-    assert sorted(out["deleted"]) == ["instance:migsafe-scratch-free", "snapshot:migsafe-scratch-snap"]
+    assert sorted(out["deleted"]) == ["instance:migsafe-scratch-free", "secret:migsafe-scratch/migsafe-scratch-free",
+                                      "snapshot:migsafe-scratch-snap"]
+    assert [s["Name"] for s in secrets.list_secrets()["SecretList"]] == ["app/other"]
     snapshots_left = {s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots()["DBSnapshots"]}
     assert "prod-db-nightly" in snapshots_left and "migsafe-scratch-snap" not in snapshots_left
 
