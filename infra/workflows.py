@@ -32,6 +32,7 @@ Restore (input: ``{"backup_id": "...", "tables"?: [...], "target": "scratch" | "
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ecs as ecs
@@ -361,121 +362,128 @@ class PreMigrationWorkflow(Construct):
         # --- branch 2: source settings -> snapshot -> scratch instance -> available --------------
         source_settings = _lambda(self, SOURCE_SETTINGS, latest_snapshot, {
             "action": "source_settings", "instance_id": JsonPath.string_at("$.source_instance_id")}, "$.source")
-        restore_scratch = _rds(
-            self, RESTORE_SCRATCH, "restoreDBInstanceFromDBSnapshot", {
-                "DbInstanceIdentifier": scratch_id,
-                "DbSnapshotIdentifier": JsonPath.string_at("$.snapshot.snapshot_id"),
-                "DbInstanceClass": JsonPath.string_at("$.scratch.instance_class"),
-                "DbSubnetGroupName": network.db_subnet_group_name,
-                "VpcSecurityGroupIds": [network.scratch_security_group_id],
-                # production's settings, so the rehearsal's timings and locks mean something
-                "DbParameterGroupName": JsonPath.string_at("$.source.parameter_group"),
-                "OptionGroupName": JsonPath.string_at("$.source.option_group"),
-                "Port": network.db_port,  # the port the scratch security group admits
-                # nothing a throw-away copy should pay for
-                "BackupRetentionPeriod": 0,
-                "PubliclyAccessible": False,
-                "MultiAZ": False,
-                "DeletionProtection": False,
-                "AutoMinorVersionUpgrade": False,
-                "CopyTagsToSnapshot": False,
-                "Tags": tags,
-            },
-            iam_resources=[scratch_arn, rds_arn("snapshot", "*"), rds_arn("subgrp", "*"), rds_arn("og", "*"),
-                           rds_arn("pg", "*"), rds_arn("secgrp", "*")],
-            iam_action="rds:RestoreDBInstanceFromDBSnapshot",
-            additional_iam_statements=[iam.PolicyStatement(
-                actions=["rds:AddTagsToResource"], resources=[scratch_arn],
-                conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}})],
-        )
+        def scratch_chain(suffix: str) -> tuple[sfn.TaskStateBase, sfn.TaskStateBase, sfn.Pass]:
+            """Create snapshot -> wait -> Restore scratch instance -> wait until available -> endpoint.
 
-        wait_scratch = sfn.Wait(self, "Wait for scratch", time=sfn.WaitTime.duration(Duration.seconds(POLL_SECONDS)))
-        # a retried restore whose first call went through: the instance is ours (its id is per execution)
-        restore_scratch.add_catch(wait_scratch, errors=[RDS_ALREADY_EXISTS], result_path=JsonPath.DISCARD)
-        describe_scratch = _rds(
-            self, "Describe scratch", "describeDBInstances", {"DbInstanceIdentifier": scratch_id},
-            iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances", result_path="$.scratch_status")
-        status = "$.scratch_status.DbInstances[0].DbInstanceStatus"
-        address = "$.scratch_status.DbInstances[0].Endpoint.Address"
-        port = "$.scratch_status.DbInstances[0].Endpoint.Port"
-        scratch_ready = sfn.Pass(self, "Scratch endpoint", parameters={
-            "instance_id": scratch_id,
-            "endpoint": JsonPath.format("{}:{}", JsonPath.string_at(address), JsonPath.string_at(port)),
-        })
-        scratch_broken = sfn.Fail(self, "Scratch instance failed", error="ScratchFailed",
-                                  cause="the scratch instance entered a failed state")
-        scratch_late = sfn.Fail(self, "Scratch deadline passed", error="ScratchFailed",
-                                cause=f"the scratch instance was not available within {scratch_wait_minutes} minutes")
-        count_scratch = sfn.Pass(self, "Count scratch wait", result_path="$.scratch_wait", parameters={
-            "count": JsonPath.math_add(JsonPath.number_at("$.scratch_wait.count"), 1)})
-        scratch_deadline = sfn.Choice(self, "Scratch deadline?").when(
-            sfn.Condition.number_greater_than("$.scratch_wait.count", scratch_wait_minutes * 60 // POLL_SECONDS),
-            scratch_late,
-        ).otherwise(wait_scratch)
-        count_scratch.next(scratch_deadline)
-        endpoint_known = sfn.Choice(self, "Scratch endpoint known?").when(
-            sfn.Condition.and_(sfn.Condition.is_present(address), sfn.Condition.is_present(port)), scratch_ready,
-        ).otherwise(count_scratch)
-        scratch_available = sfn.Choice(self, "Scratch available?").when(
-            sfn.Condition.string_equals(status, "available"), endpoint_known,
-        ).when(
-            sfn.Condition.or_(*[sfn.Condition.string_equals(status, s) for s in SCRATCH_FAILED_STATUSES]),
-            scratch_broken,
-        ).otherwise(count_scratch)
-        scratch_described = sfn.Choice(self, "Scratch described?").when(
-            sfn.Condition.is_present(status), scratch_available,
-        ).otherwise(count_scratch)
-        restore_scratch.next(wait_scratch)
-        wait_scratch.next(describe_scratch)
-        describe_scratch.next(scratch_described)
+            Built twice: in Prepare's branch, and for a fresh copy when the first was stale."""
+            restore_scratch = _rds(
+                self, RESTORE_SCRATCH + suffix, "restoreDBInstanceFromDBSnapshot", {
+                    "DbInstanceIdentifier": scratch_id,
+                    "DbSnapshotIdentifier": JsonPath.string_at("$.snapshot.snapshot_id"),
+                    "DbInstanceClass": JsonPath.string_at("$.scratch.instance_class"),
+                    "DbSubnetGroupName": network.db_subnet_group_name,
+                    "VpcSecurityGroupIds": [network.scratch_security_group_id],
+                    # production's settings, so the rehearsal's timings and locks mean something
+                    "DbParameterGroupName": JsonPath.string_at("$.source.parameter_group"),
+                    "OptionGroupName": JsonPath.string_at("$.source.option_group"),
+                    "Port": network.db_port,  # the port the scratch security group admits
+                    # nothing a throw-away copy should pay for
+                    "BackupRetentionPeriod": 0,
+                    "PubliclyAccessible": False,
+                    "MultiAZ": False,
+                    "DeletionProtection": False,
+                    "AutoMinorVersionUpgrade": False,
+                    "CopyTagsToSnapshot": False,
+                    "Tags": tags,
+                },
+                iam_resources=[scratch_arn, rds_arn("snapshot", "*"), rds_arn("subgrp", "*"), rds_arn("og", "*"),
+                               rds_arn("pg", "*"), rds_arn("secgrp", "*")],
+                iam_action="rds:RestoreDBInstanceFromDBSnapshot",
+                additional_iam_statements=[iam.PolicyStatement(
+                    actions=["rds:AddTagsToResource"], resources=[scratch_arn],
+                    conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}})],
+            )
 
+            wait_scratch = sfn.Wait(self, f"Wait for scratch{suffix}", time=sfn.WaitTime.duration(Duration.seconds(POLL_SECONDS)))
+            # a retried restore whose first call went through: the instance is ours (its id is per execution)
+            restore_scratch.add_catch(wait_scratch, errors=[RDS_ALREADY_EXISTS], result_path=JsonPath.DISCARD)
+            describe_scratch = _rds(
+                self, f"Describe scratch{suffix}", "describeDBInstances", {"DbInstanceIdentifier": scratch_id},
+                iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances", result_path="$.scratch_status")
+            status = "$.scratch_status.DbInstances[0].DbInstanceStatus"
+            address = "$.scratch_status.DbInstances[0].Endpoint.Address"
+            port = "$.scratch_status.DbInstances[0].Endpoint.Port"
+            scratch_ready = sfn.Pass(self, f"Scratch endpoint{suffix}", parameters={
+                "instance_id": scratch_id,
+                "endpoint": JsonPath.format("{}:{}", JsonPath.string_at(address), JsonPath.string_at(port)),
+            })
+            scratch_broken = sfn.Fail(self, f"Scratch instance failed{suffix}", error="ScratchFailed",
+                                      cause="the scratch instance entered a failed state")
+            scratch_late = sfn.Fail(self, f"Scratch deadline passed{suffix}", error="ScratchFailed",
+                                    cause=f"the scratch instance was not available within {scratch_wait_minutes} minutes")
+            count_scratch = sfn.Pass(self, f"Count scratch wait{suffix}", result_path="$.scratch_wait", parameters={
+                "count": JsonPath.math_add(JsonPath.number_at("$.scratch_wait.count"), 1)})
+            scratch_deadline = sfn.Choice(self, f"Scratch deadline?{suffix}").when(
+                sfn.Condition.number_greater_than("$.scratch_wait.count", scratch_wait_minutes * 60 // POLL_SECONDS),
+                scratch_late,
+            ).otherwise(wait_scratch)
+            count_scratch.next(scratch_deadline)
+            endpoint_known = sfn.Choice(self, f"Scratch endpoint known?{suffix}").when(
+                sfn.Condition.and_(sfn.Condition.is_present(address), sfn.Condition.is_present(port)), scratch_ready,
+            ).otherwise(count_scratch)
+            scratch_available = sfn.Choice(self, f"Scratch available?{suffix}").when(
+                sfn.Condition.string_equals(status, "available"), endpoint_known,
+            ).when(
+                sfn.Condition.or_(*[sfn.Condition.string_equals(status, s) for s in SCRATCH_FAILED_STATUSES]),
+                scratch_broken,
+            ).otherwise(count_scratch)
+            scratch_described = sfn.Choice(self, f"Scratch described?{suffix}").when(
+                sfn.Condition.is_present(status), scratch_available,
+            ).otherwise(count_scratch)
+            restore_scratch.next(wait_scratch)
+            wait_scratch.next(describe_scratch)
+            describe_scratch.next(scratch_described)
+
+            run_snapshot_arn = rds_arn("snapshot", f"{SCRATCH_PREFIX}*")
+            create_snapshot = _rds(
+                self, f"Create snapshot{suffix}", "createDBSnapshot", {
+                    "DbInstanceIdentifier": JsonPath.string_at("$.source_instance_id"),
+                    "DbSnapshotIdentifier": JsonPath.string_at("$.scratch.snapshot_id"),
+                    "Tags": tags,  # the run deletes it on every path; the janitor finds orphans by these tags
+                },
+                iam_resources=[rds_arn("db", source_instance_id), run_snapshot_arn],
+                iam_action="rds:CreateDBSnapshot",
+                additional_iam_statements=[iam.PolicyStatement(
+                    actions=["rds:AddTagsToResource"], resources=[run_snapshot_arn],
+                    conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}})],
+            )
+            use_new_snapshot = sfn.Pass(self, f"Use the new snapshot{suffix}", result_path="$.snapshot",
+                                        parameters={"snapshot_id": JsonPath.string_at("$.scratch.snapshot_id")})
+            wait_snapshot = sfn.Wait(self, f"Wait for snapshot{suffix}",
+                                     time=sfn.WaitTime.duration(Duration.seconds(SNAPSHOT_POLL_SECONDS)))
+            describe_snapshot = _rds(
+                self, f"Describe snapshot{suffix}", "describeDBSnapshots",
+                {"DbSnapshotIdentifier": JsonPath.string_at("$.snapshot.snapshot_id")},
+                iam_resources=[run_snapshot_arn], iam_action="rds:DescribeDBSnapshots", result_path="$.snapshot_status")
+            snapshot_status = "$.snapshot_status.DbSnapshots[0].Status"
+            snapshot_late = sfn.Fail(self, f"Snapshot deadline passed{suffix}", error="ScratchFailed",
+                                     cause=f"the snapshot was not available within {scratch_wait_minutes} minutes")
+            snapshot_broken = sfn.Fail(self, f"Snapshot failed{suffix}", error="ScratchFailed",
+                                       cause="RDS could not create the snapshot of the source")
+            count_snapshot = sfn.Pass(self, f"Count snapshot wait{suffix}", result_path="$.snapshot_wait", parameters={
+                "count": JsonPath.math_add(JsonPath.number_at("$.snapshot_wait.count"), 1)})
+            count_snapshot.next(sfn.Choice(self, f"Snapshot deadline?{suffix}").when(
+                sfn.Condition.number_greater_than("$.snapshot_wait.count",
+                                                  scratch_wait_minutes * 60 // SNAPSHOT_POLL_SECONDS),
+                snapshot_late,
+            ).otherwise(wait_snapshot))
+            create_snapshot.next(use_new_snapshot).next(wait_snapshot)
+            wait_snapshot.next(describe_snapshot)
+            describe_snapshot.next(sfn.Choice(self, f"Snapshot described?{suffix}").when(
+                sfn.Condition.is_present(snapshot_status), sfn.Choice(self, f"Snapshot available?{suffix}").when(
+                    sfn.Condition.string_equals(snapshot_status, "available"), restore_scratch,
+                ).when(
+                    sfn.Condition.or_(*[sfn.Condition.string_equals(snapshot_status, s)
+                                        for s in SNAPSHOT_FAILED_STATUSES]),
+                    snapshot_broken,
+                ).otherwise(count_snapshot),
+            ).otherwise(count_snapshot))
+            return create_snapshot, restore_scratch, scratch_ready
+
+        create_snapshot, restore_scratch, _ = scratch_chain("")
         find_latest = _lambda(self, "Find latest snapshot", latest_snapshot, {
             "instance_id": JsonPath.string_at("$.source_instance_id")}, "$.snapshot")
         find_latest.next(restore_scratch)
-        run_snapshot_arn = rds_arn("snapshot", f"{SCRATCH_PREFIX}*")
-        create_snapshot = _rds(
-            self, "Create snapshot", "createDBSnapshot", {
-                "DbInstanceIdentifier": JsonPath.string_at("$.source_instance_id"),
-                "DbSnapshotIdentifier": JsonPath.string_at("$.scratch.snapshot_id"),
-                "Tags": tags,  # the run deletes it on every path; the janitor finds orphans by these tags
-            },
-            iam_resources=[rds_arn("db", source_instance_id), run_snapshot_arn],
-            iam_action="rds:CreateDBSnapshot",
-            additional_iam_statements=[iam.PolicyStatement(
-                actions=["rds:AddTagsToResource"], resources=[run_snapshot_arn],
-                conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}})],
-        )
-        use_new_snapshot = sfn.Pass(self, "Use the new snapshot", result_path="$.snapshot",
-                                    parameters={"snapshot_id": JsonPath.string_at("$.scratch.snapshot_id")})
-        wait_snapshot = sfn.Wait(self, "Wait for snapshot",
-                                 time=sfn.WaitTime.duration(Duration.seconds(SNAPSHOT_POLL_SECONDS)))
-        describe_snapshot = _rds(
-            self, "Describe snapshot", "describeDBSnapshots",
-            {"DbSnapshotIdentifier": JsonPath.string_at("$.snapshot.snapshot_id")},
-            iam_resources=[run_snapshot_arn], iam_action="rds:DescribeDBSnapshots", result_path="$.snapshot_status")
-        snapshot_status = "$.snapshot_status.DbSnapshots[0].Status"
-        snapshot_late = sfn.Fail(self, "Snapshot deadline passed", error="ScratchFailed",
-                                 cause=f"the snapshot was not available within {scratch_wait_minutes} minutes")
-        snapshot_broken = sfn.Fail(self, "Snapshot failed", error="ScratchFailed",
-                                   cause="RDS could not create the snapshot of the source")
-        count_snapshot = sfn.Pass(self, "Count snapshot wait", result_path="$.snapshot_wait", parameters={
-            "count": JsonPath.math_add(JsonPath.number_at("$.snapshot_wait.count"), 1)})
-        count_snapshot.next(sfn.Choice(self, "Snapshot deadline?").when(
-            sfn.Condition.number_greater_than("$.snapshot_wait.count",
-                                              scratch_wait_minutes * 60 // SNAPSHOT_POLL_SECONDS),
-            snapshot_late,
-        ).otherwise(wait_snapshot))
-        create_snapshot.next(use_new_snapshot).next(wait_snapshot)
-        wait_snapshot.next(describe_snapshot)
-        describe_snapshot.next(sfn.Choice(self, "Snapshot described?").when(
-            sfn.Condition.is_present(snapshot_status), sfn.Choice(self, "Snapshot available?").when(
-                sfn.Condition.string_equals(snapshot_status, "available"), restore_scratch,
-            ).when(
-                sfn.Condition.or_(*[sfn.Condition.string_equals(snapshot_status, s)
-                                    for s in SNAPSHOT_FAILED_STATUSES]),
-                snapshot_broken,
-            ).otherwise(count_snapshot),
-        ).otherwise(count_snapshot))
         which_snapshot = sfn.Choice(self, "Snapshot requested?").when(
             sfn.Condition.boolean_equals("$.create_snapshot", True), create_snapshot,
         ).otherwise(find_latest)
@@ -495,7 +503,10 @@ class PreMigrationWorkflow(Construct):
             "MIGSAFE_SCRATCH_ENDPOINT": JsonPath.string_at("$.prepared.scratch.endpoint"),
             "MIGSAFE_SCRATCH_INSTANCE_ID": scratch_id,
         })
-        guard(rehearse, REHEARSE, delete_after_failure)
+        guard(rehearse, REHEARSE, self._fresh_copy(
+            rehearse=rehearse, evaluate=evaluate, latest_snapshot=latest_snapshot, scratch_chain=scratch_chain,
+            scratch_arn=scratch_arn,
+            cleanup=delete_after_failure, guard=guard))
         evaluate_task = _lambda(self, EVALUATE, evaluate, {
             "kind": "rehearsal", "results_prefix": JsonPath.string_at("$.results_prefix")}, "$.evaluation")
         guard(evaluate_task, EVALUATE, delete_after_failure)
@@ -527,6 +538,59 @@ class PreMigrationWorkflow(Construct):
         self.state_machine.role.add_to_principal_policy(scratch_delete_statement(self))
         for statement in scratch_cleanup_statements(self):
             self.state_machine.role.add_to_principal_policy(statement)
+
+    def _fresh_copy(self, *, rehearse: sfn.IChainable, evaluate: lambda_.IFunction,
+                    latest_snapshot: lambda_.IFunction, scratch_chain: Any,
+                    scratch_arn: str, cleanup: sfn.IChainable, guard: Any) -> sfn.IChainable:
+        """Where a failed rehearsal goes: when the input allowed it (``"create_snapshot": "if-stale"``)
+        and the worker found the scratch at another revision than the source (``ScratchStale``),
+        delete that scratch, snapshot the source and rehearse once more on a fresh copy; otherwise
+        the cleanup. The fresh copy is prepared inside a Parallel, so its Fail states are caught."""
+        check = _lambda(self, "Check for a stale scratch", evaluate, {
+            "kind": "stale", "results_prefix": JsonPath.string_at("$.results_prefix")}, "$.stale")
+        check.add_catch(cleanup, errors=["States.ALL"], result_path="$.stale_error")
+        delete_stale = tasks.CallAwsService(
+            self, "Delete stale scratch", service="rds", action="deleteDBInstance",
+            parameters={"DbInstanceIdentifier": JsonPath.string_at("$.scratch.instance_id"),
+                        "SkipFinalSnapshot": True, "DeleteAutomatedBackups": True},
+            iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances", result_path=JsonPath.DISCARD)
+        delete_stale.add_retry(errors=[RDS_BUSY], interval=Duration.seconds(60), max_attempts=45, backoff_rate=1)
+        delete_stale.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6, backoff_rate=2)
+        rename = sfn.Pass(self, "Name the fresh scratch", result_path="$.scratch", parameters={
+            "instance_id": JsonPath.format("{}-fresh", JsonPath.string_at("$.scratch.instance_id")),
+            "snapshot_id": JsonPath.format("{}-fresh", JsonPath.string_at("$.scratch.snapshot_id")),
+            "secret_name": JsonPath.string_at("$.scratch.secret_name"),
+            "instance_class": JsonPath.string_at("$.scratch.instance_class"),
+        })
+        delete_stale.add_catch(rename, errors=[RDS_NOT_FOUND], result_path=JsonPath.DISCARD)
+        delete_stale.add_catch(cleanup, errors=["States.ALL"], result_path="$.cleanup_error")
+        once = sfn.Pass(self, "Only one fresh copy", result_path="$.refresh_allowed", result=sfn.Result.from_boolean(False))
+        snapshot = sfn.Pass(self, "Snapshot this time", result_path="$.create_snapshot",
+                            result=sfn.Result.from_boolean(True))
+        reset_scratch = sfn.Pass(self, "Reset the scratch wait", result_path="$.scratch_wait",
+                                 result=sfn.Result.from_object({"count": 0}))
+        reset_snapshot = sfn.Pass(self, "Reset the snapshot wait", result_path="$.snapshot_wait",
+                                  result=sfn.Result.from_object({"count": 0}))
+        create_snapshot, _, _ = scratch_chain(" (fresh)")
+        settings = _lambda(self, f"{SOURCE_SETTINGS} (fresh)", latest_snapshot, {
+            "action": "source_settings", "instance_id": JsonPath.string_at("$.source_instance_id")}, "$.source")
+        settings.next(create_snapshot)
+        # a one-branch Parallel always yields one element: the selector cannot miss
+        fresh = sfn.Parallel(self, "Prepare a fresh scratch", result_path="$.prepared.scratch", result_selector={
+            "instance_id": JsonPath.string_at("$[0].instance_id"), "endpoint": JsonPath.string_at("$[0].endpoint")})
+        fresh.branch(settings)
+        guard(fresh, "Prepare a fresh scratch", cleanup)
+        delete_stale.next(rename).next(once).next(snapshot).next(reset_scratch).next(reset_snapshot).next(fresh)
+        fresh.next(rehearse)
+        stale = sfn.Choice(self, "Scratch stale?").when(
+            sfn.Condition.and_(sfn.Condition.is_present("$.stale.stale"), sfn.Condition.boolean_equals("$.stale.stale", True)),
+            delete_stale,
+        ).otherwise(cleanup)
+        check.next(stale)
+        return sfn.Choice(self, "Fresh copy allowed?").when(
+            sfn.Condition.and_(sfn.Condition.is_present("$.refresh_allowed"),
+                               sfn.Condition.boolean_equals("$.refresh_allowed", True)), check,
+        ).otherwise(cleanup)
 
 
 class RestoreWorkflow(Construct):

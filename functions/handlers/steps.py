@@ -56,13 +56,13 @@ class RehearsalInput(_Event):
 
     ``create_snapshot``: ``true`` snapshots the source first (deleted again by the execution);
     ``false`` restores its latest snapshot, and the rehearsal FAILs, naming both revisions, when
-    that snapshot is at another alembic revision than the source (start again with ``true``:
-    ``migsafe gate --create-snapshot``).
+    that snapshot is at another alembic revision than the source; ``"if-stale"`` restores the
+    latest snapshot and, in that case, snapshots the source and rehearses once more on a fresh copy.
     """
 
     plan: dict[str, Any]
     bundle_sha256: str | None = None
-    create_snapshot: bool = False
+    create_snapshot: bool | Literal["if-stale"] = False
 
 
 class RestoreInput(_Event):
@@ -142,7 +142,8 @@ def validate_rehearsal(event: Mapping[str, Any], environ: Mapping[str, str], sto
         "request_key": key,
         "results_prefix": request.results_prefix,
         "source_instance_id": environ["MIGSAFE_SOURCE_INSTANCE_ID"],
-        "create_snapshot": given.create_snapshot,
+        "create_snapshot": given.create_snapshot is True,
+        "refresh_allowed": given.create_snapshot == "if-stale",
         "scratch": {"instance_id": scratch_id, "snapshot_id": scratch_id, "secret_name": scratch_secret_name(scratch_id),
                     "instance_class": environ.get("MIGSAFE_SCRATCH_INSTANCE_CLASS", "db.t4g.medium")},
         "snapshot_wait": {"count": 0},
@@ -295,8 +296,15 @@ def latest_snapshot(instance_id: str, rds: Any) -> dict[str, str]:
 
 # --- evaluate ---------------------------------------------------------------------------------
 class EvaluateEvent(_Event):
-    kind: Literal["rehearsal", "restore"]
+    kind: Literal["rehearsal", "restore", "stale"]
     results_prefix: str
+
+
+def stale_scratch(event: Mapping[str, Any], results: Store) -> dict[str, Any]:
+    """Did the rehearsal stop because the scratch is at another revision than the source?"""
+    given = _parse(EvaluateEvent, event, "stale-scratch event")
+    found = _worker_error(results, given.results_prefix) or {}
+    return {"stale": found.get("error") == "ScratchStale", "message": mask(str(found.get("message") or ""))}
 
 
 class Evaluation(BaseModel):

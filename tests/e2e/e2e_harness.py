@@ -513,7 +513,8 @@ class Harness:
             scratch = create_scratch("local", self.source, runtime_dir=self.runtime_dir)
             self.scratches[ident] = scratch
             self.require_password(scratch, SNAPSHOT_PASSWORD)
-            if self.snapshot_revision is not None:  # a snapshot older than the last migration
+            fresh = str(params.get("DBSnapshotIdentifier", "")).startswith("migsafe-scratch-")
+            if self.snapshot_revision is not None and not fresh:  # an older snapshot than the last migration
                 with self._admin(scratch, scratch.dsn.dbname) as conn:
                     conn.execute("update alembic_version set version_num = %s", (self.snapshot_revision,))
         elif operation == "describe_db_instances":

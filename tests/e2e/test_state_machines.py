@@ -591,3 +591,30 @@ def test_a_restore_into_an_instance_off_the_allowlist_is_refused(harness: Harnes
     context = chatbot(messages[0])["metadata"]["additionalContext"]
     assert (context["state"], context["error"]) == (workflows.VALIDATE_RESTORE, "RestoreRefused")
     assert fingerprints(staging.conninfo) == before
+
+
+def test_a_stale_scratch_is_replaced_by_a_fresh_copy_when_the_input_allows_it(harness: Harness, tmp_path: Path,
+                                                                              source: Any) -> None:
+    # Given a latest snapshot older than the source's revision, and an input that allows a fresh snapshot
+    plan_path = project(tmp_path)
+    sha = push_bundle(harness, plan_path)
+    machine = harness.create_state_machine("PreMigration")
+    harness.snapshot_revision = "0000_before_the_last_deploy"
+    before = _snapshots(harness)
+
+    # When the pipeline starts an execution with "create_snapshot": "if-stale"
+    arn = harness.start(machine, {**execution_input(plan_path, sha), "create_snapshot": "if-stale"},
+                        name="i8-refresh")
+    described = harness.wait(arn)
+
+    # Then the stale scratch was deleted, the source snapshotted, and the rehearsal passed on a fresh copy
+    assert described["status"] == "SUCCEEDED", harness.explain(arn)
+    entered = harness.entered(arn)
+    for state in ("Check for a stale scratch", "Delete stale scratch", "Prepare a fresh scratch",
+                  "Create snapshot (fresh)", workflows.DELETE_SNAPSHOT):
+        assert state in entered, state
+    assert entered.count(workflows.REHEARSE) == 2
+    assert [m["MessageAttributes"]["verdict"]["Value"] for m in harness.messages()] == ["PASS"]
+    # and nothing is left: no scratch, no run snapshot, no secret
+    assert harness.rds_instances() == [SOURCE_INSTANCE] and harness.scratches == {}
+    assert _snapshots(harness) == before and _secrets(harness) == []

@@ -94,7 +94,10 @@ def test_every_state_after_the_scratch_restore_starts_catches_into_the_scratch_d
         assert catch["ResultPath"] == "$.error"
         marker = states[chain[0]]
         assert marker["Type"] == "Pass" and marker["Result"] == name and marker["ResultPath"] == "$.failed_state"
-        assert chain[-1] == wf.DELETE_AFTER_FAILURE, f"{name} catches into {chain}"
+        if name == wf.REHEARSE:  # first: is it a stale scratch the input allows to replace? else the cleanup
+            assert chain[-1] == "Fresh copy allowed?" and states[chain[-1]]["Default"] == wf.DELETE_AFTER_FAILURE
+        else:
+            assert chain[-1] == wf.DELETE_AFTER_FAILURE, f"{name} catches into {chain}"
         # and States.ALL is the last catcher (specific ones, like an already-deleted instance, come first)
         assert states[name]["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
 
@@ -119,7 +122,7 @@ def test_no_state_after_the_scratch_exists_can_fail_with_an_uncatchable_runtime_
                 for choice in state["Choices"]:
                     text = str(choice)
                     if "_status." in text and "IsPresent" not in text:
-                        assert name in {"Scratch available?", "Snapshot available?"}, name
+                        assert name.startswith(("Scratch available?", "Snapshot available?")), name
     # and the Choices that compare a status are reached only through an IsPresent test
     branch = pre["States"][wf.PREPARE]["Branches"][1]["States"]
     assert branch["Describe scratch"]["Next"] == "Scratch described?"
@@ -378,3 +381,24 @@ def test_the_scratch_port_and_its_security_group_rule_follow_the_source_port() -
     # Then the worker is admitted on 6432 (only), and the scratch is restored on 6432
     assert [(r["FromPort"], r["ToPort"]) for r in ingress] == [(6432, 6432)]
     assert restore["Parameters"]["Port"] == 6432
+
+
+def test_a_stale_scratch_is_replaced_once_and_every_step_of_that_path_reaches_the_cleanup(pre: dict[str, Any]) -> None:
+    # Given the path a failed rehearsal takes
+    states = pre["States"]
+    allowed = states["Fresh copy allowed?"]
+    # Then only an input that allowed it ("if-stale") and a worker that found ScratchStale replace the scratch
+    assert allowed["Choices"][0]["Next"] == "Check for a stale scratch"
+    assert states["Check for a stale scratch"]["Parameters"]["kind"] == "stale"
+    assert states["Scratch stale?"]["Choices"][0]["Next"] == "Delete stale scratch"
+    assert states["Scratch stale?"]["Default"] == wf.DELETE_AFTER_FAILURE
+    # once: the fresh copy has its own name, a snapshot of its own, and no second chance
+    path = _reachable(states, "Delete stale scratch")
+    assert path[:7] == ["Delete stale scratch", "Name the fresh scratch", "Only one fresh copy", "Snapshot this time",
+                        "Reset the scratch wait", "Reset the snapshot wait", "Prepare a fresh scratch"]
+    assert states["Only one fresh copy"]["Result"] is False and states["Snapshot this time"]["Result"] is True
+    assert states["Prepare a fresh scratch"]["Next"] == wf.REHEARSE
+    # and every Task or Parallel on it catches into the scratch deletion
+    for name in ("Check for a stale scratch", "Delete stale scratch", "Prepare a fresh scratch"):
+        catch = _catch_all(states[name])
+        assert catch is not None and list(_through_passes(states, catch["Next"]))[-1] == wf.DELETE_AFTER_FAILURE, name
