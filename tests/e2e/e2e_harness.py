@@ -173,6 +173,11 @@ class Harness:
         self.approval_seconds = 120  # the approval state's timeout here (an hour on AWS)
         self._faults: dict[tuple[str, str], list[Exception]] = defaultdict(list)
         self._lock = threading.Lock()
+        # restores still copying a database when an execution ends (a Parallel whose other branch
+        # failed stops waiting for them): close() waits for them, a late one is destroyed at once
+        self._restoring = threading.Condition()
+        self._in_flight = 0
+        self._closed = False
         self.names = self._names()
         self.sfn = boto3.client("stepfunctions", region_name=REGION)
         self.rds = boto3.client("rds", region_name=REGION)
@@ -510,8 +515,18 @@ class Harness:
         if operation == "restore_db_instance_from_db_snapshot":
             # the snapshot's content is the test's source database, its master password the one of
             # snapshot time (not the source secret's current one): only a new password logs in
-            scratch = create_scratch("local", self.source, runtime_dir=self.runtime_dir)
-            self.scratches[ident] = scratch
+            with self._restoring:
+                if self._closed:
+                    raise RuntimeError("the harness is closed")
+                self._in_flight += 1
+            try:
+                scratch = create_scratch("local", self.source, runtime_dir=self.runtime_dir)
+                with self._restoring:
+                    self.scratches[ident] = scratch
+            finally:
+                with self._restoring:
+                    self._in_flight -= 1
+                    self._restoring.notify_all()
             self.require_password(scratch, SNAPSHOT_PASSWORD)
             fresh = str(params.get("DBSnapshotIdentifier", "")).startswith("migsafe-scratch-")
             if self.snapshot_revision is not None and not fresh:  # an older snapshot than the last migration
@@ -630,6 +645,9 @@ class Harness:
         return sorted(d["DBInstanceIdentifier"] for d in self.rds.describe_db_instances()["DBInstances"])
 
     def close(self) -> None:
+        with self._restoring:
+            self._closed = True
+            self._restoring.wait_for(lambda: self._in_flight == 0, timeout=300)
         for scratch in [*self.scratches.values(), *self.extra_clusters]:
             scratch.destroy()
         self.scratches.clear()

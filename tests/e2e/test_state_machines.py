@@ -440,9 +440,10 @@ def test_a_plan_of_200_tables_and_50_checks_reaches_the_worker(harness: Harness,
     backup = harness.called("ecs", "backup")
     assert backup, harness.explain(arn)
     errors = [k for k in harness.keys("results/i8-big-plan/") if "error-backup" in k]
-    if errors:  # the worker parsed the plan and refused the missing tables by name, not a truncated request
-        body = harness.s3.get_object(Bucket=harness.bucket, Key=errors[0])["Body"].read().decode()
-        assert "archived_table" in body and "invalid backup request" not in body
+    # the worker parsed the whole plan and refused the missing tables by name, not a truncated request
+    assert errors, harness.explain(arn)
+    body = harness.s3.get_object(Bucket=harness.bucket, Key=errors[0])["Body"].read().decode()
+    assert "archived_table" in body and "invalid backup request" not in body
 
 
 # --- issue 8: restores into real instances need the allowlist and an approval ---------------------
