@@ -1,33 +1,68 @@
-"""The scratch janitor: every hour, delete RDS instances tagged ``migsafe:scratch`` that are older
-than ``scratchMaxAgeHours`` (orphans of killed executions cost money)."""
+"""The scratch janitor: every hour, delete what executions left behind (orphans of killed or
+timed-out executions cost money): scratch instances, the snapshots runs created, and the scratch
+password secrets.
+
+Each carries the tag ``migsafe:execution`` (the execution ARN). The janitor deletes one only when
+Step Functions says that execution is no longer RUNNING, or when it is older than the state
+machine's timeout plus a margin (an 8-hour execution must never lose its scratch to a 6-hour
+rule). One resource that cannot be deleted is logged and the sweep goes on.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from aws_cdk import ArnFormat, Duration, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_stepfunctions as sfn
 from cdk_nag import NagSuppressions
 from constructs import Construct
 
 from .lambdas import python_function
 
 SCRATCH_TAG = "migsafe:scratch"
+EXECUTION_TAG = "migsafe:execution"
 SCRATCH_PREFIX = "migsafe-scratch-"
+SECRET_PREFIX = "migsafe-scratch/"  # noqa: S105 - a secret name prefix, not a secret
+EXECUTION_TIMEOUT_HOURS = 8  # both state machines' timeout
+MARGIN_HOURS = 1
 SCHEDULE = events.Schedule.rate(Duration.hours(1))
+
+
+def _arn(scope: Construct, service: str, resource: str, name: str) -> str:
+    return Stack.of(scope).format_arn(service=service, resource=resource, resource_name=name,
+                                      arn_format=ArnFormat.COLON_RESOURCE_NAME)
 
 
 def scratch_delete_statement(scope: Construct) -> iam.PolicyStatement:
     """rds:DeleteDBInstance, only on instances that carry the scratch tag (and the scratch name)."""
-    stack = Stack.of(scope)
     return iam.PolicyStatement(
         sid="DeleteTaggedScratchOnly",
         actions=["rds:DeleteDBInstance"],
-        resources=[stack.format_arn(service="rds", resource="db", resource_name=f"{SCRATCH_PREFIX}*",
-                                    arn_format=ArnFormat.COLON_RESOURCE_NAME)],
+        resources=[_arn(scope, "rds", "db", f"{SCRATCH_PREFIX}*")],
         conditions={"StringLike": {f"rds:db-tag/{SCRATCH_TAG}": "*"}},
     )
+
+
+def scratch_cleanup_statements(scope: Construct) -> list[iam.PolicyStatement]:
+    """Delete the run's snapshots and the scratch secrets: named migsafe-scratch-*, tagged migsafe:scratch."""
+    return [
+        iam.PolicyStatement(
+            sid="DeleteTaggedRunSnapshotsOnly",
+            actions=["rds:DeleteDBSnapshot"],
+            resources=[_arn(scope, "rds", "snapshot", f"{SCRATCH_PREFIX}*")],
+            conditions={"StringLike": {f"rds:snapshot-tag/{SCRATCH_TAG}": "*"}},
+        ),
+        iam.PolicyStatement(
+            sid="DeleteTaggedScratchSecretsOnly",
+            actions=["secretsmanager:DeleteSecret"],
+            resources=[_arn(scope, "secretsmanager", "secret", f"{SECRET_PREFIX}*")],
+            conditions={"StringLike": {f"secretsmanager:ResourceTag/{SCRATCH_TAG}": "*"}},
+        ),
+    ]
 
 
 class Janitor(Construct):
@@ -38,25 +73,40 @@ class Janitor(Construct):
         *,
         layer: lambda_.ILayerVersion,
         max_age_hours: int,
+        state_machines: Sequence[sfn.IStateMachine] = (),
     ) -> None:
         super().__init__(scope, construct_id)
+        # never younger than the longest an execution may still be using its scratch
+        hours = max(max_age_hours, EXECUTION_TIMEOUT_HOURS + MARGIN_HOURS)
+        self.max_age_hours = hours
         self.function = python_function(
             self, "Function", handler="handlers.janitor.handler", layer=layer,
-            environment={"MIGSAFE_SCRATCH_MAX_AGE_HOURS": str(max_age_hours),
+            environment={"MIGSAFE_SCRATCH_MAX_AGE_HOURS": str(hours),
                          "MIGSAFE_SCRATCH_TAG": SCRATCH_TAG, "MIGSAFE_SCRATCH_PREFIX": SCRATCH_PREFIX},
-            timeout=Duration.minutes(2),
-            description=f"migsafe: delete scratch instances older than {max_age_hours} h",
+            timeout=Duration.minutes(5),
+            description=f"migsafe: delete scratch resources of finished executions (or older than {hours} h)",
         )
         self.function.add_to_role_policy(iam.PolicyStatement(
-            sid="ListInstances", actions=["rds:DescribeDBInstances"], resources=["*"]))
+            sid="ListScratchResources",
+            actions=["rds:DescribeDBInstances", "rds:DescribeDBSnapshots", "secretsmanager:ListSecrets"],
+            resources=["*"]))
         self.function.add_to_role_policy(scratch_delete_statement(self))
+        for statement in scratch_cleanup_statements(self):
+            self.function.add_to_role_policy(statement)
+        executions = [Stack.of(self).format_arn(service="states", resource="execution",
+                                                resource_name=f"{machine.state_machine_name}:*",
+                                                arn_format=ArnFormat.COLON_RESOURCE_NAME)
+                      for machine in state_machines]
+        if executions:
+            self.function.add_to_role_policy(iam.PolicyStatement(
+                sid="AskWhetherTheExecutionRuns", actions=["states:DescribeExecution"], resources=executions))
         self.rule = events.Rule(self, "Schedule", schedule=SCHEDULE,
-                                description="migsafe: sweep orphaned scratch instances",
+                                description="migsafe: sweep orphaned scratch resources",
                                 targets=[targets.LambdaFunction(self.function, retry_attempts=2)])
         NagSuppressions.add_resource_suppressions(self.function, [
             {"id": "AwsSolutions-IAM5",
-             "reason": "DescribeDBInstances cannot be scoped to tagged instances before they are listed; the "
-                       "delete is limited to migsafe-scratch-* instances carrying the migsafe:scratch tag.",
-             "applies_to": ["Resource::*",
-                            {"regex": "/^Resource::arn:<AWS::Partition>:rds:<AWS::Region>:<AWS::AccountId>:db:migsafe-scratch-\\*$/g"}]},
+             "reason": "DescribeDBInstances/DescribeDBSnapshots/ListSecrets cannot be scoped to tagged resources "
+                       "before they are listed; deletes are limited to migsafe-scratch-* resources carrying the "
+                       "migsafe:scratch tag; DescribeExecution to the executions of the migsafe state machines.",
+             "applies_to": [{"regex": "/^Resource::.*$/g"}]},
         ], apply_to_children=True)

@@ -114,6 +114,7 @@ class Lambdas(Construct):
         scratch_instance_class: str,
         powertools_layer_version: int,
         powertools_layer_arn_override: str | None = None,
+        source_port: int = 5432,
     ) -> None:
         super().__init__(scope, construct_id)
         self.layer = lambda_.LayerVersion.from_layer_version_arn(
@@ -124,6 +125,7 @@ class Lambdas(Construct):
             "MIGSAFE_RESULTS_URL": results_url,
             "MIGSAFE_SOURCE_INSTANCE_ID": source_instance_id,
             "MIGSAFE_SCRATCH_INSTANCE_CLASS": scratch_instance_class,
+            "MIGSAFE_SOURCE_PORT": str(source_port),
         }
         self.validate_plan = python_function(
             self, "ValidatePlan", handler="handlers.validate.plan_handler", layer=self.layer, environment=env,
@@ -142,13 +144,19 @@ class Lambdas(Construct):
             self, "FormatNotification", handler="handlers.notification.handler", layer=self.layer,
             environment=env, description="migsafe: the Chatbot message for a verdict or a caught failure")
 
-        bucket.grant_read(self.validate_plan)  # the bundle must exist before anything starts
-        bucket.grant_read(self.validate_restore)  # so must the backup (and be complete)
+        # the bundle (the backup) must exist before anything starts; the request goes beside it
+        bucket.grant_read_write(self.validate_plan)
+        bucket.grant_read_write(self.validate_restore)
         bucket.grant_read(self.evaluate)
         bucket.grant_read(self.format_notification)
         stack = Stack.of(self)
+        # the restore target's tags (the allowlist) and endpoint
+        self.validate_restore.add_to_role_policy(iam.PolicyStatement(
+            actions=["rds:DescribeDBInstances"],
+            resources=[stack.format_arn(service="rds", resource="db", resource_name="*",
+                                        arn_format=ArnFormat.COLON_RESOURCE_NAME)]))
         self.latest_snapshot.add_to_role_policy(iam.PolicyStatement(
-            actions=["rds:DescribeDBSnapshots"],
+            actions=["rds:DescribeDBSnapshots", "rds:DescribeDBInstances"],
             resources=[
                 stack.format_arn(service="rds", resource="db", resource_name=source_instance_id,
                                  arn_format=ArnFormat.COLON_RESOURCE_NAME),

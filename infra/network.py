@@ -13,7 +13,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_rds as rds
 from constructs import Construct
 
-POSTGRES_PORT = 5432
+POSTGRES_PORT = 5432  # the default; the scratch listens on the source's port (``db_port``)
 
 
 class Network(Construct):
@@ -29,9 +29,12 @@ class Network(Construct):
         db_subnet_group_name: str | None = None,
         scratch_security_group_id: str | None = None,
         assign_public_ip: bool = False,
+        db_port: int = POSTGRES_PORT,
     ) -> None:
         super().__init__(scope, construct_id)
         self.demo = vpc_id is None
+        # the scratch is restored on the source's port, and the security-group rule follows it
+        self.db_port = db_port
         if vpc_id is None:
             self.vpc: ec2.IVpc = ec2.Vpc(
                 self, "Vpc",
@@ -67,7 +70,7 @@ class Network(Construct):
         else:
             scratch_sg = ec2.SecurityGroup(
                 self, "ScratchSg", vpc=self.vpc, description="migsafe scratch instances", allow_all_outbound=False)
-            scratch_sg.add_ingress_rule(self.worker_security_group, ec2.Port.tcp(POSTGRES_PORT),
+            scratch_sg.add_ingress_rule(self.worker_security_group, ec2.Port.tcp(db_port),
                                         "PostgreSQL from the migsafe worker")
             self.scratch_security_group_id = scratch_sg.security_group_id
 

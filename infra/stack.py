@@ -44,7 +44,8 @@ class MigsafeStack(Stack):
         self.network = Network(
             self, "Network", vpc_id=cfg.vpc_id, subnet_ids=cfg.subnet_ids, availability_zones=cfg.availability_zones,
             worker_security_group_id=cfg.worker_security_group_id, db_subnet_group_name=cfg.db_subnet_group_name,
-            scratch_security_group_id=cfg.scratch_security_group_id, assign_public_ip=cfg.assign_public_ip)
+            scratch_security_group_id=cfg.scratch_security_group_id, assign_public_ip=cfg.assign_public_ip,
+            db_port=cfg.source_port)
 
         if cfg.source_secret_arn:
             source_secret = secretsmanager.Secret.from_secret_complete_arn(self, "SourceSecret", cfg.source_secret_arn)
@@ -71,7 +72,7 @@ class MigsafeStack(Stack):
         self.lambdas = Lambdas(
             self, "Steps", bucket=self.storage.bucket, store_url=self.storage.store_url,
             results_url=self.storage.results_url, source_instance_id=cfg.source_instance_id,
-            scratch_instance_class=cfg.scratch_instance_class,
+            scratch_instance_class=cfg.scratch_instance_class, source_port=cfg.source_port,
             powertools_layer_version=cfg.powertools_layer_version,
             powertools_layer_arn_override=cfg.powertools_layer_arn)
         self.workflows = Workflows(
@@ -87,7 +88,8 @@ class MigsafeStack(Stack):
         if cfg.source_kms_key_arns:
             self.workflows.pre_migration.state_machine.add_to_role_policy(
                 source_kms_statement(cfg.source_kms_key_arns))
-        self.janitor = Janitor(self, "Janitor", layer=self.lambdas.layer, max_age_hours=cfg.scratch_max_age_hours)
+        self.janitor = Janitor(self, "Janitor", layer=self.lambdas.layer, max_age_hours=cfg.scratch_max_age_hours,
+                               state_machines=self.workflows.state_machines)
 
         CfnOutput(self, "BucketName", value=self.storage.bucket.bucket_name)
         CfnOutput(self, "StoreUrl", value=self.storage.store_url)

@@ -20,6 +20,8 @@ from aws_cdk.aws_ecr_assets import Platform
 from cdk_nag import NagSuppressions
 from constructs import Construct
 
+from .janitor import SCRATCH_PREFIX, SCRATCH_TAG, SECRET_PREFIX
+
 FUNCTIONS = Path(__file__).resolve().parent.parent / "functions"
 CONTAINER_NAME = "worker"
 ASSET_EXCLUDE = ["**/__pycache__", "*.egg-info", "**/*.pyc", "handlers", ".mypy_cache", ".pytest_cache"]
@@ -96,6 +98,23 @@ class Worker(Construct):
             resources=[stack.format_arn(service="rds", resource="db", resource_name=source_instance_id,
                                         arn_format=ArnFormat.COLON_RESOURCE_NAME)],
         ))
+        # the per-execution scratch password (functions/migsafe/worker.py, set_scratch_password)
+        scratch = stack.format_arn(service="rds", resource="db", resource_name=f"{SCRATCH_PREFIX}*",
+                                   arn_format=ArnFormat.COLON_RESOURCE_NAME)
+        secrets = stack.format_arn(service="secretsmanager", resource="secret", resource_name=f"{SECRET_PREFIX}*",
+                                   arn_format=ArnFormat.COLON_RESOURCE_NAME)
+        role = self.task_definition.task_role
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="DescribeScratch", actions=["rds:DescribeDBInstances"], resources=[scratch]))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="SetScratchPassword", actions=["rds:ModifyDBInstance"], resources=[scratch],
+            conditions={"StringLike": {f"rds:db-tag/{SCRATCH_TAG}": "*"}}))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="CreateScratchSecret", actions=["secretsmanager:CreateSecret", "secretsmanager:TagResource"],
+            resources=[secrets], conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}}))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="UpdateScratchSecret", actions=["secretsmanager:PutSecretValue"], resources=[secrets],
+            conditions={"StringLike": {f"secretsmanager:ResourceTag/{SCRATCH_TAG}": "*"}}))
         NagSuppressions.add_resource_suppressions(self.task_definition, [
             {"id": "AwsSolutions-ECS2",
              "reason": "Only store URLs, the source instance id, host, port and database name are plain "
@@ -107,6 +126,7 @@ class Worker(Construct):
                        "by bucket.grant_read_write; the execution role's log stream actions are per log group.",
              "applies_to": ["Action::s3:Abort*", "Action::s3:DeleteObject*", "Action::s3:GetBucket*",
                             "Action::s3:GetObject*", "Action::s3:List*", "Action::kms:GenerateDataKey*",
-                            "Action::kms:ReEncrypt*", {"regex": "/^Resource::<.*Backups.*\\.Arn>/\\*$/g"}]},
+                            "Action::kms:ReEncrypt*", {"regex": "/^Resource::<.*Backups.*\\.Arn>/\\*$/g"},
+                            {"regex": "/^Resource::arn:<AWS::Partition>:(rds|secretsmanager):.*migsafe-scratch.*$/g"}]},
         ], apply_to_children=True)
 

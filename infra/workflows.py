@@ -7,24 +7,32 @@ throttling errors.
 
 Pre-migration (input: ``{"plan": {...}, "bundle_sha256"?: "...", "create_snapshot"?: false}``)::
 
-    Validate plan -> Prepare (parallel: Back up tables | snapshot -> Restore scratch instance ->
-    wait until available) -> Rehearse on scratch -> Evaluate verdict -> Format result message ->
-    Publish result -> Delete scratch instance -> Succeed / Fail on the verdict
+    Validate plan -> Prepare (parallel: Back up tables | Read source settings -> snapshot ->
+    Restore scratch instance -> wait until available) -> Rehearse on scratch -> Evaluate verdict ->
+    Format result message -> Publish result -> Delete scratch instance -> Delete run snapshot ->
+    Delete scratch secret -> Succeed / Fail on the verdict
 
 From ``Prepare`` on, every Task and Parallel state catches ``States.ALL`` into a ``<state> failed``
 marker that records the state's name and leads to ``Delete scratch after failure`` (which
-tolerates an instance that was never created), then a FAIL message naming the state and the error.
+tolerates an instance that was never created), the run's snapshot and the scratch secret, then a
+FAIL message naming the state and the error.
+
+``States.Runtime`` (a path that is absent from a state's input or result) is the one error no
+Catch sees, so no state that can run after the scratch exists reads a path the service may leave
+out: no ResultSelector on service results, and Choice states test ``IsPresent`` before comparing.
 
 Restore (input: ``{"backup_id": "...", "tables"?: [...], "target": "scratch" | "<instance id>",
-"confirm"?: "<instance id>"}``)::
+"confirm"?: "<instance id>", "mode"?: "replace" | "merge" | "diff"}``)::
 
-    Validate restore request -> (scratch | Describe target instance) -> Restore tables ->
+    Validate restore request (confirm, allowlist tag, endpoint) -> (scratch | Needs approval? ->
+    Wait for approval) -> Restore tables (the worker backs up the target's tables first) ->
     Evaluate restore -> Format restore message -> Publish restore result -> Succeed / Fail
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from aws_cdk import ArnFormat, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ecs as ecs
@@ -37,7 +45,15 @@ from aws_cdk import aws_stepfunctions_tasks as tasks
 from cdk_nag import NagSuppressions
 from constructs import Construct
 
-from .janitor import SCRATCH_PREFIX, SCRATCH_TAG, scratch_delete_statement
+from .janitor import (
+    EXECUTION_TAG,
+    EXECUTION_TIMEOUT_HOURS,
+    SCRATCH_PREFIX,
+    SCRATCH_TAG,
+    SECRET_PREFIX,
+    scratch_cleanup_statements,
+    scratch_delete_statement,
+)
 from .network import Network
 from .worker import Worker
 
@@ -45,20 +61,30 @@ JsonPath = sfn.JsonPath
 
 LAMBDA_TRANSIENT = ["Lambda.ServiceException", "Lambda.AWSLambdaException", "Lambda.SdkClientException",
                     "Lambda.TooManyRequestsException", "TransientAwsError"]
-# Only names Step Functions can emit for these Tasks (tests/infra/test_errors.py): RDS throttling
-# arrives as the base Rds.RdsException (RDS models no ThrottlingException); migsafe's own exception
-# names only ever come from the Lambda steps.
+# Only names Step Functions can emit for these Tasks (tests/infra/test_errors.py checks them against
+# botocore): RDS throttling arrives as the base Rds.RdsException (RDS models no ThrottlingException)
+# and is retried on purpose, with backoff; migsafe's own exception names only come from the Lambdas.
 RDS_TRANSIENT = ["Rds.RdsException"]
+# capacity (RunTask "failures": RESOURCE:*, AGENT, ...) and throttling both arrive as the base
+# exception or ServerException: retried with a long backoff, the capacity comes back in minutes
 ECS_TRANSIENT = ["ECS.AmazonECSException", "ECS.ServerException"]
 SNS_TRANSIENT = ["SNS.InternalErrorException", "SNS.KmsThrottlingException", "SNS.AmazonSNSException",
                  "SNS.SnsException"]
+SECRETS_TRANSIENT = ["SecretsManager.InternalServiceErrorException", "SecretsManager.SecretsManagerException"]
 RDS_NOT_FOUND = "Rds.DbInstanceNotFoundException"
+RDS_SNAPSHOT_NOT_FOUND = "Rds.DbSnapshotNotFoundException"
+RDS_SNAPSHOT_BUSY = "Rds.InvalidDbSnapshotStateException"
 RDS_ALREADY_EXISTS = "Rds.DbInstanceAlreadyExistsException"
 RDS_BUSY = "Rds.InvalidDbInstanceStateException"
-SCRATCH_FAILED_STATUSES = ["failed", "incompatible-restore", "incompatible-parameters", "incompatible-network",
-                           "storage-full", "inaccessible-encryption-credentials", "restore-error"]
+SECRET_NOT_FOUND = "SecretsManager.ResourceNotFoundException"  # noqa: S105 - an error name
+RESTORE_REJECTED = "RestoreRejected"  # what `migsafe reject` sends (SendTaskFailure's error)
+SCRATCH_FAILED_STATUSES = ["failed", "insufficient-capacity", "incompatible-restore", "incompatible-parameters",
+                           "incompatible-network", "incompatible-option-group", "storage-full",
+                           "inaccessible-encryption-credentials", "restore-error"]
+SNAPSHOT_FAILED_STATUSES = ["failed"]
 POLL_SECONDS = 30
 SNAPSHOT_POLL_SECONDS = 60
+APPROVAL_MINUTES = 60
 WORKER_COMMAND = ["python", "-m", "migsafe.worker"]
 STATES_LOG_PREFIX = "/aws/vendedlogs/states/"
 
@@ -66,15 +92,23 @@ STATES_LOG_PREFIX = "/aws/vendedlogs/states/"
 VALIDATE_PLAN = "Validate plan"
 PREPARE = "Prepare"
 BACKUP = "Back up tables"
+SOURCE_SETTINGS = "Read source settings"
 RESTORE_SCRATCH = "Restore scratch instance"
 REHEARSE = "Rehearse on scratch"
 EVALUATE = "Evaluate verdict"
 FORMAT_RESULT = "Format result message"
 PUBLISH_RESULT = "Publish result"
 DELETE_SCRATCH = "Delete scratch instance"
+DELETE_SNAPSHOT = "Delete run snapshot"
+DELETE_SECRET = "Delete scratch secret"  # noqa: S105 - a state name
 DELETE_AFTER_FAILURE = "Delete scratch after failure"
+DELETE_SNAPSHOT_AFTER_FAILURE = "Delete run snapshot after failure"
+DELETE_SECRET_AFTER_FAILURE = "Delete scratch secret after failure"  # noqa: S105 - a state name
 FORMAT_FAILURE = "Format failure message"
 PUBLISH_FAILURE = "Publish failure"
+VALIDATE_RESTORE = "Validate restore request"
+WAIT_FOR_APPROVAL = "Wait for approval"
+RESTORE_TABLES = "Restore tables"
 
 
 def _lambda(scope: Construct, name: str, fn: lambda_.IFunction, payload: dict[str, object],
@@ -103,16 +137,18 @@ def _ecs(scope: Construct, name: str, *, worker: Worker, network: Network, actio
         subnets=network.worker_subnets,
         security_groups=[network.worker_security_group],
         assign_public_ip=network.assign_public_ip,
+        # only keys and names travel here (ECS caps container overrides at 8,192 characters): the
+        # request itself is an object in the store (MIGSAFE_REQUEST_KEY)
         container_overrides=[tasks.ContainerOverride(
             container_definition=worker.container,
             command=[*WORKER_COMMAND, action],
             environment=[tasks.TaskEnvironmentVariable(name=k, value=v) for k, v in environment.items()],
         )],
-        result_selector={"task_arn": JsonPath.string_at("$.TaskArn")},
         result_path=JsonPath.DISCARD,
         task_timeout=sfn.Timeout.duration(Duration.hours(hours)),
     )
-    task.add_retry(errors=ECS_TRANSIENT, interval=Duration.seconds(10), max_attempts=3, backoff_rate=2)
+    task.add_retry(errors=ECS_TRANSIENT, interval=Duration.seconds(30), max_attempts=6, backoff_rate=2,
+                   max_delay=Duration.minutes(10))
     return task
 
 
@@ -122,7 +158,9 @@ def _publish(scope: Construct, name: str, topic: sns.ITopic) -> tasks.SnsPublish
         topic=topic,
         message=sfn.TaskInput.from_json_path_at("$.message.text"),
         subject=JsonPath.string_at("$.message.subject"),
-        message_attributes={"verdict": tasks.MessageAttribute(value=JsonPath.string_at("$.message.verdict"))},
+        # docs/slack.md: subscriptions filter on both
+        message_attributes={"verdict": tasks.MessageAttribute(value=JsonPath.string_at("$.message.verdict")),
+                            "plan": tasks.MessageAttribute(value=JsonPath.string_at("$.message.plan"))},
         result_path=JsonPath.DISCARD,
     )
     task.add_retry(errors=SNS_TRANSIENT, interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
@@ -151,6 +189,7 @@ def _fallback_message(scope: Construct, name: str, text: str) -> sfn.Pass:
         "text": text,
         "subject": "migsafe: execution failed",
         "verdict": "FAIL",
+        "plan": "unknown plan",
     })
 
 
@@ -178,6 +217,84 @@ def _failure_path(scope: Construct, *, topic: sns.ITopic, format_notification: l
     return format_failure
 
 
+def _rds(scope: Construct, name: str, action: str, parameters: dict[str, object], *, iam_action: str,
+         iam_resources: list[str], result_path: str | None = JsonPath.DISCARD,
+         additional_iam_statements: list[iam.PolicyStatement] | None = None) -> tasks.CallAwsService:
+    """An RDS SDK call, its result (when kept) stored whole: no ResultSelector (see the module doc)."""
+    task = tasks.CallAwsService(scope, name, service="rds", action=action, parameters=parameters,
+                                iam_action=iam_action, iam_resources=iam_resources, result_path=result_path,
+                                additional_iam_statements=additional_iam_statements)
+    task.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6, backoff_rate=2)
+    return task
+
+
+class ScratchCleanup:
+    """Delete the scratch instance, then the run's own snapshot, then the scratch secret.
+
+    Each step treats "not found" as done (the resource was never created, or is gone already),
+    waits out a busy instance or snapshot, and leads on to the next whatever happens, so a fault in
+    one deletion never skips another. Built twice: on the success path and on the failure path.
+    """
+
+    def __init__(self, scope: Construct, *, names: tuple[str, str, str], scratch_arn: str) -> None:
+        stack = Stack.of(scope)
+        instance, snapshot, secret = names
+        self.delete_instance = tasks.CallAwsService(
+            scope, instance, service="rds", action="deleteDBInstance",
+            parameters={"DbInstanceIdentifier": JsonPath.string_at("$.scratch.instance_id"),
+                        "SkipFinalSnapshot": True, "DeleteAutomatedBackups": True},
+            # the delete permissions themselves are tag-conditioned (janitor.scratch_cleanup_statements)
+            iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances",
+            result_path=JsonPath.DISCARD,
+        )
+        self.delete_instance.add_retry(errors=[RDS_BUSY], interval=Duration.seconds(60), max_attempts=45,
+                                       backoff_rate=1)
+        self.delete_instance.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6,
+                                       backoff_rate=2)
+        # only the snapshot this run created is named after the scratch (never the source's own)
+        self.delete_snapshot = tasks.CallAwsService(
+            scope, snapshot, service="rds", action="deleteDBSnapshot",
+            parameters={"DbSnapshotIdentifier": JsonPath.string_at("$.scratch.snapshot_id")},
+            iam_resources=[stack.format_arn(service="rds", resource="snapshot", resource_name=f"{SCRATCH_PREFIX}*",
+                                            arn_format=ArnFormat.COLON_RESOURCE_NAME)],
+            iam_action="rds:DescribeDBSnapshots",
+            result_path=JsonPath.DISCARD,
+        )
+        self.delete_snapshot.add_retry(errors=[RDS_SNAPSHOT_BUSY], interval=Duration.seconds(60), max_attempts=30,
+                                       backoff_rate=1)
+        self.delete_snapshot.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6,
+                                       backoff_rate=2)
+        self.delete_secret = tasks.CallAwsService(
+            scope, secret, service="secretsmanager", action="deleteSecret",
+            parameters={"SecretId": JsonPath.string_at("$.scratch.secret_name"), "ForceDeleteWithoutRecovery": True},
+            iam_resources=[stack.format_arn(service="secretsmanager", resource="secret",
+                                            resource_name=f"{SECRET_PREFIX}*",
+                                            arn_format=ArnFormat.COLON_RESOURCE_NAME)],
+            iam_action="secretsmanager:DescribeSecret",
+            result_path=JsonPath.DISCARD,
+        )
+        self.delete_secret.add_retry(errors=SECRETS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6,
+                                     backoff_rate=2)
+        # only a run that snapshotted the source has a snapshot of its own to delete
+        self.snapshot_taken = sfn.Choice(scope, f"{snapshot}?").when(
+            sfn.Condition.and_(sfn.Condition.is_present("$.create_snapshot"),
+                               sfn.Condition.boolean_equals("$.create_snapshot", True)), self.delete_snapshot,
+        ).otherwise(self.delete_secret)
+        self.delete_instance.add_catch(self.snapshot_taken, errors=[RDS_NOT_FOUND], result_path=JsonPath.DISCARD)
+        self.delete_instance.next(self.snapshot_taken)
+        self.delete_snapshot.add_catch(self.delete_secret, errors=[RDS_SNAPSHOT_NOT_FOUND],
+                                       result_path=JsonPath.DISCARD)
+        self.delete_snapshot.next(self.delete_secret)
+
+    def then(self, after: sfn.IChainable) -> None:
+        self.delete_secret.add_catch(after, errors=[SECRET_NOT_FOUND], result_path=JsonPath.DISCARD)
+        self.delete_secret.next(after)
+
+    @property
+    def tasks(self) -> list[tasks.CallAwsService]:
+        return [self.delete_instance, self.delete_snapshot, self.delete_secret]
+
+
 class PreMigrationWorkflow(Construct):
     def __init__(
         self,
@@ -203,27 +320,23 @@ class PreMigrationWorkflow(Construct):
 
         scratch_arn = rds_arn("db", f"{SCRATCH_PREFIX}*")
         scratch_id = JsonPath.string_at("$.scratch.instance_id")
+        tags = [{"Key": SCRATCH_TAG, "Value": JsonPath.string_at("$.execution")},
+                {"Key": EXECUTION_TAG, "Value": JsonPath.string_at("$$.Execution.Id")}]
 
         # --- the failure path (declared first: everything after Prepare catches into it) ----------
         format_failure = _failure_path(self, topic=topic, format_notification=format_notification,
                                        fail_name="Rehearsal could not run", what="a pre-migration execution")
 
-        delete_after_failure = tasks.CallAwsService(
-            self, DELETE_AFTER_FAILURE,
-            service="rds", action="deleteDBInstance",
-            parameters={"DbInstanceIdentifier": scratch_id, "SkipFinalSnapshot": True,
-                        "DeleteAutomatedBackups": True},
-            # the delete permission itself is scratch_delete_statement (tag-conditioned), not this one
-            iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances",
-            result_path=JsonPath.DISCARD,
-        )
-        delete_after_failure.add_retry(errors=[RDS_BUSY], interval=Duration.seconds(60), max_attempts=45,
-                                       backoff_rate=1)
-        delete_after_failure.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=5,
-                                       backoff_rate=2)
-        delete_after_failure.add_catch(format_failure, errors=[RDS_NOT_FOUND], result_path=JsonPath.DISCARD)
-        delete_after_failure.add_catch(format_failure, errors=["States.ALL"], result_path="$.cleanup_error")
-        delete_after_failure.next(format_failure)
+        failure_cleanup = ScratchCleanup(self, scratch_arn=scratch_arn, names=(
+            DELETE_AFTER_FAILURE, DELETE_SNAPSHOT_AFTER_FAILURE, DELETE_SECRET_AFTER_FAILURE))
+        failure_cleanup.then(format_failure)
+        for task in failure_cleanup.tasks:
+            # a deletion that fails is reported in the FAIL message (the janitor retries it) and the
+            # next deletion still runs
+            following = {DELETE_AFTER_FAILURE: failure_cleanup.snapshot_taken,
+                         DELETE_SNAPSHOT_AFTER_FAILURE: failure_cleanup.delete_secret}.get(task.node.id, format_failure)
+            task.add_catch(following, errors=["States.ALL"], result_path="$.cleanup_error")
+        delete_after_failure = failure_cleanup.delete_instance
 
         def guard(state: sfn.TaskStateBase | sfn.Parallel, name: str, then: sfn.IChainable) -> None:
             marker = sfn.Pass(self, f"{name} failed", result=sfn.Result.from_string(name),
@@ -238,145 +351,165 @@ class PreMigrationWorkflow(Construct):
         }, "$")
         guard(validate_task, VALIDATE_PLAN, format_failure)  # nothing created yet: no scratch to delete
 
-        # --- branch 1: back up the tables --------------------------------------------------------
-        backup = _ecs(self, BACKUP, worker=worker, network=network, action="backup", hours=4, environment={
-            "MIGSAFE_REQUEST": JsonPath.string_at("$.request"),
+        worker_env = {
+            "MIGSAFE_REQUEST_KEY": JsonPath.string_at("$.request_key"),
             "MIGSAFE_EXECUTION": JsonPath.string_at("$.execution"),
-        })
+            "MIGSAFE_EXECUTION_ARN": JsonPath.string_at("$$.Execution.Id"),
+        }
+
+        # --- branch 1: back up the tables --------------------------------------------------------
+        backup = _ecs(self, BACKUP, worker=worker, network=network, action="backup", hours=4, environment=worker_env)
         backup_done = sfn.Pass(self, "Backup written", parameters={"results_prefix": JsonPath.string_at("$.results_prefix")})
         backup.next(backup_done)
 
-        # --- branch 2: snapshot -> scratch instance -> available ---------------------------------
-        restore_scratch = tasks.CallAwsService(
-            self, RESTORE_SCRATCH,
-            service="rds", action="restoreDBInstanceFromDBSnapshot",
-            parameters={
-                "DbInstanceIdentifier": scratch_id,
-                "DbSnapshotIdentifier": JsonPath.string_at("$.snapshot.snapshot_id"),
-                "DbInstanceClass": JsonPath.string_at("$.scratch.instance_class"),
-                "DbSubnetGroupName": network.db_subnet_group_name,
-                "VpcSecurityGroupIds": [network.scratch_security_group_id],
-                "PubliclyAccessible": False,
-                "MultiAZ": False,
-                "DeletionProtection": False,
-                "AutoMinorVersionUpgrade": False,
-                "CopyTagsToSnapshot": False,
-                "Tags": [{"Key": SCRATCH_TAG, "Value": JsonPath.string_at("$.execution")}],
-            },
-            iam_resources=[scratch_arn, rds_arn("snapshot", "*"), rds_arn("subgrp", "*"), rds_arn("og", "*"),
-                           rds_arn("pg", "*"), rds_arn("secgrp", "*")],
-            iam_action="rds:RestoreDBInstanceFromDBSnapshot",
-            additional_iam_statements=[iam.PolicyStatement(
-                actions=["rds:AddTagsToResource"], resources=[scratch_arn],
-                conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}})],
-            result_path=JsonPath.DISCARD,
-        )
-        restore_scratch.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=5, backoff_rate=2)
+        # --- branch 2: source settings -> snapshot -> scratch instance -> available --------------
+        source_settings = _lambda(self, SOURCE_SETTINGS, latest_snapshot, {
+            "action": "source_settings", "instance_id": JsonPath.string_at("$.source_instance_id")}, "$.source")
+        def scratch_chain(suffix: str) -> tuple[sfn.TaskStateBase, sfn.TaskStateBase, sfn.Pass]:
+            """Create snapshot -> wait -> Restore scratch instance -> wait until available -> endpoint.
 
-        wait_scratch = sfn.Wait(self, "Wait for scratch", time=sfn.WaitTime.duration(Duration.seconds(POLL_SECONDS)))
-        # a retried restore whose first call went through: the instance is ours (its id is per execution)
-        restore_scratch.add_catch(wait_scratch, errors=[RDS_ALREADY_EXISTS], result_path=JsonPath.DISCARD)
-        describe_scratch = tasks.CallAwsService(
-            self, "Describe scratch",
-            service="rds", action="describeDBInstances",
-            parameters={"DbInstanceIdentifier": scratch_id},
-            iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances",
-            result_selector={"status": JsonPath.string_at("$.DbInstances[0].DbInstanceStatus"),
-                             "instance": JsonPath.object_at("$.DbInstances[0]")},
-            result_path="$.scratch_status",
-        )
-        describe_scratch.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=5,
-                                   backoff_rate=2)
-        scratch_ready = sfn.Pass(self, "Scratch endpoint", parameters={
-            "instance_id": scratch_id,
-            "endpoint": JsonPath.format("{}:{}", JsonPath.string_at("$.scratch_status.instance.Endpoint.Address"),
-                                        JsonPath.string_at("$.scratch_status.instance.Endpoint.Port")),
-        })
-        scratch_broken = sfn.Fail(self, "Scratch instance failed", error="ScratchFailed",
-                                  cause="the scratch instance entered a failed state")
-        scratch_late = sfn.Fail(self, "Scratch deadline passed", error="ScratchFailed",
-                                cause=f"the scratch instance was not available within {scratch_wait_minutes} minutes")
-        count_scratch = sfn.Pass(self, "Count scratch wait", result_path="$.scratch_wait", parameters={
-            "count": JsonPath.math_add(JsonPath.number_at("$.scratch_wait.count"), 1)})
-        scratch_deadline = sfn.Choice(self, "Scratch deadline?").when(
-            sfn.Condition.number_greater_than("$.scratch_wait.count", scratch_wait_minutes * 60 // POLL_SECONDS),
-            scratch_late,
-        ).otherwise(wait_scratch)
-        count_scratch.next(scratch_deadline)
-        scratch_available = sfn.Choice(self, "Scratch available?").when(
-            sfn.Condition.string_equals("$.scratch_status.status", "available"), scratch_ready,
-        ).when(
-            sfn.Condition.or_(*[sfn.Condition.string_equals("$.scratch_status.status", s)
-                                for s in SCRATCH_FAILED_STATUSES]),
-            scratch_broken,
-        ).otherwise(count_scratch)
-        restore_scratch.next(wait_scratch)
-        wait_scratch.next(describe_scratch)
-        describe_scratch.next(scratch_available)
+            Built twice: in Prepare's branch, and for a fresh copy when the first was stale."""
+            restore_scratch = _rds(
+                self, RESTORE_SCRATCH + suffix, "restoreDBInstanceFromDBSnapshot", {
+                    "DbInstanceIdentifier": scratch_id,
+                    "DbSnapshotIdentifier": JsonPath.string_at("$.snapshot.snapshot_id"),
+                    "DbInstanceClass": JsonPath.string_at("$.scratch.instance_class"),
+                    "DbSubnetGroupName": network.db_subnet_group_name,
+                    "VpcSecurityGroupIds": [network.scratch_security_group_id],
+                    # production's settings, so the rehearsal's timings and locks mean something
+                    "DbParameterGroupName": JsonPath.string_at("$.source.parameter_group"),
+                    "OptionGroupName": JsonPath.string_at("$.source.option_group"),
+                    "Port": network.db_port,  # the port the scratch security group admits
+                    # nothing a throw-away copy should pay for
+                    "BackupRetentionPeriod": 0,
+                    "PubliclyAccessible": False,
+                    "MultiAZ": False,
+                    "DeletionProtection": False,
+                    "AutoMinorVersionUpgrade": False,
+                    "CopyTagsToSnapshot": False,
+                    "Tags": tags,
+                },
+                iam_resources=[scratch_arn, rds_arn("snapshot", "*"), rds_arn("subgrp", "*"), rds_arn("og", "*"),
+                               rds_arn("pg", "*"), rds_arn("secgrp", "*")],
+                iam_action="rds:RestoreDBInstanceFromDBSnapshot",
+                additional_iam_statements=[iam.PolicyStatement(
+                    actions=["rds:AddTagsToResource"], resources=[scratch_arn],
+                    conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}})],
+            )
 
+            wait_scratch = sfn.Wait(self, f"Wait for scratch{suffix}", time=sfn.WaitTime.duration(Duration.seconds(POLL_SECONDS)))
+            # a retried restore whose first call went through: the instance is ours (its id is per execution)
+            restore_scratch.add_catch(wait_scratch, errors=[RDS_ALREADY_EXISTS], result_path=JsonPath.DISCARD)
+            describe_scratch = _rds(
+                self, f"Describe scratch{suffix}", "describeDBInstances", {"DbInstanceIdentifier": scratch_id},
+                iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances", result_path="$.scratch_status")
+            status = "$.scratch_status.DbInstances[0].DbInstanceStatus"
+            address = "$.scratch_status.DbInstances[0].Endpoint.Address"
+            port = "$.scratch_status.DbInstances[0].Endpoint.Port"
+            scratch_ready = sfn.Pass(self, f"Scratch endpoint{suffix}", parameters={
+                "instance_id": scratch_id,
+                "endpoint": JsonPath.format("{}:{}", JsonPath.string_at(address), JsonPath.string_at(port)),
+            })
+            scratch_broken = sfn.Fail(self, f"Scratch instance failed{suffix}", error="ScratchFailed",
+                                      cause="the scratch instance entered a failed state")
+            scratch_late = sfn.Fail(self, f"Scratch deadline passed{suffix}", error="ScratchFailed",
+                                    cause=f"the scratch instance was not available within {scratch_wait_minutes} minutes")
+            count_scratch = sfn.Pass(self, f"Count scratch wait{suffix}", result_path="$.scratch_wait", parameters={
+                "count": JsonPath.math_add(JsonPath.number_at("$.scratch_wait.count"), 1)})
+            scratch_deadline = sfn.Choice(self, f"Scratch deadline?{suffix}").when(
+                sfn.Condition.number_greater_than("$.scratch_wait.count", scratch_wait_minutes * 60 // POLL_SECONDS),
+                scratch_late,
+            ).otherwise(wait_scratch)
+            count_scratch.next(scratch_deadline)
+            endpoint_known = sfn.Choice(self, f"Scratch endpoint known?{suffix}").when(
+                sfn.Condition.and_(sfn.Condition.is_present(address), sfn.Condition.is_present(port)), scratch_ready,
+            ).otherwise(count_scratch)
+            scratch_available = sfn.Choice(self, f"Scratch available?{suffix}").when(
+                sfn.Condition.string_equals(status, "available"), endpoint_known,
+            ).when(
+                sfn.Condition.or_(*[sfn.Condition.string_equals(status, s) for s in SCRATCH_FAILED_STATUSES]),
+                scratch_broken,
+            ).otherwise(count_scratch)
+            scratch_described = sfn.Choice(self, f"Scratch described?{suffix}").when(
+                sfn.Condition.is_present(status), scratch_available,
+            ).otherwise(count_scratch)
+            restore_scratch.next(wait_scratch)
+            wait_scratch.next(describe_scratch)
+            describe_scratch.next(scratch_described)
+
+            run_snapshot_arn = rds_arn("snapshot", f"{SCRATCH_PREFIX}*")
+            create_snapshot = _rds(
+                self, f"Create snapshot{suffix}", "createDBSnapshot", {
+                    "DbInstanceIdentifier": JsonPath.string_at("$.source_instance_id"),
+                    "DbSnapshotIdentifier": JsonPath.string_at("$.scratch.snapshot_id"),
+                    "Tags": tags,  # the run deletes it on every path; the janitor finds orphans by these tags
+                },
+                iam_resources=[rds_arn("db", source_instance_id), run_snapshot_arn],
+                iam_action="rds:CreateDBSnapshot",
+                additional_iam_statements=[iam.PolicyStatement(
+                    actions=["rds:AddTagsToResource"], resources=[run_snapshot_arn],
+                    conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}})],
+            )
+            use_new_snapshot = sfn.Pass(self, f"Use the new snapshot{suffix}", result_path="$.snapshot",
+                                        parameters={"snapshot_id": JsonPath.string_at("$.scratch.snapshot_id")})
+            wait_snapshot = sfn.Wait(self, f"Wait for snapshot{suffix}",
+                                     time=sfn.WaitTime.duration(Duration.seconds(SNAPSHOT_POLL_SECONDS)))
+            describe_snapshot = _rds(
+                self, f"Describe snapshot{suffix}", "describeDBSnapshots",
+                {"DbSnapshotIdentifier": JsonPath.string_at("$.snapshot.snapshot_id")},
+                iam_resources=[run_snapshot_arn], iam_action="rds:DescribeDBSnapshots", result_path="$.snapshot_status")
+            snapshot_status = "$.snapshot_status.DbSnapshots[0].Status"
+            snapshot_late = sfn.Fail(self, f"Snapshot deadline passed{suffix}", error="ScratchFailed",
+                                     cause=f"the snapshot was not available within {scratch_wait_minutes} minutes")
+            snapshot_broken = sfn.Fail(self, f"Snapshot failed{suffix}", error="ScratchFailed",
+                                       cause="RDS could not create the snapshot of the source")
+            count_snapshot = sfn.Pass(self, f"Count snapshot wait{suffix}", result_path="$.snapshot_wait", parameters={
+                "count": JsonPath.math_add(JsonPath.number_at("$.snapshot_wait.count"), 1)})
+            count_snapshot.next(sfn.Choice(self, f"Snapshot deadline?{suffix}").when(
+                sfn.Condition.number_greater_than("$.snapshot_wait.count",
+                                                  scratch_wait_minutes * 60 // SNAPSHOT_POLL_SECONDS),
+                snapshot_late,
+            ).otherwise(wait_snapshot))
+            create_snapshot.next(use_new_snapshot).next(wait_snapshot)
+            wait_snapshot.next(describe_snapshot)
+            describe_snapshot.next(sfn.Choice(self, f"Snapshot described?{suffix}").when(
+                sfn.Condition.is_present(snapshot_status), sfn.Choice(self, f"Snapshot available?{suffix}").when(
+                    sfn.Condition.string_equals(snapshot_status, "available"), restore_scratch,
+                ).when(
+                    sfn.Condition.or_(*[sfn.Condition.string_equals(snapshot_status, s)
+                                        for s in SNAPSHOT_FAILED_STATUSES]),
+                    snapshot_broken,
+                ).otherwise(count_snapshot),
+            ).otherwise(count_snapshot))
+            return create_snapshot, restore_scratch, scratch_ready
+
+        create_snapshot, restore_scratch, _ = scratch_chain("")
         find_latest = _lambda(self, "Find latest snapshot", latest_snapshot, {
             "instance_id": JsonPath.string_at("$.source_instance_id")}, "$.snapshot")
         find_latest.next(restore_scratch)
-        create_snapshot = tasks.CallAwsService(
-            self, "Create snapshot",
-            service="rds", action="createDBSnapshot",
-            parameters={
-                "DbInstanceIdentifier": JsonPath.string_at("$.source_instance_id"),
-                "DbSnapshotIdentifier": JsonPath.string_at("$.scratch.snapshot_id"),
-                "Tags": [{"Key": SCRATCH_TAG, "Value": JsonPath.string_at("$.execution")}],
-            },
-            iam_resources=[rds_arn("db", source_instance_id), rds_arn("snapshot", f"{SCRATCH_PREFIX}*")],
-            iam_action="rds:CreateDBSnapshot",
-            additional_iam_statements=[iam.PolicyStatement(
-                actions=["rds:AddTagsToResource"], resources=[rds_arn("snapshot", f"{SCRATCH_PREFIX}*")])],
-            result_selector={"snapshot_id": JsonPath.string_at("$.DbSnapshot.DbSnapshotIdentifier")},
-            result_path="$.snapshot",
-        )
-        create_snapshot.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=5, backoff_rate=2)
-        wait_snapshot = sfn.Wait(self, "Wait for snapshot",
-                                 time=sfn.WaitTime.duration(Duration.seconds(SNAPSHOT_POLL_SECONDS)))
-        describe_snapshot = tasks.CallAwsService(
-            self, "Describe snapshot",
-            service="rds", action="describeDBSnapshots",
-            parameters={"DbSnapshotIdentifier": JsonPath.string_at("$.snapshot.snapshot_id")},
-            iam_resources=[rds_arn("snapshot", f"{SCRATCH_PREFIX}*")], iam_action="rds:DescribeDBSnapshots",
-            result_selector={"status": JsonPath.string_at("$.DbSnapshots[0].Status")},
-            result_path="$.snapshot_status",
-        )
-        describe_snapshot.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=5,
-                                    backoff_rate=2)
-        snapshot_late = sfn.Fail(self, "Snapshot deadline passed", error="ScratchFailed",
-                                 cause=f"the snapshot was not available within {scratch_wait_minutes} minutes")
-        count_snapshot = sfn.Pass(self, "Count snapshot wait", result_path="$.snapshot_wait", parameters={
-            "count": JsonPath.math_add(JsonPath.number_at("$.snapshot_wait.count"), 1)})
-        count_snapshot.next(sfn.Choice(self, "Snapshot deadline?").when(
-            sfn.Condition.number_greater_than("$.snapshot_wait.count",
-                                              scratch_wait_minutes * 60 // SNAPSHOT_POLL_SECONDS),
-            snapshot_late,
-        ).otherwise(wait_snapshot))
-        create_snapshot.next(wait_snapshot)
-        wait_snapshot.next(describe_snapshot)
-        describe_snapshot.next(sfn.Choice(self, "Snapshot available?").when(
-            sfn.Condition.string_equals("$.snapshot_status.status", "available"), restore_scratch,
-        ).otherwise(count_snapshot))
         which_snapshot = sfn.Choice(self, "Snapshot requested?").when(
             sfn.Condition.boolean_equals("$.create_snapshot", True), create_snapshot,
         ).otherwise(find_latest)
+        source_settings.next(which_snapshot)
 
+        # both branches' outputs always exist (a two-branch Parallel yields two elements)
         prepare = sfn.Parallel(self, PREPARE, result_selector={
             "backup": JsonPath.object_at("$[0]"), "scratch": JsonPath.object_at("$[1]")},
             result_path="$.prepared")
         prepare.branch(backup)
-        prepare.branch(which_snapshot)
+        prepare.branch(source_settings)
         guard(prepare, PREPARE, delete_after_failure)
 
         # --- rehearse, evaluate, publish, clean up, decide ---------------------------------------
         rehearse = _ecs(self, REHEARSE, worker=worker, network=network, action="rehearse", hours=4, environment={
-            "MIGSAFE_REQUEST": JsonPath.string_at("$.request"),
-            "MIGSAFE_EXECUTION": JsonPath.string_at("$.execution"),
+            **worker_env,
             "MIGSAFE_SCRATCH_ENDPOINT": JsonPath.string_at("$.prepared.scratch.endpoint"),
+            "MIGSAFE_SCRATCH_INSTANCE_ID": scratch_id,
         })
-        guard(rehearse, REHEARSE, delete_after_failure)
+        guard(rehearse, REHEARSE, self._fresh_copy(
+            rehearse=rehearse, evaluate=evaluate, latest_snapshot=latest_snapshot, scratch_chain=scratch_chain,
+            scratch_arn=scratch_arn,
+            cleanup=delete_after_failure, guard=guard))
         evaluate_task = _lambda(self, EVALUATE, evaluate, {
             "kind": "rehearsal", "results_prefix": JsonPath.string_at("$.results_prefix")}, "$.evaluation")
         guard(evaluate_task, EVALUATE, delete_after_failure)
@@ -389,31 +522,78 @@ class PreMigrationWorkflow(Construct):
         guard(format_result, FORMAT_RESULT, delete_after_failure)
         publish_result = _publish(self, PUBLISH_RESULT, topic)
         guard(publish_result, PUBLISH_RESULT, delete_after_failure)
-        delete_scratch = tasks.CallAwsService(
-            self, DELETE_SCRATCH,
-            service="rds", action="deleteDBInstance",
-            parameters={"DbInstanceIdentifier": scratch_id, "SkipFinalSnapshot": True,
-                        "DeleteAutomatedBackups": True},
-            # the delete permission itself is scratch_delete_statement (tag-conditioned), not this one
-            iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances",
-            result_path=JsonPath.DISCARD,
-        )
-        delete_scratch.add_retry(errors=[RDS_BUSY], interval=Duration.seconds(60), max_attempts=45, backoff_rate=1)
-        delete_scratch.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=5, backoff_rate=2)
+        cleanup = ScratchCleanup(self, scratch_arn=scratch_arn,
+                                 names=(DELETE_SCRATCH, DELETE_SNAPSHOT, DELETE_SECRET))
         verdict = sfn.Choice(self, "Verdict?").when(
             sfn.Condition.string_equals("$.evaluation.verdict", "PASS"),
             sfn.Succeed(self, "Migration is safe"),
         ).otherwise(sfn.Fail(self, "Migration failed rehearsal", error="VerdictFail",
                              cause="the rehearsal's verdict is FAIL: see the result message and report"))
-        delete_scratch.add_catch(verdict, errors=[RDS_NOT_FOUND], result_path=JsonPath.DISCARD)
-        guard(delete_scratch, DELETE_SCRATCH, delete_after_failure)
+        cleanup.then(verdict)
+        for task in cleanup.tasks:
+            guard(task, task.node.id, delete_after_failure)
 
         definition = (validate_task.next(prepare).next(rehearse).next(evaluate_task).next(format_result)
-                      .next(publish_result).next(delete_scratch).next(verdict))
+                      .next(publish_result).next(cleanup.delete_instance))
         self.state_machine = _state_machine(
-            self, definition=definition, hours=8,
+            self, definition=definition, hours=EXECUTION_TIMEOUT_HOURS,
             comment="migsafe pre-migration gate: back up, rehearse on a scratch RDS copy, verdict, always clean up")
         self.state_machine.role.add_to_principal_policy(scratch_delete_statement(self))
+        for statement in scratch_cleanup_statements(self):
+            self.state_machine.role.add_to_principal_policy(statement)
+
+    def _fresh_copy(self, *, rehearse: sfn.IChainable, evaluate: lambda_.IFunction,
+                    latest_snapshot: lambda_.IFunction, scratch_chain: Any,
+                    scratch_arn: str, cleanup: sfn.IChainable, guard: Any) -> sfn.IChainable:
+        """Where a failed rehearsal goes: when the input allowed it (``"create_snapshot": "if-stale"``)
+        and the worker found the scratch at another revision than the source (``ScratchStale``),
+        delete that scratch, snapshot the source and rehearse once more on a fresh copy; otherwise
+        the cleanup. The fresh copy is prepared inside a Parallel, so its Fail states are caught."""
+        check = _lambda(self, "Check for a stale scratch", evaluate, {
+            "kind": "stale", "results_prefix": JsonPath.string_at("$.results_prefix")}, "$.stale")
+        check.add_catch(cleanup, errors=["States.ALL"], result_path="$.stale_error")
+        delete_stale = tasks.CallAwsService(
+            self, "Delete stale scratch", service="rds", action="deleteDBInstance",
+            parameters={"DbInstanceIdentifier": JsonPath.string_at("$.scratch.instance_id"),
+                        "SkipFinalSnapshot": True, "DeleteAutomatedBackups": True},
+            iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances", result_path=JsonPath.DISCARD)
+        delete_stale.add_retry(errors=[RDS_BUSY], interval=Duration.seconds(60), max_attempts=45, backoff_rate=1)
+        delete_stale.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6, backoff_rate=2)
+        rename = sfn.Pass(self, "Name the fresh scratch", result_path="$.scratch", parameters={
+            "instance_id": JsonPath.format("{}-fresh", JsonPath.string_at("$.scratch.instance_id")),
+            "snapshot_id": JsonPath.format("{}-fresh", JsonPath.string_at("$.scratch.snapshot_id")),
+            "secret_name": JsonPath.string_at("$.scratch.secret_name"),
+            "instance_class": JsonPath.string_at("$.scratch.instance_class"),
+        })
+        delete_stale.add_catch(rename, errors=[RDS_NOT_FOUND], result_path=JsonPath.DISCARD)
+        delete_stale.add_catch(cleanup, errors=["States.ALL"], result_path="$.cleanup_error")
+        once = sfn.Pass(self, "Only one fresh copy", result_path="$.refresh_allowed", result=sfn.Result.from_boolean(False))
+        snapshot = sfn.Pass(self, "Snapshot this time", result_path="$.create_snapshot",
+                            result=sfn.Result.from_boolean(True))
+        reset_scratch = sfn.Pass(self, "Reset the scratch wait", result_path="$.scratch_wait",
+                                 result=sfn.Result.from_object({"count": 0}))
+        reset_snapshot = sfn.Pass(self, "Reset the snapshot wait", result_path="$.snapshot_wait",
+                                  result=sfn.Result.from_object({"count": 0}))
+        create_snapshot, _, _ = scratch_chain(" (fresh)")
+        settings = _lambda(self, f"{SOURCE_SETTINGS} (fresh)", latest_snapshot, {
+            "action": "source_settings", "instance_id": JsonPath.string_at("$.source_instance_id")}, "$.source")
+        settings.next(create_snapshot)
+        # a one-branch Parallel always yields one element: the selector cannot miss
+        fresh = sfn.Parallel(self, "Prepare a fresh scratch", result_path="$.prepared.scratch", result_selector={
+            "instance_id": JsonPath.string_at("$[0].instance_id"), "endpoint": JsonPath.string_at("$[0].endpoint")})
+        fresh.branch(settings)
+        guard(fresh, "Prepare a fresh scratch", cleanup)
+        delete_stale.next(rename).next(once).next(snapshot).next(reset_scratch).next(reset_snapshot).next(fresh)
+        fresh.next(rehearse)
+        stale = sfn.Choice(self, "Scratch stale?").when(
+            sfn.Condition.and_(sfn.Condition.is_present("$.stale.stale"), sfn.Condition.boolean_equals("$.stale.stale", True)),
+            delete_stale,
+        ).otherwise(cleanup)
+        check.next(stale)
+        return sfn.Choice(self, "Fresh copy allowed?").when(
+            sfn.Condition.and_(sfn.Condition.is_present("$.refresh_allowed"),
+                               sfn.Condition.boolean_equals("$.refresh_allowed", True)), check,
+        ).otherwise(cleanup)
 
 
 class RestoreWorkflow(Construct):
@@ -428,9 +608,9 @@ class RestoreWorkflow(Construct):
         validate: lambda_.IFunction,
         evaluate: lambda_.IFunction,
         format_notification: lambda_.IFunction,
+        approval_minutes: int = APPROVAL_MINUTES,
     ) -> None:
         super().__init__(scope, construct_id)
-        stack = Stack.of(self)
         format_failure = _failure_path(self, topic=topic, format_notification=format_notification,
                                        fail_name="Restore could not run", what="a restore execution")
 
@@ -440,37 +620,29 @@ class RestoreWorkflow(Construct):
             marker.next(format_failure)
             state.add_catch(marker, errors=["States.ALL"], result_path="$.error")
 
-        validate_task = _lambda(self, "Validate restore request", validate, {
+        # the Lambda checks confirm, the allowlist tag and the endpoint: a refused target ends here
+        validate_task = _lambda(self, VALIDATE_RESTORE, validate, {
             "input": JsonPath.object_at("$"),
             "execution": JsonPath.string_at("$$.Execution.Name"),
+            "execution_arn": JsonPath.string_at("$$.Execution.Id"),
         }, "$")
-        guard(validate_task, "Validate restore request")
-        use_scratch = sfn.Pass(self, "Use a throw-away scratch cluster", result_path="$.target_endpoint",
-                               result=sfn.Result.from_object({"endpoint": "scratch"}))
-        describe_target = tasks.CallAwsService(
-            self, "Describe target instance",
-            service="rds", action="describeDBInstances",
-            parameters={"DbInstanceIdentifier": JsonPath.string_at("$.target")},
-            iam_resources=[stack.format_arn(service="rds", resource="db", resource_name="*",
-                                            arn_format=ArnFormat.COLON_RESOURCE_NAME)],
-            iam_action="rds:DescribeDBInstances",
-            result_selector={"endpoint": JsonPath.format(
-                "{}:{}", JsonPath.string_at("$.DbInstances[0].Endpoint.Address"),
-                JsonPath.string_at("$.DbInstances[0].Endpoint.Port"))},
-            result_path="$.target_endpoint",
-        )
-        describe_target.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=5,
-                                  backoff_rate=2)
-        guard(describe_target, "Describe target instance")
-        restore = _ecs(self, "Restore tables", worker=worker, network=network, action="restore", hours=6,
+        guard(validate_task, VALIDATE_RESTORE)
+        approval = self._approval(topic, approval_minutes)
+        refused = sfn.Pass(self, "Restore not approved", result=sfn.Result.from_string(WAIT_FOR_APPROVAL),
+                           result_path="$.failed_state")
+        refused.next(format_failure)
+        # `migsafe reject` (SendTaskFailure RestoreRejected) and the timeout both end as a rejection
+        approval.add_catch(refused, errors=[RESTORE_REJECTED, "States.Timeout"], result_path="$.error")
+        guard(approval, WAIT_FOR_APPROVAL)
+        restore = _ecs(self, RESTORE_TABLES, worker=worker, network=network, action="restore", hours=6,
                        environment={
-                           "MIGSAFE_REQUEST": JsonPath.string_at("$.request"),
+                           "MIGSAFE_REQUEST_KEY": JsonPath.string_at("$.request_key"),
                            "MIGSAFE_EXECUTION": JsonPath.string_at("$.execution"),
-                           "MIGSAFE_TARGET_ENDPOINT": JsonPath.string_at("$.target_endpoint.endpoint"),
+                           "MIGSAFE_EXECUTION_ARN": JsonPath.string_at("$$.Execution.Id"),
+                           "MIGSAFE_TARGET_ENDPOINT": JsonPath.string_at("$.target_endpoint"),
                        })
-        guard(restore, "Restore tables")
-        use_scratch.next(restore)
-        describe_target.next(restore)
+        guard(restore, RESTORE_TABLES)
+        approval.next(restore)
         evaluate_task = _lambda(self, "Evaluate restore", evaluate, {
             "kind": "restore", "results_prefix": JsonPath.string_at("$.results_prefix")}, "$.evaluation")
         guard(evaluate_task, "Evaluate restore")
@@ -487,13 +659,58 @@ class RestoreWorkflow(Construct):
         ).otherwise(sfn.Fail(self, "Restore failed verification", error="RestoreVerificationFailed",
                              cause="the restored tables differ from the backup's manifest; the restore was rolled back"))
         restore.next(evaluate_task).next(format_result).next(publish).next(outcome)
+        # only a diff (which reads the target and changes nothing) needs no approval
+        needs_approval = sfn.Choice(self, "Needs approval?").when(
+            sfn.Condition.string_equals("$.mode", "diff"), restore,
+        ).otherwise(approval)
         target = sfn.Choice(self, "Target is scratch?").when(
-            sfn.Condition.string_equals("$.target_kind", "scratch"), use_scratch,
-        ).otherwise(describe_target)
+            sfn.Condition.string_equals("$.target_kind", "scratch"), restore,
+        ).otherwise(needs_approval)
         definition = validate_task.next(target)
         self.state_machine = _state_machine(
-            self, definition=definition, hours=8,
-            comment="migsafe restore: tables from a backup into a scratch cluster or a confirmed instance, verified")
+            self, definition=definition, hours=EXECUTION_TIMEOUT_HOURS,
+            comment="migsafe restore: tables from a backup into a scratch cluster or an allowlisted, approved instance")
+
+    def _approval(self, topic: sns.ITopic, minutes: int) -> tasks.SnsPublish:
+        """Publish an approval request carrying the task token; wait for `migsafe approve|reject`."""
+        token = JsonPath.task_token
+        message = sfn.TaskInput.from_object({
+            "version": "1.0",
+            "source": "custom",
+            "id": JsonPath.format("migsafe-approval-{}", JsonPath.string_at("$.execution")),
+            "content": {
+                "textType": "client-markdown",
+                "title": JsonPath.format(":warning: Approve migsafe restore into {}?", JsonPath.string_at("$.target")),
+                "description": JsonPath.format(
+                    "*Backup* `{}` into `{}` ({} mode): {}. The restore first backs up these tables of the "
+                    f"target, so it can be undone. Nothing happens until someone answers; without an answer "
+                    f"within {minutes} minutes the restore is rejected. Execution: {{}}",
+                    JsonPath.string_at("$.backup_id"), JsonPath.string_at("$.target"), JsonPath.string_at("$.mode"),
+                    JsonPath.string_at("$.tables_text"), JsonPath.string_at("$.console_url")),
+                "nextSteps": JsonPath.array(
+                    JsonPath.format("Approve: migsafe approve --region {} --token {}",
+                                    JsonPath.string_at("$.region"), token),
+                    JsonPath.format("Reject: migsafe reject --region {} --token {}",
+                                    JsonPath.string_at("$.region"), token)),
+            },
+            "metadata": {"summary": "migsafe restore: approval needed", "eventType": "migsafe.approval",
+                         "additionalContext": {"target": JsonPath.string_at("$.target"),
+                                               "backupId": JsonPath.string_at("$.backup_id")}},
+        })
+        task = tasks.SnsPublish(
+            self, WAIT_FOR_APPROVAL,
+            topic=topic,
+            integration_pattern=sfn.IntegrationPattern.WAIT_FOR_TASK_TOKEN,
+            message=message,
+            subject=JsonPath.format("migsafe approval needed: restore into {}", JsonPath.string_at("$.target")),
+            message_attributes={"verdict": tasks.MessageAttribute(value="APPROVAL"),
+                                "plan": tasks.MessageAttribute(value=JsonPath.format(
+                                    "restore {}", JsonPath.string_at("$.backup_id")))},
+            task_timeout=sfn.Timeout.duration(Duration.minutes(minutes)),
+            result_path="$.approval",
+        )
+        task.add_retry(errors=SNS_TRANSIENT, interval=Duration.seconds(2), max_attempts=4, backoff_rate=2)
+        return task
 
 
 class Workflows(Construct):

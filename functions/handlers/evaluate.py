@@ -16,6 +16,8 @@ AWS_CALLS = ("s3:GetObject", "s3:ListBucket")
 
 @step
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    if event.get("kind") == "stale":  # a failed rehearsal: was the scratch at another revision?
+        return steps.stale_scratch(event, open_store(results_url()))
     evaluation = steps.evaluate(event, open_store(results_url()))
     metrics.add_metric(name=f"Verdict{evaluation.verdict.title()}", unit="Count", value=1)
     return evaluation.model_dump(mode="json")

@@ -5,7 +5,9 @@
 - :func:`latest_snapshot`: the source instance's newest available snapshot;
 - :func:`evaluate`: read ``result.json`` (or ``restore.json``) and return the verdict;
 - :func:`format_message`: the Chatbot message for a verdict or for a caught failure;
-- :func:`sweep_scratch`: the janitor.
+- :func:`source_settings`: what the scratch copies from the source (parameter and option group, port);
+- :func:`sweep_scratch`: the janitor (scratch instances, run snapshots and scratch secrets whose
+  execution is over).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from migsafe.exceptions import (
     InputError,
     ObjectMissing,
     PlanInvalid,
+    RestoreRefused,
     ScratchFailed,
     TransientAwsError,
 )
@@ -34,6 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCRATCH_PREFIX = "migsafe-scratch-"
 SCRATCH_TAG = "migsafe:scratch"
+EXECUTION_TAG = "migsafe:execution"  # the execution ARN: the janitor asks Step Functions whether it still runs
+RESTORE_TARGET_TAG = "migsafe:restore-target"  # only instances tagged "true" may be restore targets
+SECRET_PREFIX = "migsafe-scratch/"  # noqa: S105 - a name prefix: the scratch password is in migsafe-scratch/<id>
+REQUEST_PREFIX = "requests/"  # beside bundles/: the worker's request (plan), too big for ECS overrides
+RESTORE_MODES = ("replace", "merge", "diff")
 _INSTANCE_ID = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}(?<!-)$")
 _THROTTLED = {"Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException"}
 
@@ -44,11 +52,17 @@ class _Event(BaseModel):
 
 # --- validate ---------------------------------------------------------------------------------
 class RehearsalInput(_Event):
-    """The pre-migration execution input."""
+    """The pre-migration execution input.
+
+    ``create_snapshot``: ``true`` snapshots the source first (deleted again by the execution);
+    ``false`` restores its latest snapshot, and the rehearsal FAILs, naming both revisions, when
+    that snapshot is at another alembic revision than the source; ``"if-stale"`` restores the
+    latest snapshot and, in that case, snapshots the source and rehearses once more on a fresh copy.
+    """
 
     plan: dict[str, Any]
     bundle_sha256: str | None = None
-    create_snapshot: bool = False
+    create_snapshot: bool | Literal["if-stale"] = False
 
 
 class RestoreInput(_Event):
@@ -58,7 +72,8 @@ class RestoreInput(_Event):
     tables: list[str] | None = None
     target: str = SCRATCH_TARGET
     confirm: str | None = None
-    replace: bool = False
+    mode: Literal["replace", "merge", "diff"] | None = None
+    replace: bool = False  # the older spelling of mode = "replace"
 
 
 class Wrapped(BaseModel):
@@ -66,6 +81,7 @@ class Wrapped(BaseModel):
 
     input: dict[str, Any]
     execution: str = Field(min_length=1)
+    execution_arn: str | None = None
 
 
 def _parse(model: type[BaseModel], data: Mapping[str, Any], what: str) -> Any:
@@ -83,6 +99,15 @@ def scratch_instance_id(execution: str) -> str:
 
 def results_prefix(execution: str) -> str:
     return f"{execution}/"
+
+
+def request_key(execution: str) -> str:
+    """Where the worker's request lies in the store (ECS container overrides hold 8,192 characters)."""
+    return f"{REQUEST_PREFIX}{execution}.json"
+
+
+def scratch_secret_name(scratch_id: str) -> str:
+    return SECRET_PREFIX + scratch_id
 
 
 def validate_rehearsal(event: Mapping[str, Any], environ: Mapping[str, str], store: Store) -> dict[str, Any]:
@@ -106,29 +131,39 @@ def validate_rehearsal(event: Mapping[str, Any], environ: Mapping[str, str], sto
     execution = wrapped.execution
     scratch_id = scratch_instance_id(execution)
     request = RehearsalRequest(plan=plan.model_dump(mode="json", exclude={"notify"}), bundle_sha256=given.bundle_sha256,
-                               execution=execution, results_prefix=results_prefix(execution))
+                               execution=execution, results_prefix=results_prefix(execution),
+                               scratch_secret=scratch_secret_name(scratch_id))
+    key = request_key(execution)
+    store.put_bytes(key, request.model_dump_json().encode())
     return {
         "execution": execution,
         "plan_name": plan.display_name,
         "tables": plan.source.tables,
-        "request": request.model_dump_json(),
+        "request_key": key,
         "results_prefix": request.results_prefix,
         "source_instance_id": environ["MIGSAFE_SOURCE_INSTANCE_ID"],
-        "create_snapshot": given.create_snapshot,
-        "scratch": {"instance_id": scratch_id, "snapshot_id": scratch_id,
+        "create_snapshot": given.create_snapshot is True,
+        "refresh_allowed": given.create_snapshot == "if-stale",
+        "scratch": {"instance_id": scratch_id, "snapshot_id": scratch_id, "secret_name": scratch_secret_name(scratch_id),
                     "instance_class": environ.get("MIGSAFE_SCRATCH_INSTANCE_CLASS", "db.t4g.medium")},
         "snapshot_wait": {"count": 0},
         "scratch_wait": {"count": 0},
     }
 
 
-def validate_restore(event: Mapping[str, Any], store: Store) -> dict[str, Any]:
-    """The restore input, checked: a target other than ``scratch`` needs ``confirm == target``."""
+def validate_restore(event: Mapping[str, Any], store: Store, rds: Any = None) -> dict[str, Any]:
+    """The restore input, checked: a target other than ``scratch`` needs ``confirm == target`` and
+    the tag ``migsafe:restore-target = true`` on the instance (the allowlist); its endpoint is
+    looked up here, so no later state can fail on an instance without one."""
     from migsafe import inventory
 
     wrapped = _parse(Wrapped, event, "event")
     given = _parse(RestoreInput, wrapped.input, "restore input")
     target = given.target.strip()
+    if given.mode is not None and given.replace and given.mode != "replace":
+        raise InputError(f"\"replace\": true contradicts \"mode\": \"{given.mode}\"; give mode only")
+    mode = given.mode or ("replace" if given.replace else None)
+    endpoint = SCRATCH_TARGET
     if target != SCRATCH_TARGET:
         if not _INSTANCE_ID.match(target):
             raise InputError(f"target {target!r} is neither 'scratch' nor an RDS instance identifier")
@@ -136,8 +171,8 @@ def validate_restore(event: Mapping[str, Any], store: Store) -> dict[str, Any]:
             raise ConfirmationMismatch(
                 f"restoring into {target} changes a real database: set \"confirm\": \"{target}\" to proceed "
                 "(nothing was changed)")
-    elif given.replace:
-        raise InputError("replace applies to a real target; a scratch restore starts from an empty cluster")
+    elif mode is not None:
+        raise InputError(f"mode {mode!r} applies to a real target; a scratch restore starts from an empty cluster")
     tables = [str(QualifiedName.parse(t)) for t in given.tables] if given.tables else None
     ref = inventory.find_backup(store, given.backup_id)
     if not ref.complete:
@@ -146,18 +181,94 @@ def validate_restore(event: Mapping[str, Any], store: Store) -> dict[str, Any]:
         missing = sorted(set(tables) - set(ref.tables))
         if missing:
             raise InputError(f"backup {given.backup_id} holds no {', '.join(missing)} (it has {', '.join(ref.tables)})")
+    if target != SCRATCH_TARGET:
+        endpoint = restore_target_endpoint(target, rds)
     execution = wrapped.execution
-    request = RestoreRequest(backup_id=given.backup_id, tables=tables, target=target, replace=given.replace,
-                             execution=execution, results_prefix=results_prefix(execution))
+    request = RestoreRequest(backup_id=given.backup_id, tables=tables, target=target, replace=mode == "replace",
+                             mode=mode, execution=execution, results_prefix=results_prefix(execution))
+    key = request_key(execution)
+    store.put_bytes(key, request.model_dump_json().encode())
     return {
         "execution": execution,
         "backup_id": given.backup_id,
         "tables": tables or ref.tables,
+        "tables_text": ", ".join(tables or ref.tables),
         "target": target,
         "target_kind": "scratch" if target == SCRATCH_TARGET else "instance",
-        "request": request.model_dump_json(),
+        "mode": mode or "restore",
+        "target_endpoint": endpoint,
+        "request_key": key,
         "results_prefix": request.results_prefix,
+        **console(wrapped.execution_arn),
     }
+
+
+def console(execution_arn: str | None) -> dict[str, str]:
+    """The execution's region and its page in the Step Functions console (for the approval request)."""
+    parts = (execution_arn or "").split(":")
+    if len(parts) < 7 or parts[2] != "states":
+        return {"region": "<region>", "console_url": "(the Step Functions console)"}
+    region, partition = parts[3], parts[1]
+    domain = {"aws-cn": "console.amazonaws.cn", "aws-us-gov": "console.amazonaws-us-gov.com"}.get(
+        partition, "console.aws.amazon.com")
+    return {"region": region,
+            "console_url": f"https://{region}.{domain}/states/home?region={region}#/v2/executions/details/{execution_arn}"}
+
+
+def _rds_call(what: str, call: Any) -> Any:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return call()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _THROTTLED:
+            raise TransientAwsError(f"RDS {what}: {code} (retry)") from exc
+        if code == "DBInstanceNotFound":
+            raise InputError(f"RDS instance not found: {what}") from exc
+        raise ScratchFailed(f"RDS {what}: {code}") from exc
+    except BotoCoreError as exc:
+        raise TransientAwsError(f"RDS {what}: {type(exc).__name__} (retry)") from exc
+
+
+def restore_target_endpoint(target: str, rds: Any) -> str:
+    """``host:port`` of an allowlisted target; refused (nothing done) unless tagged restore-target=true."""
+    if rds is None:
+        raise InputError("no RDS client to look the restore target up with")
+    if callable(rds) and not hasattr(rds, "describe_db_instances"):
+        rds = rds()  # a factory: the client is made only when a real target needs it
+    found = _rds_call(f"DescribeDBInstances {target}",
+                      lambda: rds.describe_db_instances(DBInstanceIdentifier=target))["DBInstances"]
+    db = found[0] if found else {}
+    tags = {t.get("Key"): str(t.get("Value", "")).lower() for t in db.get("TagList", [])}
+    if tags.get(RESTORE_TARGET_TAG) != "true":
+        raise RestoreRefused(f"{target} is not a restore target: only instances tagged {RESTORE_TARGET_TAG}=true "
+                             "may be restored into (nothing was changed)")
+    endpoint = db.get("Endpoint") or {}
+    if not endpoint.get("Address") or not endpoint.get("Port"):
+        raise RestoreRefused(f"{target} has no endpoint (status {db.get('DBInstanceStatus', 'unknown')}): "
+                             "nothing was changed")
+    return f"{endpoint['Address']}:{endpoint['Port']}"
+
+
+def source_settings(instance_id: str, rds: Any, *, port: int) -> dict[str, Any]:
+    """What the scratch copies from the source: its parameter group and option group (so the
+    rehearsal runs with production's settings), checked against the port the deploy admits."""
+    found = _rds_call(f"DescribeDBInstances {instance_id}",
+                      lambda: rds.describe_db_instances(DBInstanceIdentifier=instance_id))["DBInstances"]
+    if not found:
+        raise ScratchFailed(f"source instance {instance_id} not found")
+    db = found[0]
+    groups = [g["DBParameterGroupName"] for g in db.get("DBParameterGroups", []) if g.get("DBParameterGroupName")]
+    options = [g["OptionGroupName"] for g in db.get("OptionGroupMemberships", []) if g.get("OptionGroupName")]
+    actual = (db.get("Endpoint") or {}).get("Port") or db.get("DbInstancePort") or port
+    if int(actual) != port:
+        raise ScratchFailed(f"the source listens on port {actual} but the stack admits {port} to the scratch: "
+                            "redeploy with sourcePort set to it")
+    if not groups or not options:
+        raise ScratchFailed(f"source instance {instance_id} names no parameter group or option group to copy")
+    return {"port": port, "engine": db.get("Engine", "postgres"), "parameter_group": groups[0],
+            "option_group": options[0]}
 
 
 # --- snapshots --------------------------------------------------------------------------------
@@ -185,8 +296,15 @@ def latest_snapshot(instance_id: str, rds: Any) -> dict[str, str]:
 
 # --- evaluate ---------------------------------------------------------------------------------
 class EvaluateEvent(_Event):
-    kind: Literal["rehearsal", "restore"]
+    kind: Literal["rehearsal", "restore", "stale"]
     results_prefix: str
+
+
+def stale_scratch(event: Mapping[str, Any], results: Store) -> dict[str, Any]:
+    """Did the rehearsal stop because the scratch is at another revision than the source?"""
+    given = _parse(EvaluateEvent, event, "stale-scratch event")
+    found = _worker_error(results, given.results_prefix) or {}
+    return {"stale": found.get("error") == "ScratchStale", "message": mask(str(found.get("message") or ""))}
 
 
 class Evaluation(BaseModel):
@@ -196,6 +314,7 @@ class Evaluation(BaseModel):
     plan: str | None = None
     result_url: str
     report_url: str | None = None
+    undo_backup_id: str | None = None  # a restore into an instance: the target's tables, taken first
 
 
 def evaluate(event: Mapping[str, Any], results: Store) -> Evaluation:
@@ -213,7 +332,7 @@ def evaluate(event: Mapping[str, Any], results: Store) -> Evaluation:
     body = json.loads(results.get_bytes(key))
     return Evaluation(verdict="PASS" if body.get("ok") else "FAIL", reasons=list(body.get("problems", [])),
                       plan=f"restore {body.get('backup_id')} into {body.get('target')}",
-                      result_url=results.location(key))
+                      result_url=results.location(key), undo_backup_id=(body.get("undo") or {}).get("backup_id"))
 
 
 # --- notification -----------------------------------------------------------------------------
@@ -228,6 +347,7 @@ class Message(BaseModel):
     text: str  # the Chatbot custom notification, as SNS's Message
     subject: str
     verdict: Literal["PASS", "FAIL"]
+    plan: str  # the SNS message attribute subscriptions filter on (docs/slack.md)
 
 
 def _subject(verdict: str, label: str) -> str:
@@ -279,7 +399,9 @@ def _restore_message(evaluation: Evaluation, detail: Mapping[str, Any]) -> dict[
             "textType": "client-markdown",
             "title": f"{':white_check_mark: PASS' if ok else ':x: FAIL'} migsafe restore {detail.get('backup_id')}",
             "description": "\n".join(lines),
-            "nextSteps": [f"Result: {evaluation.result_url}"],
+            "nextSteps": [f"Result: {evaluation.result_url}"] + (
+                [f"Undo: migsafe restore {evaluation.undo_backup_id} (the target's tables before this restore)"]
+                if evaluation.undo_backup_id else []),
         },
         "metadata": {"summary": f"migsafe restore {evaluation.verdict}", "eventType": "migsafe.restore",
                      "additionalContext": {"verdict": evaluation.verdict}},
@@ -304,33 +426,108 @@ def format_message(event: Mapping[str, Any], results: Store) -> Message:
             cause = f"{cause or ''}\n(the scratch deletion also failed: {cleanup.get('Error')}; the janitor will retry)"
         message = notify.failure_message(label, str(detail.get("failed_state") or "unknown state"), name,
                                          None if cause is None else str(cause))
-        return Message(text=json.dumps(message), subject=_subject("FAIL", label), verdict="FAIL")
+        return Message(text=json.dumps(message), subject=_subject("FAIL", label), verdict="FAIL",
+                       plan=_attribute(label))
     evaluation = Evaluation.model_validate(detail.get("evaluation") or {})
     if "backup_id" in detail and "plan_name" not in detail:
         body = _restore_message(evaluation, {**detail, "execution": given.execution})
-        return Message(text=json.dumps(body), subject=_subject(evaluation.verdict, label), verdict=evaluation.verdict)
+        return Message(text=json.dumps(body), subject=_subject(evaluation.verdict, label), verdict=evaluation.verdict,
+                       plan=_attribute(label))
     result = Result.model_validate_json(results.get_bytes(str(detail["results_prefix"]) + "result.json"))
     message = notify.chatbot_message(result, evaluation.report_url, state=given.state)
-    return Message(text=json.dumps(message), subject=_subject(result.verdict, label), verdict=result.verdict)
+    return Message(text=json.dumps(message), subject=_subject(result.verdict, label), verdict=result.verdict,
+                   plan=_attribute(label))
+
+
+def _attribute(label: str) -> str:
+    """An SNS string attribute: never empty, printable, bounded."""
+    text = "".join(c if c.isprintable() else " " for c in label).strip()
+    return (text or "unknown plan")[:256]
 
 
 # --- janitor ----------------------------------------------------------------------------------
-def sweep_scratch(rds: Any, *, max_age: timedelta, now: datetime | None = None, tag: str = SCRATCH_TAG,
-                  prefix: str = SCRATCH_PREFIX) -> dict[str, list[str]]:
-    """Delete instances named ``prefix*`` *and* tagged ``tag`` created more than ``max_age`` ago."""
+class Sweep(BaseModel):
+    deleted: list[str] = Field(default_factory=list)
+    kept: list[str] = Field(default_factory=list)
+    failed: list[str] = Field(default_factory=list)
+
+
+def _tags(tag_list: list[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t.get("Value", "") for t in tag_list or []}
+
+
+def _execution_over(sfn: Any, tags: Mapping[str, str], created: datetime | None, now: datetime,
+                    max_age: timedelta) -> bool:
+    """True when nothing can still use a resource of this execution: its execution is no longer
+    RUNNING, or (untagged, or Step Functions unsure) it is older than the state machine's timeout
+    plus a margin (``max_age``)."""
+    if created is None:
+        return False
+    old = now - created >= max_age
+    arn = tags.get(EXECUTION_TAG)
+    if not arn or sfn is None:
+        return old
+    from botocore.exceptions import ClientError
+
+    try:
+        status = sfn.describe_execution(executionArn=arn)["status"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
+            return old  # history expired (90 days) or a foreign ARN: only age decides
+        raise
+    return status != "RUNNING" or old
+
+
+def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any = None,
+                  now: datetime | None = None, tag: str = SCRATCH_TAG, prefix: str = SCRATCH_PREFIX,
+                  log: Any = None) -> dict[str, list[str]]:
+    """Delete what executions left behind: instances and manual snapshots named ``prefix*`` *and*
+    tagged ``tag``, and scratch secrets, whose execution (tag ``migsafe:execution``) is no longer
+    RUNNING, or that are older than ``max_age`` (the state machine's timeout plus a margin).
+
+    One that cannot be deleted is reported in ``failed`` and the sweep goes on."""
     now = now or datetime.now(UTC)
-    deleted: list[str] = []
-    kept: list[str] = []
+    out = Sweep()
+
+    def consider(kind: str, ident: str, tags: Mapping[str, str], created: datetime | None, busy: bool,
+                 delete: Any) -> None:
+        name = f"{kind}:{ident}"
+        try:
+            if busy or not _execution_over(sfn, tags, created, now, max_age):
+                out.kept.append(name)
+                return
+            delete()
+            out.deleted.append(name)
+        except Exception as exc:  # one stuck resource must not stop the sweep
+            out.failed.append(name)
+            if log is not None:
+                log(f"cannot delete {name}: {type(exc).__name__}: {mask(str(exc))}")
+
     for page in rds.get_paginator("describe_db_instances").paginate():
         for db in page["DBInstances"]:
             ident = db["DBInstanceIdentifier"]
-            tags = {t["Key"] for t in db.get("TagList", [])}
+            tags = _tags(db.get("TagList"))
             if tag not in tags or not ident.startswith(prefix):
                 continue
-            created = db.get("InstanceCreateTime")
-            if db.get("DBInstanceStatus") == "deleting" or created is None or now - created < max_age:
-                kept.append(ident)
+            consider("instance", ident, tags, db.get("InstanceCreateTime"), db.get("DBInstanceStatus") == "deleting",
+                     lambda ident=ident: rds.delete_db_instance(DBInstanceIdentifier=ident, SkipFinalSnapshot=True,
+                                                                DeleteAutomatedBackups=True))
+    for page in rds.get_paginator("describe_db_snapshots").paginate(SnapshotType="manual"):
+        for snap in page["DBSnapshots"]:
+            ident = snap["DBSnapshotIdentifier"]
+            tags = _tags(snap.get("TagList"))
+            if tag not in tags or not ident.startswith(prefix):
                 continue
-            rds.delete_db_instance(DBInstanceIdentifier=ident, SkipFinalSnapshot=True, DeleteAutomatedBackups=True)
-            deleted.append(ident)
-    return {"deleted": deleted, "kept": kept}
+            consider("snapshot", ident, tags, snap.get("SnapshotCreateTime") or snap.get("OriginalSnapshotCreateTime"),
+                     snap.get("Status") in {"creating", "deleting"},
+                     lambda ident=ident: rds.delete_db_snapshot(DBSnapshotIdentifier=ident))
+    if secrets is not None:
+        for page in secrets.get_paginator("list_secrets").paginate(
+                Filters=[{"Key": "tag-key", "Values": [tag]}, {"Key": "name", "Values": [SECRET_PREFIX]}]):
+            for secret in page["SecretList"]:
+                name = secret["Name"]
+                if not name.startswith(SECRET_PREFIX):
+                    continue
+                consider("secret", name, _tags(secret.get("Tags")), secret.get("CreatedDate"), False,
+                         lambda arn=secret["ARN"]: secrets.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True))
+    return out.model_dump()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import boto3
 from migsafe.store import open_store
 
 from . import steps
 from .common import metrics, step
 
-# The AWS API calls this Lambda makes (reads the bundle and the backup manifests from the store): its role must allow each
-# (tests/infra/test_iam.py checks the role and that the list matches the code).
-AWS_CALLS = ("s3:GetObject", "s3:ListBucket")
+# The AWS API calls this Lambda makes (the bundle, the plan object and backup manifests in the store;
+# the restore target's tags): its role must allow each (tests/infra/test_iam.py checks role and code).
+AWS_CALLS = ("s3:GetObject", "s3:PutObject", "s3:ListBucket", "rds:DescribeDBInstances")
 
 
 @step
@@ -24,6 +25,7 @@ def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @step
 def restore_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    out = steps.validate_restore(event, open_store(os.environ["MIGSAFE_STORE_URL"]))
+    # the client is made only for a real target (its tags and endpoint)
+    out = steps.validate_restore(event, open_store(os.environ["MIGSAFE_STORE_URL"]), lambda: boto3.client("rds"))
     metrics.add_metric(name="RestoresStarted", unit="Count", value=1)
     return out

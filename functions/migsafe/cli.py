@@ -23,7 +23,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from . import pgtools
-from .cli_aws import bundle_app, gate
+from .cli_aws import approve, bundle_app, gate, reject
 from .config import Settings
 from .dsn import Dsn, mask
 from .exceptions import MigsafeError, ReportExists
@@ -45,6 +45,8 @@ app.add_typer(backups_app, name="backups")
 app.add_typer(scratch_app, name="scratch")
 app.add_typer(bundle_app, name="bundle")
 app.command("gate")(gate)
+app.command("approve")(approve)
+app.command("reject")(reject)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

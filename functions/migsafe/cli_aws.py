@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -97,3 +97,68 @@ def gate(
     if json_out:
         typer.echo(json.dumps(outcome.summary()))
     raise typer.Exit(outcome.exit_code)
+
+
+# --- restore approvals -------------------------------------------------------------------------
+REJECTED = "RestoreRejected"  # the error the restore state machine catches (infra/workflows.py)
+
+
+def answer_approval(sfn: Any, token: str, *, approve: bool, who: str, reason: str | None = None) -> None:
+    """Answer a restore's approval request (its task token, from the Slack message)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .exceptions import EnvironmentFault, InputError
+
+    token = (token or "").strip()
+    if not token:
+        raise InputError("give the --token from the approval message")
+    try:
+        if approve:
+            sfn.send_task_success(taskToken=token, output=json.dumps({"approved": True, "by": who}))
+        else:
+            sfn.send_task_failure(taskToken=token, error=REJECTED,
+                                  cause=f"rejected by {who}" + (f": {reason}" if reason else ""))
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"TaskDoesNotExist", "TaskTimedOut", "InvalidToken"}:
+            raise InputError(f"this approval request is no longer open ({code}): nothing was changed") from exc
+        raise EnvironmentFault(f"Step Functions {code}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise EnvironmentFault(f"Step Functions unreachable: {type(exc).__name__}") from exc
+
+
+def _answer(token: str, region: str | None, approve: bool, reason: str | None) -> None:
+    import getpass
+
+    import boto3
+
+    from .dsn import mask
+    from .exceptions import MigsafeError
+
+    try:
+        answer_approval(boto3.client("stepfunctions", region_name=region), token, approve=approve,
+                        who=getpass.getuser(), reason=reason)
+    except MigsafeError as exc:
+        typer.echo(f"error: {type(exc).__name__}: {mask(str(exc))}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:  # no credentials/region, network: an environment fault
+        typer.echo(f"error: {type(exc).__name__}: {mask(str(exc))}", err=True)
+        raise typer.Exit(3) from None
+    typer.echo("approved: the restore goes ahead" if approve else "rejected: nothing will be restored")
+
+
+def approve(
+    token: Annotated[str, typer.Option("--token", help="The task token from the approval message.")],
+    region: Annotated[str | None, typer.Option("--region", help="The state machine's region.")] = None,
+) -> None:
+    """Approve a restore into a real instance (the approval message in Slack gives the command)."""
+    _answer(token, region, True, None)
+
+
+def reject(
+    token: Annotated[str, typer.Option("--token", help="The task token from the approval message.")],
+    region: Annotated[str | None, typer.Option("--region", help="The state machine's region.")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (shown in the FAIL message).")] = None,
+) -> None:
+    """Reject a restore into a real instance: the execution ends without touching the target."""
+    _answer(token, region, False, reason)

@@ -134,6 +134,10 @@ class MigrationFailed(MigsafeError):
     exit_code = 1
 
 
+class ScratchStale(MigrationFailed):
+    """The scratch copy is at another alembic revision than the source: rehearsing it proves nothing."""
+
+
 class NotifyFailed(EnvironmentFault):
     """The verdict could not be published."""
 

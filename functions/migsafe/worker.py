@@ -2,17 +2,27 @@
 
 The state machine starts the task with container overrides:
 
-- ``MIGSAFE_REQUEST``: the JSON request the validate Lambda produced (:class:`RehearsalRequest`
-  or :class:`RestoreRequest`); ``--request`` overrides it for a run by hand;
+- ``MIGSAFE_REQUEST_KEY``: where, in the store, the validate Lambda put the JSON request
+  (:class:`RehearsalRequest` or :class:`RestoreRequest`). ECS limits container overrides to 8,192
+  characters, so a plan with many tables or checks never travels in them. ``MIGSAFE_REQUEST`` /
+  ``--request`` (the JSON itself) override it for a run by hand;
 - ``MIGSAFE_EXECUTION``: the execution's name; results go under ``results/<execution>/``;
-- ``MIGSAFE_SCRATCH_ENDPOINT`` (rehearse) / ``MIGSAFE_TARGET_ENDPOINT`` (restore): ``host:port``,
-  or ``scratch`` for a throw-away cluster inside the task.
+  ``MIGSAFE_EXECUTION_ARN``: its ARN (tags what the worker creates, for the janitor);
+- ``MIGSAFE_SCRATCH_ENDPOINT`` + ``MIGSAFE_SCRATCH_INSTANCE_ID`` (rehearse) /
+  ``MIGSAFE_TARGET_ENDPOINT`` (restore): ``host:port``, or ``scratch`` for a throw-away cluster
+  inside the task.
+
+The scratch instance is restored from a snapshot, so it keeps the master password of snapshot
+time, which RDS-managed secrets rotate away. Before rehearsing, the worker sets a fresh master
+password that only this execution knows (ModifyDBInstance), keeps it in the secret
+``migsafe-scratch/<scratch id>`` (which the state machine deletes on every path), and connects to
+the scratch with it, never with the source's. It is generated here, not in the state machine,
+because everything a state machine handles is visible in its execution history.
 
 The task definition supplies the rest: ``MIGSAFE_STORE_URL``, ``MIGSAFE_RESULTS_URL``, the
 source's ``MIGSAFE_SOURCE_HOST/PORT/DBNAME`` (the host is looked up from
 ``MIGSAFE_SOURCE_INSTANCE_ID`` when not given) and, as ECS secrets from Secrets Manager,
-``MIGSAFE_SOURCE_USERNAME`` / ``MIGSAFE_SOURCE_PASSWORD``. A scratch instance restored from the
-source's snapshot accepts the same credentials.
+``MIGSAFE_SOURCE_USERNAME`` / ``MIGSAFE_SOURCE_PASSWORD`` (used for the source only).
 
 Each action writes its JSON to the results store (``backup.json``, ``result.json`` + reports,
 ``restore.json``; ``error.json`` on a fault) and prints a one-line JSON summary. Exit codes: 0 when
@@ -25,8 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,14 +48,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .dsn import Dsn, mask
-from .exceptions import InputError, MigsafeError, PlanInvalid, ScratchFailed
+from .exceptions import InputError, MigsafeError, ObjectMissing, PlanInvalid, ScratchFailed, ScratchStale
 
 ACTIONS = ("backup", "rehearse", "restore")
 SCRATCH_TARGET = "scratch"
-# The AWS API calls the worker makes (the store: backups, results, bundles; the source's endpoint):
-# the ECS task role must allow each (tests/infra/test_iam.py checks the role and the code).
+SCRATCH_TAG = "migsafe:scratch"
+EXECUTION_TAG = "migsafe:execution"
+# The AWS API calls the worker makes (the store: backups, results, bundles; the source's endpoint; the
+# scratch's per-execution password): the ECS task role must allow each (tests/infra/test_iam.py checks).
 AWS_CALLS = ("s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject",
-             "rds:DescribeDBInstances")
+             "rds:DescribeDBInstances", "rds:ModifyDBInstance", "secretsmanager:CreateSecret",
+             "secretsmanager:PutSecretValue", "secretsmanager:TagResource")
 
 
 class _Request(BaseModel):
@@ -58,14 +73,16 @@ class RehearsalRequest(_Request):
     bundle_sha256: str | None = None
     execution: str
     results_prefix: str
+    scratch_secret: str | None = None  # where the per-execution scratch password is kept
 
 
 class RestoreRequest(_Request):
     kind: Literal["restore"] = "restore"
     backup_id: str
     tables: list[str] | None = None
-    target: str  # "scratch" or an RDS instance identifier (confirmed by the validate step)
+    target: str  # "scratch" or an RDS instance identifier (confirmed, allowlisted, approved)
     replace: bool = False
+    mode: Literal["replace", "merge", "diff"] | None = None  # None: restore tables the target lacks
     execution: str
     results_prefix: str
 
@@ -107,6 +124,78 @@ class WorkerEnv:
             raise InputError(f"{name} must be host:port (got {endpoint!r})")
         source = self.source_dsn(rds_client=rds_client)
         return Dsn({**source.params, "host": host, "port": port})
+
+
+def _aws(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service)  # type: ignore[call-overload]
+
+
+def set_scratch_password(instance_id: str, secret_name: str, *, username: str, execution: str,
+                         execution_arn: str | None, rds: Any, secretsmanager: Any, deadline_seconds: float = 1800,
+                         poll_seconds: float = 15) -> str:
+    """A fresh master password for the scratch instance, kept in ``secret_name``; returns it once
+    RDS has applied it (the instance is ``available`` with nothing pending). It never leaves this
+    process except into Secrets Manager and RDS."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    password = secrets.token_urlsafe(32)  # letters, digits, - and _: nothing RDS refuses
+    body = json.dumps({"username": username, "password": password, "dbInstanceIdentifier": instance_id})
+    tags = [{"Key": SCRATCH_TAG, "Value": execution}]
+    if execution_arn:
+        tags.append({"Key": EXECUTION_TAG, "Value": execution_arn})
+    try:
+        try:
+            secretsmanager.create_secret(Name=secret_name, SecretString=body, Tags=tags,
+                                         Description="migsafe: this execution's scratch master password")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceExistsException":
+                raise
+            secretsmanager.put_secret_value(SecretId=secret_name, SecretString=body)  # a retried task
+        rds.modify_db_instance(DBInstanceIdentifier=instance_id, MasterUserPassword=password, ApplyImmediately=True,
+                               EnablePerformanceInsights=False, MonitoringInterval=0)
+        end = time.monotonic() + deadline_seconds
+        time.sleep(min(poll_seconds, 5))  # let RDS start the change before reading the status
+        while True:
+            db = rds.describe_db_instances(DBInstanceIdentifier=instance_id)["DBInstances"][0]
+            pending = db.get("PendingModifiedValues") or {}
+            if db.get("DBInstanceStatus") == "available" and "MasterUserPassword" not in pending:
+                return password
+            if time.monotonic() > end:
+                raise ScratchFailed(f"the scratch {instance_id} did not apply its new password within "
+                                    f"{deadline_seconds:.0f} s (status {db.get('DBInstanceStatus')})")
+            time.sleep(poll_seconds)
+    except (ClientError, BotoCoreError) as exc:
+        raise ScratchFailed(f"cannot set the scratch {instance_id}'s password: {type(exc).__name__}: "
+                            f"{mask(str(exc))}") from exc
+
+
+def check_revisions(source: Dsn, scratch: Dsn) -> tuple[str, str]:
+    """The alembic revision of the source (read-only) and of the scratch; ScratchStale when they
+    differ: the snapshot predates a migration that has shipped since."""
+    import psycopg
+
+    def revision(dsn: Dsn, read_only: bool) -> str:
+        options = "-c default_transaction_read_only=on" if read_only else ""
+        try:
+            with psycopg.connect(dsn.conninfo(), options=options, connect_timeout=30, autocommit=True) as conn:
+                exists = conn.execute("select to_regclass('alembic_version') is not null").fetchone()
+                if not exists or not exists[0]:
+                    return "(none)"
+                rows = conn.execute("select version_num from alembic_version order by 1").fetchall()
+        except psycopg.Error as exc:
+            from .exceptions import DatabaseUnreachable
+
+            raise DatabaseUnreachable(f"cannot read the alembic revision of {mask(dsn.conninfo())}: "
+                                      f"{type(exc).__name__}") from exc
+        return ",".join(str(r[0]) for r in rows) or "(none)"
+
+    at_source, at_scratch = revision(source, True), revision(scratch, False)
+    if at_source != at_scratch:
+        raise ScratchStale(f"the scratch is at alembic revision {at_scratch} but the source is at {at_source}: the "
+                           "snapshot predates a migration; start again with \"create_snapshot\": true")
+    return at_source, at_scratch
 
 
 def _instance_endpoint(instance_id: str, client: Any = None) -> tuple[str, int]:
@@ -188,7 +277,8 @@ def do_rehearse(request: RehearsalRequest, env: WorkerEnv, workdir: Path) -> dic
     plan = type(plan).from_mapping({**plan.model_dump(mode="json"),
                                     **{k: v.model_dump(mode="json") for k, v in update.items()}}, base)
     source = env.source_dsn()
-    scratch = env.endpoint_dsn("MIGSAFE_SCRATCH_ENDPOINT")
+    scratch = scratch_dsn(request, env, source)
+    check_revisions(source, scratch)
     settings = _settings(env, {"MIGSAFE_SOURCE_DSN": source.conninfo(),
                                "MIGSAFE_RUNTIME_DIR": str(workdir / "clusters")})
     reports = workdir / "reports"
@@ -205,10 +295,20 @@ def do_rehearse(request: RehearsalRequest, env: WorkerEnv, workdir: Path) -> dic
             "result": locations.get("result.json")}
 
 
+def scratch_dsn(request: RehearsalRequest, env: WorkerEnv, source: Dsn) -> Dsn:
+    """The scratch endpoint with the source's user name and this execution's own password."""
+    endpoint = env.endpoint_dsn("MIGSAFE_SCRATCH_ENDPOINT")
+    instance_id = env.environ.get("MIGSAFE_SCRATCH_INSTANCE_ID", "")
+    if not instance_id or not request.scratch_secret:
+        raise InputError("the scratch instance id (MIGSAFE_SCRATCH_INSTANCE_ID) and its secret name are required")
+    password = set_scratch_password(instance_id, request.scratch_secret, username=source.user or "postgres",
+                                    execution=request.execution, execution_arn=env.environ.get("MIGSAFE_EXECUTION_ARN"),
+                                    rds=_aws("rds"), secretsmanager=_aws("secretsmanager"))
+    return Dsn({**endpoint.params, "password": password})
+
+
 def _backup_of_this_execution(env: WorkerEnv, prefix: str) -> str | None:
     """The backup the parallel branch took for this execution (so the source is not dumped twice)."""
-    from .exceptions import ObjectMissing
-
     try:
         data = json.loads(_results_store(env).get_bytes(prefix + "backup.json"))
     except ObjectMissing:
@@ -234,19 +334,45 @@ def do_restore(request: RestoreRequest, env: WorkerEnv, workdir: Path) -> dict[s
     endpoint = env.environ.get("MIGSAFE_TARGET_ENDPOINT", "")
     if (endpoint == SCRATCH_TARGET) != (request.target == SCRATCH_TARGET):
         raise InputError(f"target {request.target!r} and endpoint {endpoint!r} disagree; nothing was restored")
+    if request.mode in ("merge", "diff"):
+        raise InputError(f"mode {request.mode!r} is not available in this worker image yet; nothing was changed")
     opts = RestoreOptions(tables=request.tables, replace=request.replace, no_owner=request.target == SCRATCH_TARGET,
                           pg_bindir=settings.pg_bindir)
     store = open_store(env.store_url)
+    undo: dict[str, Any] | None = None
     if request.target == SCRATCH_TARGET:
         with LocalCluster.create("restore", runtime_dir=workdir / "clusters") as cluster:
             report = run_restore(store, request.backup_id, cluster.dsn(), opts)
     else:
-        report = run_restore(store, request.backup_id, env.endpoint_dsn("MIGSAFE_TARGET_ENDPOINT"), opts)
+        target = env.endpoint_dsn("MIGSAFE_TARGET_ENDPOINT")
+        undo = backup_target_first(store, request, target, settings.pg_bindir)
+        _put_json(env, request.results_prefix, "undo.json", undo)
+        report = run_restore(store, request.backup_id, target, opts)
     body = {"ok": report.ok, "problems": report.problems(), "target": request.target,
-            "backup_id": request.backup_id, "report": report.model_dump(mode="json")}
+            "backup_id": request.backup_id, "undo": undo, "report": report.model_dump(mode="json")}
     location = _put_json(env, request.results_prefix, "restore.json", body)
     return {"action": "restore", "ok": report.ok, "backup_id": request.backup_id, "target": request.target,
-            "tables": [t.name for t in report.tables], "result": location}
+            "tables": [t.name for t in report.tables], "undo_backup_id": (undo or {}).get("backup_id"),
+            "result": location}
+
+
+def backup_target_first(store: Any, request: RestoreRequest, target: Dsn, pg_bindir: str | None) -> dict[str, Any]:
+    """A fresh backup of the target's tables the restore will touch, taken before it touches them,
+    so the restore can always be undone (``migsafe restore <undo backup id>``)."""
+    import psycopg
+
+    from . import inventory
+    from .backup import BackupOptions, run_backup
+    from .catalog import existing_tables
+    from .identifiers import QualifiedName
+
+    names = [QualifiedName.parse(t) for t in (request.tables or inventory.find_backup(store, request.backup_id).tables)]
+    with psycopg.connect(target.conninfo(), autocommit=True) as conn:
+        present = sorted(existing_tables(conn, names), key=str)
+    if not present:
+        return {"backup_id": None, "tables": [], "reason": "the target has none of the tables: nothing to undo"}
+    result = run_backup(target, store, present, BackupOptions(pg_bindir=pg_bindir))
+    return {"backup_id": result.backup_id, "tables": [str(t) for t in present], "url": result.url}
 
 
 # --- entry point ------------------------------------------------------------------------------
@@ -260,11 +386,26 @@ def parse_request(action: str, text: str) -> RehearsalRequest | RestoreRequest:
         raise PlanInvalid(f"invalid {action} request: {mask(str(exc)).splitlines()[0]}") from None
 
 
+def read_request(environ: Mapping[str, str]) -> str:
+    """The request the validate step stored at ``MIGSAFE_REQUEST_KEY`` in the store."""
+    from .store import open_store
+
+    url = environ.get("MIGSAFE_STORE_URL")
+    if not url:
+        raise InputError("worker environment lacks MIGSAFE_STORE_URL")
+    try:
+        return open_store(url).get_bytes(environ["MIGSAFE_REQUEST_KEY"]).decode()
+    except ObjectMissing as exc:
+        raise InputError(f"no request at {environ['MIGSAFE_REQUEST_KEY']} in {url}") from exc
+
+
 def run(action: str, request_text: str, environ: Mapping[str, str], *, execution: str | None = None,
         workdir: Path | None = None) -> dict[str, Any]:
     """Run one action; return its summary. Raises MigsafeError subclasses."""
     if action not in ACTIONS:
         raise InputError(f"unknown action {action!r}: use one of {', '.join(ACTIONS)}")
+    if not request_text and environ.get("MIGSAFE_REQUEST_KEY"):
+        request_text = read_request(environ)
     request = parse_request(action, request_text)
     env = WorkerEnv.from_environ(environ, execution or request.execution)
     with tempfile.TemporaryDirectory(prefix="migsafe-worker-", dir=workdir) as tmp:
@@ -287,6 +428,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = parser.parse_args(argv)
     request_text = args.request or environ.get("MIGSAFE_REQUEST", "")
     try:
+        if not request_text and environ.get("MIGSAFE_REQUEST_KEY"):
+            request_text = read_request(environ)
         summary = run(args.action, request_text, environ, execution=args.execution)
     except MigsafeError as exc:
         summary = {"action": args.action, "ok": False, "error": type(exc).__name__, "message": mask(str(exc))}

@@ -31,7 +31,16 @@ interpreter's service-task classes and nowhere else:
   (only ``.name`` and ``[N]`` steps) to the single node, as AWS does, and leaves every other path
   to moto.
 
-SNS publishes, S3 (the store) and the RDS API itself are moto's. Faults are injected per seam with
+- **RDS behind every caller**: moto's ``DBInstance.endpoint`` reports the PostgreSQL behind an
+  instance to every caller (the state machine, the Lambdas, the worker); a restored scratch
+  accepts TCP logins only with a password (scram), first the one "of snapshot time", and moto's
+  ``ModifyDBInstance`` sets a new ``MasterUserPassword`` on that server, as RDS applies it. So a
+  worker that logged in with the source's password instead of the one it set fails, as on AWS.
+  :attr:`Harness.snapshot_revision` makes restored scratches an older alembic revision (a stale
+  snapshot).
+
+SNS publishes (``waitForTaskToken`` included: tests answer with ``SendTaskSuccess/Failure``), S3
+(the store), Secrets Manager and the RDS API itself are moto's. Faults are injected per seam with
 :meth:`Harness.fail_next`.
 """
 
@@ -97,7 +106,13 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "enum_uppercase"
 REGION = "us-east-1"
 PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 SOURCE_INSTANCE = "migsafe-source"  # cdk.json's default sourceInstanceId
+SOURCE_PARAMETER_GROUP = "app-postgres"
+SOURCE_OPTION_GROUP = "app-postgres-options"
 FINISHED = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+
+
+SERVICE_PREFIX = {"rds": "Rds", "secretsmanager": "SecretsManager"}  # the SDK for Java v2 client names
+SNAPSHOT_PASSWORD = "password-at-snapshot-time"  # what a restored scratch accepts at first
 
 
 def aws_error_name(service: str, code: str) -> str:
@@ -105,7 +120,8 @@ def aws_error_name(service: str, code: str) -> str:
     ``DBInstanceNotFound`` (the SDK's exception class: acronyms capitalised, ``Exception`` last)."""
     base = re.sub(r"(Fault|Exception)$", "", code)
     base = re.sub(r"([A-Z]+)(?=[A-Z][a-z]|\d|$)", lambda m: m.group(1)[0] + m.group(1)[1:].lower(), base)
-    return f"{service[:1].upper()}{service[1:].lower()}.{base}Exception"
+    prefix = SERVICE_PREFIX.get(service, f"{service[:1].upper()}{service[1:].lower()}")
+    return f"{prefix}.{base}Exception"
 
 
 def client_error(code: str, message: str, operation: str) -> ClientError:
@@ -151,8 +167,17 @@ class Harness:
         self.calls: list[Call] = []
         self.scratches: dict[str, Scratch] = {}  # RDS instance id -> the cluster behind it
         self.instances: dict[str, Dsn] = {}  # other RDS instances with a database behind them
+        self.extra_clusters: list[Scratch] = []  # other instances' servers, destroyed at the end
+        self.passwords: dict[str, str] = {}  # scratch id -> the master password the worker set
+        self.snapshot_revision: str | None = None  # set: restored scratches are at this alembic revision
+        self.approval_seconds = 120  # the approval state's timeout here (an hour on AWS)
         self._faults: dict[tuple[str, str], list[Exception]] = defaultdict(list)
         self._lock = threading.Lock()
+        # restores still copying a database when an execution ends (a Parallel whose other branch
+        # failed stops waiting for them): close() waits for them, a late one is destroyed at once
+        self._restoring = threading.Condition()
+        self._in_flight = 0
+        self._closed = False
         self.names = self._names()
         self.sfn = boto3.client("stepfunctions", region_name=REGION)
         self.rds = boto3.client("rds", region_name=REGION)
@@ -198,7 +223,8 @@ class Harness:
 
     def definition(self, fragment: str, *, wait_seconds: int = 0) -> dict[str, Any]:
         """The state machine's ASL with our names substituted; every Wait state shortened to
-        ``wait_seconds`` (the polls wait 30-60 s on AWS; here the scratch is available at once)."""
+        ``wait_seconds`` (the polls wait 30-60 s on AWS; here the scratch is available at once),
+        the approval's timeout to :attr:`approval_seconds`."""
         matches = [k for k in state_machines(self.template) if fragment in k]
         assert len(matches) == 1, matches
         text = self.resolve(self.resources[matches[0]]["Properties"]["DefinitionString"])
@@ -208,6 +234,8 @@ class Harness:
             for state in states.values():
                 if state["Type"] == "Wait" and "Seconds" in state:
                     state["Seconds"] = wait_seconds
+                if state["Type"] == "Task" and state["Resource"].endswith(".waitForTaskToken"):
+                    state["TimeoutSeconds"] = self.approval_seconds
                 for branch in state.get("Branches", []):
                     shorten(branch["States"])
 
@@ -244,9 +272,15 @@ class Harness:
         queue_arn = self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])[
             "Attributes"]["QueueArn"]
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
-        self.rds.create_db_instance(DBInstanceIdentifier=SOURCE_INSTANCE, Engine="postgres",
+        # production's own groups: the scratch must be restored with them
+        self.rds.create_db_parameter_group(DBParameterGroupName=SOURCE_PARAMETER_GROUP, DBParameterGroupFamily="postgres13",
+                                           Description="migsafe e2e: production's settings")
+        self.rds.create_option_group(OptionGroupName=SOURCE_OPTION_GROUP, EngineName="postgres", MajorEngineVersion="13",
+                                     OptionGroupDescription="migsafe e2e: production's options")
+        self.rds.create_db_instance(DBInstanceIdentifier=SOURCE_INSTANCE, Engine="postgres", EngineVersion="13.7",
                                     DBInstanceClass="db.t4g.medium", MasterUsername="app",
-                                    MasterUserPassword="e2e-not-checked", AllocatedStorage=20)
+                                    MasterUserPassword="e2e-not-checked", AllocatedStorage=20,
+                                    DBParameterGroupName=SOURCE_PARAMETER_GROUP, OptionGroupName=SOURCE_OPTION_GROUP)
         self.rds.create_db_snapshot(DBInstanceIdentifier=SOURCE_INSTANCE,
                                     DBSnapshotIdentifier=f"{SOURCE_INSTANCE}-nightly")
         self._create_network()
@@ -348,8 +382,8 @@ class Harness:
             env.stack.append(response)
 
         def sdk_error(task: Any, env: Any, ex: Exception) -> FailureEvent:
-            if task.resource.api_name == "rds" and isinstance(ex, ClientError):
-                error = aws_error_name("rds", ex.response["Error"]["Code"])
+            if task.resource.api_name in SERVICE_PREFIX and isinstance(ex, ClientError):
+                error = aws_error_name(task.resource.api_name, ex.response["Error"]["Code"])
                 return FailureEvent(env=env, error_name=CustomErrorName(error), event_type=HistoryEventType.TaskFailed,
                                     event_details=task_failed(
                                         error=error, cause=ex.response["Error"].get("Message", ""),
@@ -359,6 +393,37 @@ class Harness:
 
         mp.setattr(sdk_cls, "_eval_service_task", sdk_eval)
         mp.setattr(sdk_cls, "_from_error", sdk_error)
+
+        # the worker's own ModifyDBInstance (boto3 -> moto): a new master password reaches the
+        # PostgreSQL behind the scratch, as RDS applies it
+        from moto.rds.models import RDSBackend
+
+        moto_modify = RDSBackend.modify_db_instance
+
+        def modify_db_instance(backend: Any, db_instance_identifier: str, db_kwargs: dict[str, Any]) -> Any:
+            password = db_kwargs.get("master_user_password")
+            scratch = harness.scratches.get(db_instance_identifier)
+            if password and scratch is not None:
+                harness.set_password(scratch, password)
+                harness.passwords[db_instance_identifier] = password
+            harness._record("rds", "modify_db_instance", True, {"instance": db_instance_identifier,
+                                                                "password_set": bool(password)})
+            return moto_modify(backend, db_instance_identifier, db_kwargs)
+
+        mp.setattr(RDSBackend, "modify_db_instance", modify_db_instance)
+
+        # every caller (state machine, Lambda, worker) sees the PostgreSQL behind an instance
+        from moto.rds.models import DBInstance
+
+        moto_endpoint = DBInstance.endpoint
+
+        def endpoint(instance: Any) -> dict[str, Any]:
+            dsn = harness._behind(instance.db_instance_identifier)
+            if dsn is None:
+                return dict(moto_endpoint.fget(instance))  # type: ignore[attr-defined]
+            return {"Address": dsn.host, "Port": int(dsn.port)}
+
+        mp.setattr(DBInstance, "endpoint", property(endpoint))
 
     # lambda
     def invoke_lambda(self, parameters: dict[str, Any]) -> dict[str, Any]:
@@ -448,8 +513,25 @@ class Harness:
         response: dict[str, Any] = getattr(client, operation)(**params)
         ident = str(params.get("DBInstanceIdentifier"))
         if operation == "restore_db_instance_from_db_snapshot":
-            # the snapshot's content is the test's source database
-            self.scratches[ident] = create_scratch("local", self.source, runtime_dir=self.runtime_dir)
+            # the snapshot's content is the test's source database, its master password the one of
+            # snapshot time (not the source secret's current one): only a new password logs in
+            with self._restoring:
+                if self._closed:
+                    raise RuntimeError("the harness is closed")
+                self._in_flight += 1
+            try:
+                scratch = create_scratch("local", self.source, runtime_dir=self.runtime_dir)
+                with self._restoring:
+                    self.scratches[ident] = scratch
+            finally:
+                with self._restoring:
+                    self._in_flight -= 1
+                    self._restoring.notify_all()
+            self.require_password(scratch, SNAPSHOT_PASSWORD)
+            fresh = str(params.get("DBSnapshotIdentifier", "")).startswith("migsafe-scratch-")
+            if self.snapshot_revision is not None and not fresh:  # an older snapshot than the last migration
+                with self._admin(scratch, scratch.dsn.dbname) as conn:
+                    conn.execute("update alembic_version set version_num = %s", (self.snapshot_revision,))
         elif operation == "describe_db_instances":
             for db in response.get("DBInstances", []):
                 dsn = self._behind(db["DBInstanceIdentifier"])
@@ -461,6 +543,33 @@ class Harness:
                 scratch.destroy()
         self._record("rds", operation, True, ident)
         return response
+
+    def _admin(self, scratch: Scratch, dbname: str = "postgres") -> Any:
+        import psycopg
+
+        assert scratch.cluster is not None
+        return psycopg.connect(host=str(scratch.cluster.socket_dir), port=scratch.cluster.port, dbname=dbname,
+                               user="postgres", autocommit=True)
+
+    def require_password(self, scratch: Scratch, password: str) -> None:
+        """TCP logins need a password (scram) on this cluster; the local socket stays open to the harness."""
+        from psycopg import sql
+
+        assert scratch.cluster is not None
+        hba = scratch.cluster.data_dir / "pg_hba.conf"
+        hba.write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+        with self._admin(scratch) as conn:
+            conn.execute("set password_encryption = 'scram-sha-256'")
+            conn.execute(sql.SQL("alter role {} password {}").format(
+                sql.Identifier(scratch.dsn.user or "postgres"), sql.Literal(password)))
+            conn.execute("select pg_reload_conf()")
+
+    def set_password(self, scratch: Scratch, password: str) -> None:
+        from psycopg import sql
+
+        with self._admin(scratch) as conn:
+            conn.execute(sql.SQL("alter role {} password {}").format(
+                sql.Identifier(scratch.dsn.user or "postgres"), sql.Literal(password)))
 
     def _behind(self, ident: str) -> Dsn | None:
         if ident in self.scratches:
@@ -536,6 +645,9 @@ class Harness:
         return sorted(d["DBInstanceIdentifier"] for d in self.rds.describe_db_instances()["DBInstances"])
 
     def close(self) -> None:
-        for scratch in self.scratches.values():
+        with self._restoring:
+            self._closed = True
+            self._restoring.wait_for(lambda: self._in_flight == 0, timeout=300)
+        for scratch in [*self.scratches.values(), *self.extra_clusters]:
             scratch.destroy()
         self.scratches.clear()

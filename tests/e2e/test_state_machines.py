@@ -122,6 +122,7 @@ def test_passing_plan_succeeds_publishes_pass_and_cleans_up(harness: Harness, tm
     messages = harness.messages()
     assert len(messages) == 1
     assert messages[0]["MessageAttributes"]["verdict"]["Value"] == "PASS"
+    assert messages[0]["MessageAttributes"]["plan"]["Value"] == "us-6-uppercase-enums"  # docs/slack.md's filter key
     assert "PASS" in messages[0]["Subject"]
     assert "PASS" in chatbot(messages[0])["content"]["title"]
     # the scratch instance and its cluster are gone; only the source is left
@@ -197,8 +198,9 @@ def test_scratch_restore_fault_fails_publishes_fail_and_leaves_nothing_running(
     assert entered.count(workflows.RESTORE_SCRATCH) == 1
     assert len(harness.called("rds", "restore_db_instance_from_db_snapshot")) == 1
     assert workflows.REHEARSE not in entered
-    assert [f"{workflows.PREPARE} failed", workflows.DELETE_AFTER_FAILURE, workflows.FORMAT_FAILURE,
-            workflows.PUBLISH_FAILURE] == entered[entered.index(f"{workflows.PREPARE} failed"):][:4]
+    assert [f"{workflows.PREPARE} failed", workflows.DELETE_AFTER_FAILURE, f"{workflows.DELETE_SNAPSHOT_AFTER_FAILURE}?",
+            workflows.DELETE_SECRET_AFTER_FAILURE, workflows.FORMAT_FAILURE,
+            workflows.PUBLISH_FAILURE] == entered[entered.index(f"{workflows.PREPARE} failed"):][:6]
     # one FAIL message naming the state and RDS's error
     messages = harness.messages()
     assert len(messages) == 1, messages
@@ -301,3 +303,319 @@ def test_restore_into_an_instance_without_confirm_fails_and_changes_nothing(
     assert "confirm" in chatbot(messages[0])["content"]["description"]
     # and the target is untouched
     assert fingerprints(staging.conninfo) == before
+
+
+# --- issue 8: the scratch password, its revision, the run's snapshot, the plan in S3 --------------
+def _secrets(h: Harness) -> list[str]:
+    import boto3
+
+    client = boto3.client("secretsmanager", region_name=REGION)
+    return sorted(s["Name"] for s in client.list_secrets()["SecretList"])
+
+
+def test_the_worker_logs_in_to_the_scratch_only_with_a_password_of_its_own_which_is_then_deleted(
+        harness: Harness, tmp_path: Path) -> None:
+    # Given a scratch that, like a restored snapshot, accepts only the password of snapshot time
+    # (the harness requires a password on it), and the source secret's password is another one
+    plan_path = project(tmp_path)
+    sha = push_bundle(harness, plan_path)
+    machine = harness.create_state_machine("PreMigration")
+
+    # When the pipeline starts an execution
+    arn = harness.start(machine, execution_input(plan_path, sha), name="i8-password")
+    described = harness.wait(arn)
+
+    # Then it passed: the worker set a fresh password on the scratch and logged in with it
+    assert described["status"] == "SUCCEEDED", harness.explain(arn, verbose=True)
+    (scratch_id, password), = harness.passwords.items()
+    assert [c.detail for c in harness.called("rds", "modify_db_instance")] == [
+        {"instance": scratch_id, "password_set": True}]
+    assert password not in ("e2e-not-checked", "password-at-snapshot-time") and len(password) >= 32
+    # the secret that held it is gone, and the password appears nowhere: history, messages, results
+    assert _secrets(harness) == []
+    history = json.dumps(harness.history(arn), default=str)
+    assert password not in history
+    assert all(password not in json.dumps(m) for m in harness.messages())
+    for key in harness.keys("results/i8-password/"):
+        assert password not in harness.s3.get_object(Bucket=harness.bucket, Key=key)["Body"].read().decode()
+
+
+def test_a_scratch_at_another_revision_than_the_source_fails_naming_both(harness: Harness, tmp_path: Path,
+                                                                         source: Any) -> None:
+    # Given a latest snapshot taken before a migration the source has since run
+    plan_path = project(tmp_path)
+    sha = push_bundle(harness, plan_path)
+    machine = harness.create_state_machine("PreMigration")
+    harness.snapshot_revision = "0000_before_the_last_deploy"
+
+    # When the pipeline starts an execution without create_snapshot
+    arn = harness.start(machine, execution_input(plan_path, sha), name="i8-stale")
+    described = harness.wait(arn)
+
+    # Then it failed in the rehearsal, before any upgrade, with a FAIL naming both revisions
+    assert described["status"] == "FAILED", harness.explain(arn)
+    assert harness.failure(arn) == ("Rehearsal could not run", "MigsafeFailed")
+    messages = harness.messages()
+    assert len(messages) == 1
+    context = chatbot(messages[0])["metadata"]["additionalContext"]
+    assert (context["state"], context["error"]) == (workflows.REHEARSE, "ScratchStale")
+    text = messages[0]["Message"]
+    assert "0000_before_the_last_deploy" in text and seed.BASELINE in text and "create_snapshot" in text
+    assert "result.json" not in " ".join(harness.keys("results/i8-stale/"))  # nothing was rehearsed
+    # and the scratch and its secret are gone
+    assert harness.rds_instances() == [SOURCE_INSTANCE] and harness.scratches == {}
+    assert _secrets(harness) == []
+
+
+def _snapshots(h: Harness) -> list[str]:
+    return sorted(s["DBSnapshotIdentifier"] for s in h.rds.describe_db_snapshots()["DBSnapshots"])
+
+
+def test_a_snapshot_the_run_created_is_deleted_with_the_scratch(harness: Harness, tmp_path: Path) -> None:
+    # Given an execution that snapshots the source first
+    plan_path = project(tmp_path)
+    sha = push_bundle(harness, plan_path)
+    machine = harness.create_state_machine("PreMigration")
+    before = _snapshots(harness)
+
+    # When it runs
+    arn = harness.start(machine, {**execution_input(plan_path, sha), "create_snapshot": True}, name="i8-snapshot")
+    described = harness.wait(arn)
+
+    # Then it rehearsed on a copy of its own snapshot, and deleted that snapshot (only that one)
+    assert described["status"] == "SUCCEEDED", harness.explain(arn)
+    entered = harness.entered(arn)
+    assert "Create snapshot" in entered and workflows.DELETE_SNAPSHOT in entered
+    created = harness.called("rds", "create_db_snapshot")
+    assert len(created) == 1
+    assert _snapshots(harness) == before  # the nightly snapshot stays, the run's is gone
+    assert harness.rds_instances() == [SOURCE_INSTANCE]
+
+
+def test_a_snapshot_the_run_created_is_deleted_when_the_rehearsal_fails(harness: Harness, tmp_path: Path) -> None:
+    # Given an execution that snapshots the source, whose rehearsal task dies (a fault, not a verdict)
+    plan_path = project(tmp_path)
+    sha = push_bundle(harness, plan_path)
+    machine = harness.create_state_machine("PreMigration")
+    harness.fail_next("ecs", "rehearse", RuntimeError("the task was stopped"))
+    before = _snapshots(harness)
+
+    # When it runs
+    arn = harness.start(machine, {**execution_input(plan_path, sha), "create_snapshot": True}, name="i8-snap-fail")
+    described = harness.wait(arn)
+
+    # Then the failure path deleted the scratch and the run's snapshot
+    assert described["status"] == "FAILED", harness.explain(arn)
+    assert workflows.DELETE_SNAPSHOT_AFTER_FAILURE in harness.entered(arn)
+    assert _snapshots(harness) == before
+    assert harness.rds_instances() == [SOURCE_INSTANCE]
+
+
+def test_a_plan_of_200_tables_and_50_checks_reaches_the_worker(harness: Harness, tmp_path: Path) -> None:
+    # Given a plan far bigger than ECS's 8,192-character container overrides, whose tables are not
+    # in the database (so the backup refuses them: the point is that the request arrives whole)
+    plan_path = project(tmp_path)
+    sha = push_bundle(harness, plan_path)
+    machine = harness.create_state_machine("PreMigration")
+    payload = execution_input(plan_path, sha)
+    payload["plan"]["source"]["tables"] = TABLES + [f"public.archived_table_{i:03}" for i in range(197)]
+    payload["plan"]["checks"] = [{"name": f"check {i}", "sql": f"select count(*) from users where id > {i}",
+                                  "expect": ">= 0", "when": ["before"]} for i in range(50)]
+    assert len(json.dumps(payload["plan"])) > 8192
+
+    # When the pipeline starts an execution
+    arn = harness.start(machine, payload, name="i8-big-plan")
+    harness.wait(arn)
+
+    # Then every ECS task got only short overrides, and the worker read the whole plan by its key
+    for call in harness.called("ecs", "backup") + harness.called("ecs", "rehearse"):
+        environment = call.detail["environment"]
+        assert "MIGSAFE_REQUEST" not in environment
+        overrides = {k: v for k, v in environment.items() if k.startswith(("MIGSAFE_REQUEST", "MIGSAFE_EXEC",
+                                                                              "MIGSAFE_SCRATCH"))}
+        assert len(json.dumps(overrides)) < 2000
+    stored = json.loads(harness.s3.get_object(Bucket=harness.bucket, Key="backups/requests/i8-big-plan.json")
+                        ["Body"].read())
+    assert len(stored["plan"]["source"]["tables"]) == 200 and len(stored["plan"]["checks"]) == 50
+    backup = harness.called("ecs", "backup")
+    assert backup, harness.explain(arn)
+    errors = [k for k in harness.keys("results/i8-big-plan/") if "error-backup" in k]
+    # the worker parsed the whole plan and refused the missing tables by name, not a truncated request
+    assert errors, harness.explain(arn)
+    body = harness.s3.get_object(Bucket=harness.bucket, Key=errors[0])["Body"].read().decode()
+    assert "archived_table" in body and "invalid backup request" not in body
+
+
+# --- issue 8: restores into real instances need the allowlist and an approval ---------------------
+def _staging(h: Harness, make_database: Callable[..., Any], *, allowlisted: bool = True) -> Any:
+    """An instance of its own (another server, the source's database name, as a restored copy
+    would be) whose data has drifted from the backup: half its invitations are gone."""
+    from migsafe.scratch import create_scratch
+
+    copy = create_scratch("local", h.source, runtime_dir=h.runtime_dir)
+    h.extra_clusters.append(copy)
+    with psycopg.connect(copy.dsn.conninfo(), autocommit=True) as conn:
+        conn.execute("delete from user_invitations where email like '%1%'")
+
+    class Staging:
+        dsn = copy.dsn
+        conninfo = copy.dsn.conninfo()
+
+    staging = Staging()
+    tags = [{"Key": "migsafe:restore-target", "Value": "true"}] if allowlisted else []
+    h.rds.create_db_instance(DBInstanceIdentifier="app-staging", Engine="postgres", DBInstanceClass="db.t4g.medium",
+                             MasterUsername="app", MasterUserPassword="e2e-not-checked", AllocatedStorage=20,
+                             Tags=tags)
+    h.instances["app-staging"] = staging.dsn
+    return staging
+
+
+def _approval_message(h: Harness, deadline: float = 120) -> dict[str, Any]:
+    import time
+
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        for message in h.messages():
+            if message["MessageAttributes"]["verdict"]["Value"] == "APPROVAL":
+                return message
+        time.sleep(0.3)
+    raise AssertionError("no approval request was published")
+
+
+def _token(message: dict[str, Any], verb: str) -> str:
+    steps = chatbot(message)["content"]["nextSteps"]
+    line = next(s for s in steps if f"migsafe {verb} " in s)
+    assert "--region us-east-1" in line
+    return line.split("--token ", 1)[1].strip()
+
+
+RESTORE = {"target": "app-staging", "confirm": "app-staging", "mode": "replace"}
+
+
+def test_an_approved_restore_backs_up_the_target_first_then_restores(
+        harness: Harness, source: Any, make_database: Callable[..., Any]) -> None:
+    from migsafe.cli_aws import answer_approval
+
+    # Given a backup, and an allowlisted staging instance with its own data
+    backup_id = backup_in_bucket(harness, source)
+    staging = _staging(harness, make_database)
+    before = fingerprints(staging.conninfo)
+    machine = harness.create_state_machine("Restore")
+
+    # When an engineer starts a confirmed restore, and someone approves it from the Slack message
+    arn = harness.start(machine, {"backup_id": backup_id, **RESTORE}, name="i8-approved")
+    message = _approval_message(harness)
+    assert "app-staging" in message["Subject"] and "console.aws.amazon.com" in message["Message"]
+    assert fingerprints(staging.conninfo) == before  # nothing happens before the answer
+    answer_approval(harness.sfn, _token(message, "approve"), approve=True, who="alice")
+    described = harness.wait(arn)
+
+    # Then the restore ran and the target now holds the backup's rows
+    assert described["status"] == "SUCCEEDED", harness.explain(arn)
+    assert fingerprints(staging.conninfo) == fingerprints(source.conninfo)
+    # and an undo backup of the target's tables, taken first, holds what the target had
+    body = json.loads(harness.s3.get_object(Bucket=harness.bucket, Key="results/i8-approved/restore.json")["Body"]
+                      .read())
+    undo = body["undo"]
+    assert undo["backup_id"] and sorted(undo["tables"]) == sorted(TABLES)
+    manifest = next(k for k in harness.keys("backups/") if undo["backup_id"] in k and k.endswith("manifest.json"))
+    tables = json.loads(harness.s3.get_object(Bucket=harness.bucket, Key=manifest)["Body"].read())["tables"]
+    rows = {t["name"]: t["rows"] for t in tables}
+    assert rows == {t: n for t, (n, _) in before.items()}
+    result = [m for m in harness.messages() if m["MessageAttributes"]["verdict"]["Value"] == "PASS"]
+    assert len(result) == 1 and undo["backup_id"] in result[0]["Message"]
+
+
+def test_a_rejected_restore_changes_nothing(harness: Harness, source: Any,
+                                           make_database: Callable[..., Any]) -> None:
+    from migsafe.cli_aws import answer_approval
+
+    # Given a confirmed restore into an allowlisted instance, waiting for approval
+    backup_id = backup_in_bucket(harness, source)
+    staging = _staging(harness, make_database)
+    before = fingerprints(staging.conninfo)
+    machine = harness.create_state_machine("Restore")
+    arn = harness.start(machine, {"backup_id": backup_id, **RESTORE}, name="i8-rejected")
+
+    # When someone rejects it
+    answer_approval(harness.sfn, _token(_approval_message(harness), "reject"), approve=False, who="bob",
+                    reason="wrong backup")
+    described = harness.wait(arn)
+
+    # Then it failed without running the restore, with a FAIL message naming the rejection
+    assert described["status"] == "FAILED", harness.explain(arn)
+    assert harness.called("ecs", "restore") == []
+    assert fingerprints(staging.conninfo) == before
+    messages = harness.messages()
+    context = chatbot(messages[-1])["metadata"]["additionalContext"]
+    assert (context["state"], context["error"]) == (workflows.WAIT_FOR_APPROVAL, workflows.RESTORE_REJECTED)
+
+
+def test_an_unanswered_restore_times_out_to_a_rejection(harness: Harness, source: Any,
+                                                        make_database: Callable[..., Any]) -> None:
+    # Given an approval that times out after 2 seconds here (an hour on AWS)
+    backup_id = backup_in_bucket(harness, source)
+    staging = _staging(harness, make_database)
+    before = fingerprints(staging.conninfo)
+    harness.approval_seconds = 2
+    machine = harness.create_state_machine("Restore")
+
+    # When nobody answers
+    arn = harness.start(machine, {"backup_id": backup_id, **RESTORE}, name="i8-timeout")
+    described = harness.wait(arn)
+
+    # Then it failed as a rejection, and nothing was restored
+    assert described["status"] == "FAILED", harness.explain(arn)
+    assert harness.called("ecs", "restore") == []
+    assert fingerprints(staging.conninfo) == before
+    context = chatbot(harness.messages()[-1])["metadata"]["additionalContext"]
+    assert (context["state"], context["error"]) == (workflows.WAIT_FOR_APPROVAL, "States.Timeout")
+
+
+def test_a_restore_into_an_instance_off_the_allowlist_is_refused(harness: Harness, source: Any,
+                                                                 make_database: Callable[..., Any]) -> None:
+    # Given a confirmed restore into an instance without the migsafe:restore-target tag
+    backup_id = backup_in_bucket(harness, source)
+    staging = _staging(harness, make_database, allowlisted=False)
+    before = fingerprints(staging.conninfo)
+    machine = harness.create_state_machine("Restore")
+
+    # When it starts
+    arn = harness.start(machine, {"backup_id": backup_id, **RESTORE}, name="i8-not-allowed")
+    described = harness.wait(arn)
+
+    # Then validation refuses it: no approval request, no restore, the target untouched
+    assert described["status"] == "FAILED", harness.explain(arn)
+    assert workflows.WAIT_FOR_APPROVAL not in harness.entered(arn)
+    messages = harness.messages()
+    assert len(messages) == 1
+    context = chatbot(messages[0])["metadata"]["additionalContext"]
+    assert (context["state"], context["error"]) == (workflows.VALIDATE_RESTORE, "RestoreRefused")
+    assert fingerprints(staging.conninfo) == before
+
+
+def test_a_stale_scratch_is_replaced_by_a_fresh_copy_when_the_input_allows_it(harness: Harness, tmp_path: Path,
+                                                                              source: Any) -> None:
+    # Given a latest snapshot older than the source's revision, and an input that allows a fresh snapshot
+    plan_path = project(tmp_path)
+    sha = push_bundle(harness, plan_path)
+    machine = harness.create_state_machine("PreMigration")
+    harness.snapshot_revision = "0000_before_the_last_deploy"
+    before = _snapshots(harness)
+
+    # When the pipeline starts an execution with "create_snapshot": "if-stale"
+    arn = harness.start(machine, {**execution_input(plan_path, sha), "create_snapshot": "if-stale"},
+                        name="i8-refresh")
+    described = harness.wait(arn)
+
+    # Then the stale scratch was deleted, the source snapshotted, and the rehearsal passed on a fresh copy
+    assert described["status"] == "SUCCEEDED", harness.explain(arn)
+    entered = harness.entered(arn)
+    for state in ("Check for a stale scratch", "Delete stale scratch", "Prepare a fresh scratch",
+                  "Create snapshot (fresh)", workflows.DELETE_SNAPSHOT):
+        assert state in entered, state
+    assert entered.count(workflows.REHEARSE) == 2
+    assert [m["MessageAttributes"]["verdict"]["Value"] for m in harness.messages()] == ["PASS"]
+    # and nothing is left: no scratch, no run snapshot, no secret
+    assert harness.rds_instances() == [SOURCE_INSTANCE] and harness.scratches == {}
+    assert _snapshots(harness) == before and _secrets(harness) == []

@@ -189,11 +189,12 @@ def test_janitor_runs_on_a_schedule_with_the_max_age_from_context(synth: Synth) 
     rules = synth.resources("AWS::Events::Rule")
     (rule,) = rules.values()
     janitor = next(f for k, f in synth.resources("AWS::Lambda::Function").items() if k.startswith("Janitor"))
-    # Then it runs hourly against the janitor function, which deletes after 6 hours by default
+    # Then it runs hourly against the janitor function; its age limit is never below the state
+    # machines' 8-hour timeout plus a margin (the context's 6 hours would cut a long execution short)
     assert rule["Properties"]["ScheduleExpression"] == "rate(1 hour)"
     target_ref = rule["Properties"]["Targets"][0]["Arn"]["Fn::GetAtt"][0]
     assert target_ref.startswith("JanitorFunction")
-    assert janitor["Properties"]["Environment"]["Variables"]["MIGSAFE_SCRATCH_MAX_AGE_HOURS"] == "6"
+    assert janitor["Properties"]["Environment"]["Variables"]["MIGSAFE_SCRATCH_MAX_AGE_HOURS"] == "9"
     assert janitor["Properties"]["Handler"] == "handlers.janitor.handler"
 
 

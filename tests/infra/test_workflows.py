@@ -64,11 +64,12 @@ def test_pre_migration_runs_in_the_documented_order(pre: dict[str, Any]) -> None
     path = _reachable(states, pre["StartAt"])
     # Then it validates, prepares (backup | scratch), rehearses, evaluates, publishes, deletes, decides
     main = [wf.VALIDATE_PLAN, wf.PREPARE, wf.REHEARSE, wf.EVALUATE, wf.FORMAT_RESULT, wf.PUBLISH_RESULT,
-            wf.DELETE_SCRATCH, "Verdict?"]
+            wf.DELETE_SCRATCH, f"{wf.DELETE_SNAPSHOT}?", wf.DELETE_SNAPSHOT, wf.DELETE_SECRET]
     assert path[: len(main)] == main
+    assert states[wf.DELETE_SECRET]["Next"] == "Verdict?"
     assert states[wf.PREPARE]["Type"] == "Parallel"
     branch_starts = [b["StartAt"] for b in states[wf.PREPARE]["Branches"]]
-    assert branch_starts == [wf.BACKUP, "Snapshot requested?"]
+    assert branch_starts == [wf.BACKUP, wf.SOURCE_SETTINGS]
     assert states[wf.REHEARSE]["Resource"].endswith(":states:::ecs:runTask.sync")
     assert states[wf.PUBLISH_RESULT]["Resource"].endswith(":states:::sns:publish")
     verdict = states["Verdict?"]
@@ -82,7 +83,8 @@ def test_every_state_after_the_scratch_restore_starts_catches_into_the_scratch_d
     # Given the top-level states from Prepare (where the scratch restore starts) onwards
     states = pre["States"]
     after = [n for n in _reachable(states, wf.PREPARE) if states[n]["Type"] in CATCHING]
-    assert after == [wf.PREPARE, wf.REHEARSE, wf.EVALUATE, wf.FORMAT_RESULT, wf.PUBLISH_RESULT, wf.DELETE_SCRATCH]
+    assert after == [wf.PREPARE, wf.REHEARSE, wf.EVALUATE, wf.FORMAT_RESULT, wf.PUBLISH_RESULT, wf.DELETE_SCRATCH,
+                     wf.DELETE_SNAPSHOT, wf.DELETE_SECRET]
     for name in after:
         # When we follow each state's States.ALL catch
         catch = _catch_all(states[name])
@@ -92,9 +94,45 @@ def test_every_state_after_the_scratch_restore_starts_catches_into_the_scratch_d
         assert catch["ResultPath"] == "$.error"
         marker = states[chain[0]]
         assert marker["Type"] == "Pass" and marker["Result"] == name and marker["ResultPath"] == "$.failed_state"
-        assert chain[-1] == wf.DELETE_AFTER_FAILURE, f"{name} catches into {chain}"
+        if name == wf.REHEARSE:  # first: is it a stale scratch the input allows to replace? else the cleanup
+            assert chain[-1] == "Fresh copy allowed?" and states[chain[-1]]["Default"] == wf.DELETE_AFTER_FAILURE
+        else:
+            assert chain[-1] == wf.DELETE_AFTER_FAILURE, f"{name} catches into {chain}"
         # and States.ALL is the last catcher (specific ones, like an already-deleted instance, come first)
         assert states[name]["Catch"][-1]["ErrorEquals"] == ["States.ALL"]
+
+
+def test_no_state_after_the_scratch_exists_can_fail_with_an_uncatchable_runtime_error(pre: dict[str, Any],
+                                                                                       restore: dict[str, Any]) -> None:
+    # Given every state of both machines, branches included (States.Runtime, raised when a path is
+    # absent, passes every Catch: such a state would skip the scratch deletion)
+    def every(states: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        for name, state in states.items():
+            yield name, state
+            for branch in state.get("Branches", []):
+                yield from every(branch["States"])
+
+    for definition in (pre, restore):
+        for name, state in every(definition["States"]):
+            # Then no Task reshapes a service's result with a ResultSelector (it may lack the path)
+            if state["Type"] == "Task":
+                assert "ResultSelector" not in state, name
+            # and a Choice that compares a service result's status is one reached only after IsPresent
+            if state["Type"] == "Choice":
+                for choice in state["Choices"]:
+                    text = str(choice)
+                    if "_status." in text and "IsPresent" not in text:
+                        assert name.startswith(("Scratch available?", "Snapshot available?")), name
+    # and the Choices that compare a status are reached only through an IsPresent test
+    branch = pre["States"][wf.PREPARE]["Branches"][1]["States"]
+    assert branch["Describe scratch"]["Next"] == "Scratch described?"
+    assert branch["Scratch described?"]["Choices"][0]["IsPresent"] is True
+    assert branch["Scratch described?"]["Choices"][0]["Next"] == "Scratch available?"
+    assert branch["Scratch available?"]["Choices"][0]["Next"] == "Scratch endpoint known?"
+    known = branch["Scratch endpoint known?"]["Choices"][0]
+    assert all(c["IsPresent"] is True for c in known["And"]) and known["Next"] == "Scratch endpoint"
+    snapshot = branch["Snapshot described?"]["Choices"][0]
+    assert snapshot["IsPresent"] is True and snapshot["Next"] == "Snapshot available?"
 
 
 def test_states_inside_prepare_let_errors_reach_the_parallel_catch(pre: dict[str, Any]) -> None:
@@ -110,7 +148,8 @@ def test_states_inside_prepare_let_errors_reach_the_parallel_catch(pre: dict[str
     scratch = branches[1]["States"]
     # and the deadlines fail with the package's ScratchFailed
     fails = {n: s for n, s in scratch.items() if s["Type"] == "Fail"}
-    assert set(fails) == {"Scratch instance failed", "Scratch deadline passed", "Snapshot deadline passed"}
+    assert set(fails) == {"Scratch instance failed", "Scratch deadline passed", "Snapshot deadline passed",
+                          "Snapshot failed"}
     assert {s["Error"] for s in fails.values()} == {"ScratchFailed"}
 
 
@@ -120,10 +159,25 @@ def test_scratch_is_restored_tagged_private_into_the_given_network(pre: dict[str
     params = state["Parameters"]
     # Then it is the RDS SDK integration, tagged migsafe:scratch, not public, in a subnet group and security group
     assert state["Resource"].endswith(":states:::aws-sdk:rds:restoreDBInstanceFromDBSnapshot")
-    assert params["Tags"] == [{"Key": "migsafe:scratch", "Value.$": "$.execution"}]
+    assert params["Tags"] == [{"Key": "migsafe:scratch", "Value.$": "$.execution"},
+                              {"Key": "migsafe:execution", "Value.$": "$$.Execution.Id"}]
     assert params["PubliclyAccessible"] is False and params["DeletionProtection"] is False
     assert params["DbSubnetGroupName"] and params["VpcSecurityGroupIds"]
     assert params["DbInstanceIdentifier.$"] == "$.scratch.instance_id"
+
+
+def test_scratch_copies_the_source_settings_and_pays_for_nothing_extra(pre: dict[str, Any]) -> None:
+    # Given the scratch branch
+    states = pre["States"][wf.PREPARE]["Branches"][1]["States"]
+    params = states[wf.RESTORE_SCRATCH]["Parameters"]
+    # Then the source's settings are read first, and the restore uses its groups and its port
+    assert states[wf.SOURCE_SETTINGS]["Parameters"]["action"] == "source_settings"
+    assert states[wf.SOURCE_SETTINGS]["ResultPath"] == "$.source"
+    assert params["DbParameterGroupName.$"] == "$.source.parameter_group"
+    assert params["OptionGroupName.$"] == "$.source.option_group"
+    assert params["Port"] == 5432
+    # and keeps no backups (no Performance Insights or monitoring either: the worker turns them off)
+    assert params["BackupRetentionPeriod"] == 0 and params["MultiAZ"] is False
 
 
 def test_scratch_wait_polls_with_a_deadline(pre: dict[str, Any]) -> None:
@@ -131,17 +185,33 @@ def test_scratch_wait_polls_with_a_deadline(pre: dict[str, Any]) -> None:
     states = pre["States"][wf.PREPARE]["Branches"][1]["States"]
     # When we follow the poll loop
     assert states["Wait for scratch"]["Type"] == "Wait" and states["Wait for scratch"]["Next"] == "Describe scratch"
-    assert states["Describe scratch"]["Next"] == "Scratch available?"
+    assert states["Describe scratch"]["Next"] == "Scratch described?"
     available = states["Scratch available?"]
+    status = "$.scratch_status.DbInstances[0].DbInstanceStatus"
     # Then available ends the branch with the endpoint, failure states fail, and the rest counts to a deadline
-    assert available["Choices"][0] == {"Variable": "$.scratch_status.status", "StringEquals": "available",
-                                       "Next": "Scratch endpoint"}
+    assert available["Choices"][0] == {"Variable": status, "StringEquals": "available",
+                                       "Next": "Scratch endpoint known?"}
+    failing = {c["StringEquals"] for c in available["Choices"][1]["Or"]}
+    assert available["Choices"][1]["Next"] == "Scratch instance failed"
+    assert {"insufficient-capacity", "incompatible-restore", "incompatible-parameters", "storage-full",
+            "failed"} <= failing
+    assert all(c["Variable"] == status for c in available["Choices"][1]["Or"])
     assert states["Scratch endpoint"]["End"] is True
     assert available["Default"] == "Count scratch wait"
     deadline = states[states["Count scratch wait"]["Next"]]
     assert deadline["Choices"][0]["Next"] == "Scratch deadline passed"
     assert deadline["Choices"][0]["NumericGreaterThan"] == 90 * 60 // wf.POLL_SECONDS
     assert deadline["Default"] == "Wait for scratch"
+
+
+def test_snapshot_wait_stops_on_a_failed_snapshot(pre: dict[str, Any]) -> None:
+    # Given the snapshot poll loop
+    states = pre["States"][wf.PREPARE]["Branches"][1]["States"]
+    available = states["Snapshot available?"]
+    # Then "failed" ends it at once with ScratchFailed instead of waiting for the deadline
+    failed = [c for c in available["Choices"] if c["Next"] == "Snapshot failed"]
+    assert failed and {c["StringEquals"] for c in failed[0]["Or"]} == {"failed"}
+    assert states["Snapshot failed"]["Error"] == "ScratchFailed"
 
 
 def test_scratch_deletion_after_failure_tolerates_a_missing_instance_and_always_reports(pre: dict[str, Any]) -> None:
@@ -153,7 +223,19 @@ def test_scratch_deletion_after_failure_tolerates_a_missing_instance_and_always_
     assert delete["Resource"].endswith(":states:::aws-sdk:rds:deleteDBInstance")
     assert any(r["ErrorEquals"] == [wf.RDS_BUSY] for r in delete["Retry"])
     assert [c["ErrorEquals"] for c in delete["Catch"]] == [[wf.RDS_NOT_FOUND], ["States.ALL"]]
-    assert {c["Next"] for c in delete["Catch"]} == {wf.FORMAT_FAILURE} and delete["Next"] == wf.FORMAT_FAILURE
+    # whatever happens, the run's snapshot (when it made one) and the scratch secret are deleted next
+    taken = f"{wf.DELETE_SNAPSHOT_AFTER_FAILURE}?"
+    assert {c["Next"] for c in delete["Catch"]} == {taken} and delete["Next"] == taken
+    assert states[taken]["Default"] == wf.DELETE_SECRET_AFTER_FAILURE
+    assert states[taken]["Choices"][0]["Next"] == wf.DELETE_SNAPSHOT_AFTER_FAILURE
+    snapshot = states[wf.DELETE_SNAPSHOT_AFTER_FAILURE]
+    assert snapshot["Resource"].endswith(":states:::aws-sdk:rds:deleteDBSnapshot")
+    assert snapshot["Parameters"] == {"DbSnapshotIdentifier.$": "$.scratch.snapshot_id"}  # never the source's own
+    assert {c["Next"] for c in snapshot["Catch"]} == {wf.DELETE_SECRET_AFTER_FAILURE}
+    secret = states[wf.DELETE_SECRET_AFTER_FAILURE]
+    assert secret["Resource"].endswith(":states:::aws-sdk:secretsmanager:deleteSecret")
+    assert secret["Parameters"]["ForceDeleteWithoutRecovery"] is True
+    assert {c["Next"] for c in secret["Catch"]} == {wf.FORMAT_FAILURE} and secret["Next"] == wf.FORMAT_FAILURE
     fmt = states[wf.FORMAT_FAILURE]
     assert fmt["Parameters"]["kind"] == "failure" and fmt["Parameters"]["detail.$"] == "$"
     assert fmt["Next"] == wf.PUBLISH_FAILURE and _catch_all(fmt)["Next"] == "Fallback failure message"
@@ -182,24 +264,32 @@ def test_retries_match_the_package_exception_names(pre: dict[str, Any], restore:
         for name, state in tasks(definition["States"]):
             # Then each retries transient errors with backoff, named as the package names them
             errors = [e for r in state.get("Retry", []) for e in r["ErrorEquals"]]
-            # (only names the Task can emit: migsafe's come from the Lambda steps alone, tests/infra/test_errors.py)
-            if state["Resource"].endswith("ecs:runTask.sync"):
-                assert "ECS.AmazonECSException" in errors, name
-            elif ":aws-sdk:rds:" in state["Resource"]:
-                assert "Rds.RdsException" in errors, name
-            elif state["Resource"].endswith(":sns:publish"):
+            resource = state["Resource"]
+            if resource.endswith("ecs:runTask.sync"):
+                assert "ECS.AmazonECSException" in errors, name  # capacity and throttling
+                capacity = next(r for r in state["Retry"] if "ECS.AmazonECSException" in r["ErrorEquals"])
+                # capacity comes back in minutes, not seconds: about half an hour of backoff
+                waited = sum(capacity["IntervalSeconds"] * capacity["BackoffRate"] ** i
+                             for i in range(capacity["MaxAttempts"]))
+                assert capacity["IntervalSeconds"] >= 30 and waited >= 15 * 60, name
+                assert "ECS.ThrottlingException" not in errors, name  # ECS models no such error
+            elif ":aws-sdk:rds:" in resource:
+                assert "Rds.RdsException" in errors, name  # RDS throttling (it has no ThrottlingException)
+                assert "TransientAwsError" not in errors, name  # only the Lambdas raise it
+            elif resource.endswith(":sns:publish"):
                 assert "SNS.InternalErrorException" in errors, name
-            else:
+            elif resource.endswith(":lambda:invoke"):
                 assert "TransientAwsError" in errors, name
+            assert "Rds.ThrottlingException" not in errors, name
             assert all(r["BackoffRate"] >= 1 and r["MaxAttempts"] >= 3 for r in state["Retry"]), name
 
 
 def test_restore_validates_first_and_reports_every_failure(restore: dict[str, Any]) -> None:
     # Given the restore definition
     states = restore["States"]
-    # Then validation (with the confirm rule) comes first, before any target is touched
-    assert restore["StartAt"] == "Validate restore request"
-    assert states["Validate restore request"]["Next"] == "Target is scratch?"
+    # Then validation (confirm, allowlist, endpoint) comes first, before any target is touched
+    assert restore["StartAt"] == wf.VALIDATE_RESTORE
+    assert states[wf.VALIDATE_RESTORE]["Next"] == "Target is scratch?"
     # and every Task catches into the failure message naming the state
     for name, state in states.items():
         if state["Type"] not in CATCHING or name in {wf.FORMAT_FAILURE, wf.PUBLISH_FAILURE}:
@@ -208,11 +298,57 @@ def test_restore_validates_first_and_reports_every_failure(restore: dict[str, An
         assert catch is not None, name
         chain = list(_through_passes(states, catch["Next"]))
         assert states[chain[0]]["Result"] == name and chain[-1] == wf.FORMAT_FAILURE
-    path = _reachable(states, "Restore tables")
-    assert path[:5] == ["Restore tables", "Evaluate restore", "Format restore message", "Publish restore result",
+    path = _reachable(states, wf.RESTORE_TABLES)
+    assert path[:5] == [wf.RESTORE_TABLES, "Evaluate restore", "Format restore message", "Publish restore result",
                         "Restore verified?"]
-    env = {e["Name"] for e in states["Restore tables"]["Parameters"]["Overrides"]["ContainerOverrides"][0]["Environment"]}
-    assert env == {"MIGSAFE_REQUEST", "MIGSAFE_EXECUTION", "MIGSAFE_TARGET_ENDPOINT"}
+    env = {e["Name"] for e in states[wf.RESTORE_TABLES]["Parameters"]["Overrides"]["ContainerOverrides"][0]["Environment"]}
+    assert env == {"MIGSAFE_REQUEST_KEY", "MIGSAFE_EXECUTION", "MIGSAFE_EXECUTION_ARN", "MIGSAFE_TARGET_ENDPOINT"}
+
+
+def test_a_real_target_waits_for_approval_which_times_out_to_a_rejection(restore: dict[str, Any]) -> None:
+    # Given the restore definition
+    states = restore["States"]
+    # Then a real target goes through the approval state unless the mode only reads (diff)
+    assert states["Target is scratch?"]["Choices"][0]["Next"] == wf.RESTORE_TABLES
+    assert states["Target is scratch?"]["Default"] == "Needs approval?"
+    assert states["Needs approval?"]["Choices"] == [{"Variable": "$.mode", "StringEquals": "diff",
+                                                    "Next": wf.RESTORE_TABLES}]
+    approval = states[wf.WAIT_FOR_APPROVAL]
+    assert states["Needs approval?"]["Default"] == wf.WAIT_FOR_APPROVAL and approval["Next"] == wf.RESTORE_TABLES
+    # which publishes the request with the task token, and the approve/reject commands
+    assert approval["Resource"].endswith(":states:::sns:publish.waitForTaskToken")
+    steps = approval["Parameters"]["Message"]["content"]["nextSteps.$"]
+    assert "migsafe approve --region {} --token {}" in steps and "migsafe reject --region {} --token {}" in steps
+    assert steps.count("$$.Task.Token") == 2
+    assert "$.console_url" in approval["Parameters"]["Message"]["content"]["description.$"]
+    # and times out; a timeout or a rejection ends in the FAIL message, never in the restore
+    assert approval["TimeoutSeconds"] == wf.APPROVAL_MINUTES * 60
+    refused = approval["Catch"][0]
+    assert refused["ErrorEquals"] == [wf.RESTORE_REJECTED, "States.Timeout"]
+    assert list(_through_passes(states, refused["Next"]))[-1] == wf.FORMAT_FAILURE
+    assert wf.RESTORE_TABLES not in _reachable(states, refused["Next"])
+
+
+def test_the_worker_gets_its_request_by_key_never_in_the_container_overrides(pre: dict[str, Any]) -> None:
+    # Given both ECS tasks of the pre-migration machine
+    ecs = [pre["States"][wf.REHEARSE], pre["States"][wf.PREPARE]["Branches"][0]["States"][wf.BACKUP]]
+    for state in ecs:
+        env = state["Parameters"]["Overrides"]["ContainerOverrides"][0]["Environment"]
+        names = {e["Name"] for e in env}
+        # Then the overrides carry the request's key, not the request (ECS caps overrides at 8,192 characters)
+        assert "MIGSAFE_REQUEST_KEY" in names and "MIGSAFE_REQUEST" not in names
+        assert all("Value.$" in e and not e["Value.$"].startswith("$.request\"") for e in env)
+
+
+def test_every_message_carries_the_plan_attribute(pre: dict[str, Any], restore: dict[str, Any]) -> None:
+    # Given every SNS publish of both machines
+    for definition in (pre, restore):
+        for name, state in definition["States"].items():
+            if state["Type"] == "Task" and ":sns:publish" in state["Resource"]:
+                attributes = state["Parameters"]["MessageAttributes"]
+                # Then it sets the verdict and plan attributes docs/slack.md promises
+                assert set(attributes) == {"verdict", "plan"}, name
+                assert attributes["plan"]["DataType"] == "String"
 
 
 def test_definitions_use_only_states_moto_can_interpret(pre: dict[str, Any], restore: dict[str, Any]) -> None:
@@ -227,3 +363,44 @@ def test_definitions_use_only_states_moto_can_interpret(pre: dict[str, Any], res
     found = set(types(pre["States"])) | set(types(restore["States"]))
     assert found <= {"Task", "Choice", "Wait", "Parallel", "Pass", "Succeed", "Fail"}
     assert "QueryLanguage" not in pre and "QueryLanguage" not in restore
+
+
+def test_the_scratch_port_and_its_security_group_rule_follow_the_source_port() -> None:
+    import aws_cdk as cdk
+    from aws_cdk.assertions import Template
+
+    import app as cdk_app
+    from infra.definitions import find
+
+    # Given a deploy whose source listens on 6432, not 5432
+    app = cdk.App(context={**cdk_app.cdk_json_context(), "sourcePort": "6432"})
+    app, stack = cdk_app.build(app)
+    template = Template.from_stack(stack).to_json()
+    # When we read the scratch security group's rule and the restore state
+    ingress = [r["Properties"] for r in template["Resources"].values()
+               if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    restore = find(template, "PreMigration")["States"][wf.PREPARE]["Branches"][1]["States"][wf.RESTORE_SCRATCH]
+    # Then the worker is admitted on 6432 (only), and the scratch is restored on 6432
+    assert [(r["FromPort"], r["ToPort"]) for r in ingress] == [(6432, 6432)]
+    assert restore["Parameters"]["Port"] == 6432
+
+
+def test_a_stale_scratch_is_replaced_once_and_every_step_of_that_path_reaches_the_cleanup(pre: dict[str, Any]) -> None:
+    # Given the path a failed rehearsal takes
+    states = pre["States"]
+    allowed = states["Fresh copy allowed?"]
+    # Then only an input that allowed it ("if-stale") and a worker that found ScratchStale replace the scratch
+    assert allowed["Choices"][0]["Next"] == "Check for a stale scratch"
+    assert states["Check for a stale scratch"]["Parameters"]["kind"] == "stale"
+    assert states["Scratch stale?"]["Choices"][0]["Next"] == "Delete stale scratch"
+    assert states["Scratch stale?"]["Default"] == wf.DELETE_AFTER_FAILURE
+    # once: the fresh copy has its own name, a snapshot of its own, and no second chance
+    path = _reachable(states, "Delete stale scratch")
+    assert path[:7] == ["Delete stale scratch", "Name the fresh scratch", "Only one fresh copy", "Snapshot this time",
+                        "Reset the scratch wait", "Reset the snapshot wait", "Prepare a fresh scratch"]
+    assert states["Only one fresh copy"]["Result"] is False and states["Snapshot this time"]["Result"] is True
+    assert states["Prepare a fresh scratch"]["Next"] == wf.REHEARSE
+    # and every Task or Parallel on it catches into the scratch deletion
+    for name in ("Check for a stale scratch", "Delete stale scratch", "Prepare a fresh scratch"):
+        catch = _catch_all(states[name])
+        assert catch is not None and list(_through_passes(states, catch["Next"]))[-1] == wf.DELETE_AFTER_FAILURE, name

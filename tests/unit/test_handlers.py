@@ -24,7 +24,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "migsafe-tests")
 from handlers import evaluate, janitor, notification, snapshots, steps, validate
 from migsafe import bundle, worker
 from migsafe.backup import run_backup
-from migsafe.exceptions import ConfirmationMismatch, InputError, PlanInvalid, ScratchFailed
+from migsafe.exceptions import ConfirmationMismatch, InputError, PlanInvalid, RestoreRefused, ScratchFailed
 from migsafe.identifiers import QualifiedName
 from migsafe.plan import Plan
 from migsafe.result import Result, Revisions, ScratchInfo
@@ -32,6 +32,15 @@ from migsafe.store import FileStore, open_store
 from migsafe.worker import RehearsalRequest, RestoreRequest
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "enum_uppercase"
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+
+
+def _event(name: str, **replace: str) -> dict[str, Any]:
+    """A sample event from tests/events, with its ``<placeholders>`` filled in."""
+    text = (EVENTS / name).read_text()
+    for key, value in replace.items():
+        text = text.replace(f"<{key.replace('_', ' ')}>", value)
+    return dict(json.loads(text))
 
 
 @dataclass
@@ -82,8 +91,11 @@ def test_validate_plan_names_the_scratch_and_builds_the_worker_request(env: dict
     assert scratch.startswith("migsafe-scratch-") and len(scratch) <= 63 and "--" not in scratch
     assert scratch == steps.scratch_instance_id("deploy-42") != steps.scratch_instance_id("deploy-43")
     assert out["scratch"]["instance_class"] == "db.t4g.large"
-    # and the worker's request uses the stack's store, carries no notify, and names the results folder
-    request = RehearsalRequest.model_validate_json(out["request"])
+    # and the worker's request lies in the stack's store (not in the ECS overrides), uses that store,
+    # carries no notify, and names the results folder and the scratch secret
+    assert out["request_key"] == "requests/deploy-42.json" and "request" not in out
+    request = RehearsalRequest.model_validate_json((env["store"] / out["request_key"]).read_bytes())
+    assert request.scratch_secret == out["scratch"]["secret_name"] == f"migsafe-scratch/{scratch}"
     assert request.plan["store"]["url"] == f"file://{env['store']}"
     assert "notify" not in request.plan and request.bundle_sha256 == pushed
     assert out["results_prefix"] == request.results_prefix == "deploy-42/"
@@ -128,19 +140,52 @@ def test_restore_into_an_instance_needs_confirm_equal_to_the_target(env: dict[st
         validate.restore_handler(event, FakeContext())
 
 
-def test_restore_with_the_right_confirm_or_into_scratch_is_accepted(env: dict[str, Path], backup_id: str) -> None:
-    # Given a real, complete backup
-    confirmed = {"input": {"backup_id": backup_id, "target": "prod-db", "confirm": "prod-db", "replace": True},
-                 "execution": "r2"}
+def _request(env: dict[str, Path], out: dict[str, Any]) -> RestoreRequest:
+    return RestoreRequest.model_validate_json((env["store"] / out["request_key"]).read_bytes())
+
+
+def test_restore_with_the_right_confirm_into_an_allowlisted_instance_or_into_scratch_is_accepted(
+        env: dict[str, Path], backup_id: str, rds: Any) -> None:
+    # Given a real, complete backup, and an instance tagged as a restore target
+    _instance(rds, "prod-db", {"migsafe:restore-target": "true"})
+    confirmed = _event("restore_into_instance.json", backup_id=backup_id)
     scratch = {"input": {"backup_id": backup_id, "target": "scratch", "tables": ["users"]}, "execution": "r3"}
     # When validated
     out = validate.restore_handler(confirmed, FakeContext())
     out_scratch = validate.restore_handler(scratch, FakeContext())
-    # Then the instance restore goes to the instance, the scratch one to a throw-away cluster
-    assert out["target_kind"] == "instance" and out["target"] == "prod-db"
-    assert RestoreRequest.model_validate_json(out["request"]).replace is True
+    # Then the instance restore goes to the instance's endpoint, the scratch one to a throw-away cluster
+    assert out["target_kind"] == "instance" and out["target"] == "prod-db" and out["mode"] == "replace"
+    assert out["target_endpoint"].endswith(":5432")
+    assert out["region"] == "eu-west-1" and out["console_url"].endswith("execution:restore:r2")
+    assert _request(env, out).replace is True
     assert out_scratch["target_kind"] == "scratch" and out_scratch["tables"] == ["public.users"]
-    assert RestoreRequest.model_validate_json(out_scratch["request"]).results_prefix == "r3/"
+    assert out_scratch["target_endpoint"] == "scratch"
+    assert _request(env, out_scratch).results_prefix == "r3/"
+
+
+@pytest.mark.parametrize("tags", [{}, {"migsafe:restore-target": "false"}, {"migsafe:restore-target": "yes"}])
+def test_restore_into_an_instance_not_on_the_allowlist_is_refused(env: dict[str, Path], backup_id: str, rds: Any,
+                                                                  tags: dict[str, str]) -> None:
+    # Given a confirmed restore into an instance that lacks migsafe:restore-target=true
+    _instance(rds, "prod-db", tags)
+    event = {"input": {"backup_id": backup_id, "target": "prod-db", "confirm": "prod-db", "mode": "replace"},
+             "execution": "r4"}
+    # When validated, then it is refused as bad input, and no request was written
+    with pytest.raises(RestoreRefused, match="migsafe:restore-target=true"):
+        validate.restore_handler(event, FakeContext())
+    assert not (env["store"] / "requests").exists()
+
+
+def test_restore_modes_apply_to_real_targets_only(env: dict[str, Path], backup_id: str) -> None:
+    # Given a scratch restore asking for replace, and a contradictory input
+    replace = {"input": {"backup_id": backup_id, "target": "scratch", "mode": "replace"}, "execution": "r5"}
+    both = {"input": {"backup_id": backup_id, "target": "prod-db", "confirm": "prod-db", "mode": "diff",
+                      "replace": True}, "execution": "r6"}
+    # When validated, then both are bad input
+    with pytest.raises(InputError, match="real target"):
+        validate.restore_handler(replace, FakeContext())
+    with pytest.raises(InputError, match="contradicts"):
+        validate.restore_handler(both, FakeContext())
 
 
 def test_restore_of_an_unknown_backup_or_table_is_bad_input(env: dict[str, Path], backup_id: str) -> None:
@@ -257,6 +302,23 @@ def test_latest_snapshot_of_the_source(rds: Any) -> None:
         snapshots.handler({"instance_id": "no-such-db"}, FakeContext())
 
 
+def test_source_settings_name_the_groups_the_scratch_copies_and_check_the_port(rds: Any) -> None:
+    # Given a source with its own parameter group and option group, on port 5432
+    rds.create_db_parameter_group(DBParameterGroupName="prod-pg", DBParameterGroupFamily="postgres13",
+                                  Description="production")
+    rds.create_option_group(OptionGroupName="prod-og", EngineName="postgres", MajorEngineVersion="13",
+                            OptionGroupDescription="production")
+    rds.create_db_instance(DBInstanceIdentifier="prod-db", DBInstanceClass="db.t4g.micro", Engine="postgres",
+                           EngineVersion="13.7", AllocatedStorage=20, MasterUsername="app",
+                           MasterUserPassword="password1", DBParameterGroupName="prod-pg", OptionGroupName="prod-og")
+    # When the scratch's settings are read for a stack that admits 5432, and for one that admits 6432
+    out = snapshots.handler(_event("source_settings.json"), FakeContext())
+    # Then they are the source's groups and port; a port the stack does not admit is refused
+    assert out == {"port": 5432, "engine": "postgres", "parameter_group": "prod-pg", "option_group": "prod-og"}
+    with pytest.raises(ScratchFailed, match="port 5432 but the stack admits 6432"):
+        steps.source_settings("prod-db", rds, port=6432)
+
+
 def test_janitor_deletes_only_old_tagged_scratch_instances(rds: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a tagged scratch instance, an untagged one with the scratch name, and a tagged non-scratch name
     _instance(rds, "migsafe-scratch-0123456789abcdef", {"migsafe:scratch": "exec"})
@@ -266,8 +328,8 @@ def test_janitor_deletes_only_old_tagged_scratch_instances(rds: Any, monkeypatch
     young = steps.sweep_scratch(rds, max_age=timedelta(hours=6))
     old = steps.sweep_scratch(rds, max_age=timedelta(hours=6), now=datetime.now(UTC) + timedelta(hours=7))
     # Then nothing young is deleted, and later only the tagged scratch instance goes
-    assert young == {"deleted": [], "kept": ["migsafe-scratch-0123456789abcdef"]}
-    assert old["deleted"] == ["migsafe-scratch-0123456789abcdef"]
+    assert young == {"deleted": [], "kept": ["instance:migsafe-scratch-0123456789abcdef"], "failed": []}
+    assert old["deleted"] == ["instance:migsafe-scratch-0123456789abcdef"]
     left = {d["DBInstanceIdentifier"] for d in rds.describe_db_instances()["DBInstances"]}
     assert left == {"migsafe-scratch-untagged", "prod-db"}
 
@@ -279,7 +341,72 @@ def test_janitor_handler_reads_its_age_from_the_environment(rds: Any, monkeypatc
     # When the scheduled handler runs
     out = janitor.handler({}, FakeContext())
     # Then it deletes it
-    assert out["deleted"] == ["migsafe-scratch-aaaa"]
+    assert out["deleted"] == ["instance:migsafe-scratch-aaaa"]
+
+
+@pytest.fixture
+def sfn(rds: Any) -> Any:
+    return boto3.client("stepfunctions", region_name="eu-west-1")
+
+
+def _execution(sfn: Any, name: str) -> str:
+    machine = sfn.create_state_machine(
+        name=f"m-{name}", roleArn="arn:aws:iam::123456789012:role/sfn",
+        definition=json.dumps({"StartAt": "W", "States": {"W": {"Type": "Wait", "Seconds": 3600, "End": True}}}))
+    return str(sfn.start_execution(stateMachineArn=machine["stateMachineArn"], name=name)["executionArn"])
+
+
+def test_janitor_keeps_the_scratch_of_a_running_execution_until_past_the_timeout(rds: Any, sfn: Any) -> None:
+    # Given two scratch instances tagged with their executions' ARNs: one still RUNNING, one stopped
+    running, stopped = _execution(sfn, "running"), _execution(sfn, "stopped")
+    sfn.stop_execution(executionArn=stopped)
+    _instance(rds, "migsafe-scratch-running", {"migsafe:scratch": "running", "migsafe:execution": running})
+    _instance(rds, "migsafe-scratch-stopped", {"migsafe:scratch": "stopped", "migsafe:execution": stopped})
+    later = datetime.now(UTC) + timedelta(hours=7)  # older than the old 6-hour rule, younger than 9 h
+    # When the sweep runs seven hours later
+    out = steps.sweep_scratch(rds, sfn=sfn, max_age=timedelta(hours=9), now=later)
+    # Then the running execution keeps its scratch, the stopped one's is deleted
+    assert out["kept"] == ["instance:migsafe-scratch-running"]
+    assert out["deleted"] == ["instance:migsafe-scratch-stopped"]
+    # and past the state machine's timeout plus the margin, even a "running" one goes
+    past = steps.sweep_scratch(rds, sfn=sfn, max_age=timedelta(hours=9), now=datetime.now(UTC) + timedelta(hours=10))
+    assert past["deleted"] == ["instance:migsafe-scratch-running"]
+
+
+def test_janitor_goes_on_when_one_deletion_fails_and_sweeps_run_snapshots(rds: Any, sfn: Any,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given two finished executions' scratch instances, one of which RDS refuses to delete, and an
+    # orphaned run snapshot (plus the source's own snapshot, untagged)
+    stopped = _execution(sfn, "done")
+    sfn.stop_execution(executionArn=stopped)
+    tags = {"migsafe:scratch": "done", "migsafe:execution": stopped}
+    _instance(rds, "migsafe-scratch-stuck", tags)
+    _instance(rds, "migsafe-scratch-free", tags)
+    _instance(rds, "prod-db", {})
+    rds.create_db_snapshot(DBInstanceIdentifier="prod-db", DBSnapshotIdentifier="migsafe-scratch-snap",
+                           Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    rds.create_db_snapshot(DBInstanceIdentifier="prod-db", DBSnapshotIdentifier="prod-db-nightly")
+    secrets = boto3.client("secretsmanager", region_name="eu-west-1")
+    secrets.create_secret(Name="migsafe-scratch/migsafe-scratch-free", SecretString="{}",
+                          Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    secrets.create_secret(Name="app/other", SecretString="{}", Tags=[{"Key": "migsafe:scratch", "Value": "x"}])
+    real_delete = rds.delete_db_instance
+
+    def delete(**kwargs: Any) -> Any:
+        if kwargs["DBInstanceIdentifier"] == "migsafe-scratch-stuck":
+            raise RuntimeError("InvalidDBInstanceState: the instance is being modified")
+        return real_delete(**kwargs)
+
+    monkeypatch.setattr(rds, "delete_db_instance", delete)
+    # When the sweep runs
+    out = steps.sweep_scratch(rds, sfn=sfn, secrets=secrets, max_age=timedelta(hours=9))
+    # Then the stuck one is reported, the others are deleted, the source's snapshot is left alone
+    assert out["failed"] == ["instance:migsafe-scratch-stuck"]
+    assert sorted(out["deleted"]) == ["instance:migsafe-scratch-free", "secret:migsafe-scratch/migsafe-scratch-free",
+                                      "snapshot:migsafe-scratch-snap"]
+    assert [s["Name"] for s in secrets.list_secrets()["SecretList"]] == ["app/other"]
+    snapshots_left = {s["DBSnapshotIdentifier"] for s in rds.describe_db_snapshots()["DBSnapshots"]}
+    assert "prod-db-nightly" in snapshots_left and "migsafe-scratch-snap" not in snapshots_left
 
 
 def test_handlers_use_the_stores_named_by_the_environment(env: dict[str, Path]) -> None:
@@ -301,7 +428,7 @@ def test_worker_backup_runs_the_validated_request_and_records_it(env: dict[str, 
     params = seeded.dsn.params
     environ = {"MIGSAFE_STORE_URL": os.environ["MIGSAFE_STORE_URL"],
                "MIGSAFE_RESULTS_URL": os.environ["MIGSAFE_RESULTS_URL"],
-               "MIGSAFE_REQUEST": out["request"], "MIGSAFE_EXECUTION": "w1",
+               "MIGSAFE_REQUEST_KEY": out["request_key"], "MIGSAFE_EXECUTION": "w1",
                "MIGSAFE_SOURCE_USERNAME": params.get("user", "postgres"), "MIGSAFE_SOURCE_PASSWORD": "s3cret-unused",
                "MIGSAFE_SOURCE_HOST": params["host"], "MIGSAFE_SOURCE_PORT": params["port"],
                "MIGSAFE_SOURCE_DBNAME": params["dbname"], "MIGSAFE_SOURCE_SSLMODE": "disable"}
