@@ -178,7 +178,8 @@ def integration(resource: str) -> Integration:
 OPTIMIZED_OUTPUT = {("ecs", "runTask", "sync"): ("ecs", "Task"),
                     ("stepfunctions", "startExecution", "sync"): ("stepfunctions", "DescribeExecutionOutput"),
                     ("stepfunctions", "startExecution", "sync:2"): ("stepfunctions", "DescribeExecutionOutput")}
-FREE_FORM = {("lambda", "Payload"), ("stepfunctions", "Input")}  # JSON the integration serializes itself
+# JSON the integration serializes itself (SNS: the connect-sns docs publish a JSON object as Message)
+FREE_FORM = {("lambda", "Payload"), ("stepfunctions", "Input"), ("sns", "Message")}
 
 
 # --- parameter shapes -------------------------------------------------------------------------
