@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,11 +25,17 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import catalog
+from . import catalog, pgtools
 from .backup import BackupOptions, run_backup
 from .config import Settings
 from .dsn import Dsn, mask
-from .exceptions import BackupIncomplete, EnvironmentFault, MigsafeError, RestoreVerificationFailed
+from .exceptions import (
+    BackupIncomplete,
+    EnvironmentFault,
+    MigsafeError,
+    RestoreVerificationFailed,
+    ScratchFailed,
+)
 from .identifiers import QualifiedName
 from .inventory import load_manifest
 from .localpg import LocalCluster, sweep
@@ -117,9 +124,16 @@ class _Run:
         self.after_downgrade: str | None = None
         self.traffic_dropped: set[str] = set()  # kinds of transaction that failed before any migration
         self.pg_version: str | None = None
+        self.restore_cancelled = threading.Event()
 
     def cancel_restore_test(self) -> None:
-        """Stop a running restore test quickly (its server goes away, so its restore fails)."""
+        """Stop a running restore test quickly (its server goes away, so its restore fails).
+
+        It may still be creating its cluster: the flag makes it stop as soon as that returns, and its
+        children (initdb) are stopped now, so an interrupt never waits for a whole restore test.
+        """
+        self.restore_cancelled.set()
+        pgtools.stop_all()
         if self.restore_cluster is not None:
             self.restore_cluster.destroy()
 
@@ -399,6 +413,8 @@ def _restore_test_local(run: _Run, store: Any, backup_id: str) -> None:
         cluster = LocalCluster.create("restoretest", run.settings.runtime_dir)
         run.restore_cluster = cluster
         try:
+            if run.restore_cancelled.is_set():  # interrupted while the cluster was being created
+                raise ScratchFailed("restore test cancelled")
             report = run_restore(
                 store,
                 backup_id,

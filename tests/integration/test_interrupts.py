@@ -133,15 +133,22 @@ def test_an_interrupt_during_the_scratch_copy_leaves_no_pg_basebackup_nor_walsen
     # Given: a rehearsal copying the source to scratch with pg_basebackup, still starting (waiting
     # for the checkpoint) or already streaming from the source
     proc = _rehearsal(tmp_path, source, runtime_dir, slow_bindir)
-    needle = str(runtime_dir / "scratch-")
-    copying = _wait_for(lambda: any("pg_basebackup" in p for p in _processes_mentioning(needle)), 120)
-    assert copying, proc.stderr.read() if proc.poll() is not None and proc.stderr else "no pg_basebackup seen"
-    if phase == "streaming":
-        assert _wait_for(lambda: bool(_source_burden(source)["pg_stat_replication"]), 30, 0.05)
+    try:
+        # this run's own scratch folder names its pid (another test's leftovers never match)
+        needle = str(runtime_dir / f"scratch-{proc.pid}-")
+        copying = _wait_for(lambda: any("pg_basebackup" in p for p in _processes_mentioning(needle)), 120)
+        assert copying, proc.stderr.read() if proc.poll() is not None and proc.stderr else "no pg_basebackup"
+        if phase == "streaming":
+            assert _wait_for(lambda: bool(_source_burden(source)["pg_stat_replication"]), 30, 0.05)
 
-    # When: a polite kill, a Ctrl-C, or a SIGKILL of migsafe itself
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+        # When: a polite kill, a Ctrl-C, or a SIGKILL of migsafe itself
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # never leave a run behind for the next test
+            proc.kill()
+            proc.wait()
+            migsafe("scratch", "sweep")
 
     # Then: migsafe says it was interrupted (SIGKILL cannot say anything)
     if sig != signal.SIGKILL:
