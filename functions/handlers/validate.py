@@ -14,6 +14,9 @@ from .common import metrics, step
 # The AWS API calls this Lambda makes (the bundle, the plan object and backup manifests in the store;
 # the restore target's tags): its role must allow each (tests/infra/test_iam.py checks role and code).
 AWS_CALLS = ("s3:GetObject", "s3:PutObject", "s3:ListBucket", "rds:DescribeDBInstances")
+# what each handler of this module needs: only a restore looks up its target instance
+AWS_CALLS_BY_HANDLER = {"plan_handler": ("s3:GetObject", "s3:PutObject", "s3:ListBucket"),
+                        "restore_handler": ("s3:GetObject", "s3:PutObject", "s3:ListBucket", "rds:DescribeDBInstances")}
 
 
 @step

@@ -752,19 +752,31 @@ def boto3_calls(entry: str) -> set[str]:
             for svc, table in ops.items():
                 if name in table:
                     found.add(_iam(f"{iam_prefix(svc)}:{table[name]}"))
-    return found
+    return found | {i for f in found for i in IMPLIED.get(f, set())}
 
 
-def declared_calls(module: str) -> tuple[str, ...]:
-    """The module's ``AWS_CALLS`` constant (read from the source: no import, no side effects)."""
+def _constant(module: str, name: str) -> Any:
     path = _module_path(module)
     assert path is not None, module
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            if any(isinstance(t, ast.Name) and t.id == "AWS_CALLS" for t in targets) and node.value is not None:
-                return tuple(ast.literal_eval(node.value))
-    raise LookupError(f"{module} declares no AWS_CALLS")
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets) and node.value is not None:
+                return ast.literal_eval(node.value)
+    raise LookupError(f"{module} declares no {name}")
+
+
+def declared_calls(module: str, handler: str | None = None) -> tuple[str, ...]:
+    """The module's ``AWS_CALLS`` constant (read from the source: no import, no side effects); with
+    ``handler``, that handler's entry of ``AWS_CALLS_BY_HANDLER`` where the module narrows it."""
+    if handler is not None:
+        try:
+            narrowed = _constant(module, "AWS_CALLS_BY_HANDLER")
+        except LookupError:
+            narrowed = {}
+        if handler in narrowed:
+            return tuple(narrowed[handler])
+    return tuple(_constant(module, "AWS_CALLS"))
 
 
 # S3 operations authorized by another action name (Service Authorization Reference)
@@ -773,6 +785,8 @@ IAM_ACTION_OF = {"s3:ListObjectsV2": "s3:ListBucket", "s3:ListObjects": "s3:List
                  "s3:UploadPart": "s3:PutObject", "s3:CompleteMultipartUpload": "s3:PutObject",
                  "s3:DeleteObjects": "s3:DeleteObject"}
 S3_BUCKET_ACTIONS = {"s3:ListBucket"}
+# a call that IAM also authorizes as another action (CreateSecret with Tags needs TagResource too)
+IMPLIED = {"secretsmanager:CreateSecret": {"secretsmanager:TagResource"}}
 S3_KMS = {"s3:GetObject": ["kms:Decrypt"], "s3:PutObject": ["kms:GenerateDataKey", "kms:Decrypt"]}
 
 

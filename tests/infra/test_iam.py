@@ -19,6 +19,11 @@ SAMPLES: dict[str, list[str]] = {
     "$.target": ["app-db"],
     # only the snapshot the run created is waited for
     "Describe snapshot|$.snapshot.snapshot_id": [SCRATCH],
+    "Describe snapshot (fresh)|$.snapshot.snapshot_id": [SCRATCH],
+    # the source's own groups, or the defaults (Read source settings)
+    "$.source.parameter_group": ["app-postgres15", "default.postgres15"],
+    "$.source.option_group": ["app-postgres15", "default:postgres-15"],
+    "$.scratch.secret_name": [f"migsafe-scratch/{SCRATCH}"],
 }
 
 
@@ -92,15 +97,15 @@ def test_a_path_without_a_sample_is_reported(aws_template: awscheck.Template) ->
 
 
 # --- the code's own calls -------------------------------------------------------------------------
-def _code_principals(template: awscheck.Template) -> list[tuple[str, str, str]]:
-    """``(what, module, role)`` for every Lambda handler module and the ECS worker."""
-    out = []
+def _code_principals(template: awscheck.Template) -> list[tuple[str, str, str | None, str]]:
+    """``(what, module, handler, role)`` for every Lambda handler and the ECS worker."""
+    out: list[tuple[str, str, str | None, str]] = []
     for logical_id, res in template.resources.items():
         if res["Type"] == "AWS::Lambda::Function" and "Handler" in res["Properties"]:
-            module = res["Properties"]["Handler"].rpartition(".")[0]
-            out.append((logical_id, module, template.role_of(logical_id, "Role") or ""))
+            module, _, handler = res["Properties"]["Handler"].rpartition(".")
+            out.append((logical_id, module, handler, template.role_of(logical_id, "Role") or ""))
         if res["Type"] == "AWS::ECS::TaskDefinition":
-            out.append((logical_id, "migsafe.worker", template.role_of(logical_id, "TaskRoleArn") or ""))
+            out.append((logical_id, "migsafe.worker", None, template.role_of(logical_id, "TaskRoleArn") or ""))
     return out
 
 
@@ -108,8 +113,8 @@ def _code_violations(template: awscheck.Template) -> list[str]:
     buckets = [k for k, r in template.resources.items() if r["Type"] == "AWS::S3::Bucket" and
                "KMSMasterKeyID" in json.dumps(r["Properties"].get("BucketEncryption", {}))]
     out = []
-    for what, module, role in _code_principals(template):
-        for action in awscheck.declared_calls(module):
+    for what, module, handler, role in _code_principals(template):
+        for action in awscheck.declared_calls(module, handler):
             out += awscheck.check_code_call(template, role, action, buckets, f"{what} ({module})")
     return out
 
