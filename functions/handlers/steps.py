@@ -315,6 +315,8 @@ class Evaluation(BaseModel):
     result_url: str
     report_url: str | None = None
     undo_backup_id: str | None = None  # a restore into an instance: the target's tables, taken first
+    mode: str | None = None  # a restore's mode: replace, merge, diff (None: tables the target lacks)
+    summary: list[str] = Field(default_factory=list)  # a diff: one line per table
 
 
 def evaluate(event: Mapping[str, Any], results: Store) -> Evaluation:
@@ -332,7 +334,8 @@ def evaluate(event: Mapping[str, Any], results: Store) -> Evaluation:
     body = json.loads(results.get_bytes(key))
     return Evaluation(verdict="PASS" if body.get("ok") else "FAIL", reasons=list(body.get("problems", [])),
                       plan=f"restore {body.get('backup_id')} into {body.get('target')}",
-                      result_url=results.location(key), undo_backup_id=(body.get("undo") or {}).get("backup_id"))
+                      result_url=results.location(key), undo_backup_id=(body.get("undo") or {}).get("backup_id"),
+                      mode=body.get("mode"), summary=[mask(str(line)) for line in body.get("summary", [])])
 
 
 # --- notification -----------------------------------------------------------------------------
@@ -387,7 +390,11 @@ def _worker_error(results: Store, prefix: str | None) -> dict[str, Any] | None:
 def _restore_message(evaluation: Evaluation, detail: Mapping[str, Any]) -> dict[str, Any]:
     ok = evaluation.verdict == "PASS"
     tables = ", ".join(map(str, detail.get("tables") or [])) or "all tables"
-    lines = [f"*Backup* `{detail.get('backup_id')}` into `{detail.get('target')}`: {tables}."]
+    diff = evaluation.mode == "diff"
+    lines = [f"*Backup* `{detail.get('backup_id')}` {'compared with' if diff else 'into'} `{detail.get('target')}`: "
+             f"{tables}."]
+    if evaluation.summary:  # a diff: what changed since the backup, per table (the target was only read)
+        lines += ["", "*Compared by primary key*"] + [f"- {line}" for line in evaluation.summary[:50]]
     if not ok:
         lines += ["The restore was rolled back: nothing changed on the target.", "", "*Problems*"]
         lines += [f"- {mask(r)}" for r in evaluation.reasons[:10]]
@@ -397,7 +404,8 @@ def _restore_message(evaluation: Evaluation, detail: Mapping[str, Any]) -> dict[
         "id": f"migsafe-restore-{detail.get('execution', '')}",
         "content": {
             "textType": "client-markdown",
-            "title": f"{':white_check_mark: PASS' if ok else ':x: FAIL'} migsafe restore {detail.get('backup_id')}",
+            "title": f"{':white_check_mark: PASS' if ok else ':x: FAIL'} migsafe {'diff' if diff else 'restore'} "
+                     f"{detail.get('backup_id')}",
             "description": "\n".join(lines),
             "nextSteps": [f"Result: {evaluation.result_url}"] + (
                 [f"Undo: migsafe restore {evaluation.undo_backup_id} (the target's tables before this restore)"]

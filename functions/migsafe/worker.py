@@ -331,11 +331,13 @@ def do_restore(request: RestoreRequest, env: WorkerEnv, workdir: Path) -> dict[s
     endpoint = env.environ.get("MIGSAFE_TARGET_ENDPOINT", "")
     if (endpoint == SCRATCH_TARGET) != (request.target == SCRATCH_TARGET):
         raise InputError(f"target {request.target!r} and endpoint {endpoint!r} disagree; nothing was restored")
-    if request.mode in ("merge", "diff"):
-        raise InputError(f"mode {request.mode!r} is not available in this worker image yet; nothing was changed")
-    opts = RestoreOptions(tables=request.tables, replace=request.replace, no_owner=request.target == SCRATCH_TARGET,
-                          pg_bindir=settings.pg_bindir)
+    if request.mode in ("merge", "diff") and request.target == SCRATCH_TARGET:
+        raise InputError(f"mode {request.mode!r} needs a real target; a scratch starts empty. Nothing was changed")
     store = open_store(env.store_url)
+    if request.mode == "diff":
+        return _diff(store, request, env, settings.pg_bindir)
+    opts = RestoreOptions(tables=request.tables, replace=request.replace, no_owner=request.target == SCRATCH_TARGET,
+                          merge="keep" if request.mode == "merge" else None, pg_bindir=settings.pg_bindir)
     undo: dict[str, Any] | None = None
     if request.target == SCRATCH_TARGET:
         with LocalCluster.create("restore", runtime_dir=workdir / "clusters") as cluster:
@@ -350,6 +352,31 @@ def do_restore(request: RestoreRequest, env: WorkerEnv, workdir: Path) -> dict[s
     location = _put_json(env, request.results_prefix, "restore.json", body)
     return {"action": "restore", "ok": report.ok, "backup_id": request.backup_id, "target": request.target,
             "tables": [t.name for t in report.tables], "undo_backup_id": (undo or {}).get("backup_id"),
+            "result": location}
+
+
+def diff_summary(tables: list[Any]) -> list[str]:
+    """One line per table of a diff, for the result and the Slack message."""
+    out = []
+    for t in tables:
+        out.append(f"{t.name}: equal" if t.equal else
+                   f"{t.name}: {t.only_in_backup:,} only in the backup (deleted since), "
+                   f"{t.only_in_target:,} only in the target (written since), {t.changed:,} changed")
+    return out
+
+
+def _diff(store: Any, request: RestoreRequest, env: WorkerEnv, pg_bindir: str | None) -> dict[str, Any]:
+    """Compare the backup with the target by primary key; the target is only read."""
+    from .diff import run_diff
+
+    report = run_diff(store, request.backup_id, env.endpoint_dsn("MIGSAFE_TARGET_ENDPOINT"), request.tables,
+                      pg_bindir=pg_bindir)
+    body = {"ok": True, "mode": "diff", "equal": report.equal, "problems": [], "summary": diff_summary(report.tables),
+            "target": request.target, "backup_id": request.backup_id, "undo": None,
+            "report": report.model_dump(mode="json")}
+    location = _put_json(env, request.results_prefix, "restore.json", body)
+    return {"action": "diff", "ok": True, "equal": report.equal, "backup_id": request.backup_id,
+            "target": request.target, "tables": [t.name for t in report.tables], "undo_backup_id": None,
             "result": location}
 
 
