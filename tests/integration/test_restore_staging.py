@@ -274,11 +274,14 @@ def test_a_concurrent_reader_waits_no_longer_than_the_reported_lock_window(
     stop = threading.Event()
 
     def reader() -> None:
+        # the wait is measured by the server (statement start to the row, locks included), so the
+        # client's own scheduling on a loaded machine does not count as being blocked
         with psycopg.connect(target.conninfo, autocommit=True) as conn:
             while not stop.is_set():
-                t0 = time.monotonic()
-                conn.execute("select id from big where id = 7").fetchall()
-                waits.append(time.monotonic() - t0)
+                row = conn.execute("select extract(epoch from clock_timestamp() - statement_timestamp()) "
+                                   "from big where id = 7").fetchone()
+                if row is not None:
+                    waits.append(float(row[0]))
                 time.sleep(0.002)
 
     thread = threading.Thread(target=reader)
@@ -295,8 +298,9 @@ def test_a_concurrent_reader_waits_no_longer_than_the_reported_lock_window(
     # query), and that window is a small fraction of the restore
     assert report.ok and report.replaced == ["public.big"]
     assert target.scalar("select count(*) from big") == 300_000
-    slowest_query = sorted(waits)[len(waits) // 2]  # a typical unblocked query, as the allowance
-    assert max(waits) <= report.lock_window_seconds + 10 * slowest_query + 0.05
+    typical = sorted(waits)[len(waits) // 2]  # a typical unblocked query, as the allowance
+    # (a one-transaction restore held the reader for most of the restore: seconds, not this)
+    assert max(waits) <= report.lock_window_seconds + 10 * typical + 0.25
     assert report.lock_window_seconds < 0.2 * report.seconds
     assert len(waits) > 10
 
