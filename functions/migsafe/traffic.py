@@ -36,22 +36,13 @@ from psycopg import sql
 
 from .dsn import Dsn, mask
 from .identifiers import QualifiedName
+from .migrate import LOCK_STRENGTH as _STRENGTH
 from .plan import Traffic as TrafficPlan
 from .result import Phase, TrafficPhase
 
 APP = "migsafe traffic"
 SAMPLE_KEYS = 500
 _GROWTH = 1.05  # histogram buckets 5% apart: percentiles within 5%
-_STRENGTH = [
-    "AccessShareLock",
-    "RowShareLock",
-    "RowExclusiveLock",
-    "ShareUpdateExclusiveLock",
-    "ShareLock",
-    "ShareRowExclusiveLock",
-    "ExclusiveLock",
-    "AccessExclusiveLock",
-]
 
 
 @dataclass
