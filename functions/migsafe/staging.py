@@ -42,7 +42,7 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
-from . import catalog
+from . import catalog, pgtools
 from .dsn import Dsn, mask
 from .exceptions import ChecksumMismatch, DatabaseError, RestoreFailed, RestoreVerificationFailed, ToolFailed
 from .identifiers import QualifiedName
@@ -336,8 +336,9 @@ class Loader:
         argv = [tool("pg_restore", self.pg_bindir), "--file=-"] + (
             ["--no-owner", "--no-privileges"] if self.no_owner else [])
         conn = catalog.connect(self.target, application_name="migsafe restore staging")
-        restore = subprocess.Popen(argv, stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=(rerr := tempfile.TemporaryFile()))  # noqa: SIM115
+        # its own process group, stopped with migsafe (an interrupt, a kill -9 of migsafe)
+        restore = pgtools.spawn(argv, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=(rerr := tempfile.TemporaryFile()))  # noqa: SIM115
         assert restore.stdin is not None and restore.stdout is not None
         digest = hashlib.sha256()
         size = [0]
@@ -428,8 +429,9 @@ class Loader:
         finally:
             conn.close()
             if failure is not None:
-                restore.kill()
+                pgtools.stop(restore)
             rrc = restore.wait()
+            pgtools.release(restore)
             feeder.join()
             rerr.seek(0)
             restore_msg = rerr.read().decode(errors="replace").strip()
