@@ -197,13 +197,22 @@ class RestoreReport(_Model):
     undo_schema: str | None = None  # where the replaced tables wait for `restore --undo` or prune
     merged: list[MergeCount] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    # incoming foreign keys (of tables outside the restore) that failed VALIDATE after the swap: the
+    # restored tables lack rows those tables still reference. The swap stands (undo reverts it).
+    invalid_foreign_keys: list[str] = Field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(t.ok for t in self.tables) and all(t.ok for t in self.types)
+        return (all(t.ok for t in self.tables) and all(t.ok for t in self.types)
+                and not self.invalid_foreign_keys)
 
     def problems(self) -> list[str]:
         out = [p for t in self.tables for p in t.problems]
+        out += [
+            f"{fk} (the tables are swapped in: fix the referencing rows and VALIDATE CONSTRAINT, or run "
+            f"restore --undo {self.restore_id})"
+            for fk in self.invalid_foreign_keys
+        ]
         out += [
             f"type {t.name}: labels {t.labels_found} differ from the backup's {t.labels_expected}"
             for t in self.types

@@ -114,6 +114,7 @@ def run_restore(
             report.lock_window_seconds = result.lock_window_seconds
             report.undo_schema = result.undo_schema
             report.warnings = plan.warnings + result.warnings
+            report.invalid_foreign_keys = result.invalid_foreign_keys
     report.seconds = round(time.monotonic() - started, 3)
     return report
 
@@ -484,6 +485,7 @@ def run_undo(target: Dsn, restore_id: str, *, lock_timeout: str = "30s") -> Rest
     return RestoreReport(backup_id=backup_id or "", target=str(target), tables=[], types=[],
                          replaced=result.replaced, restore_id=new_id, lock_window_seconds=result.lock_window_seconds,
                          undo_schema=result.undo_schema, warnings=result.warnings,
+                         invalid_foreign_keys=result.invalid_foreign_keys,
                          seconds=round(time.monotonic() - started, 3))
 
 

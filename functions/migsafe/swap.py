@@ -53,6 +53,7 @@ class SwapResult:
     undo_schema: str | None = None
     replaced: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    invalid_foreign_keys: list[str] = field(default_factory=list)  # incoming, failed VALIDATE after COMMIT
     attempts: int = 0
 
 
@@ -240,5 +241,6 @@ def _swap_once(conn: psycopg.Connection[Any], items: list[Item], *, restore_id: 
             conn.execute(sql.SQL("alter table {} validate constraint {}").format(
                 sql.Identifier(schema, table), sql.Identifier(name)))
         except psycopg.Error as exc:
-            result.warnings.append(f"foreign key {name} of {schema}.{table} stays NOT VALID: {mask(str(exc)).strip()}")
+            result.invalid_foreign_keys.append(
+                f"foreign key {name} of {schema}.{table} stays NOT VALID: {mask(str(exc)).strip()}")
     return result

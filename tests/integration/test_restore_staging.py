@@ -457,3 +457,27 @@ def test_types_a_failed_restore_created_are_dropped_again(
     assert target.scalar("select count(*) from pg_type t join pg_namespace n on n.oid = t.typnamespace "
                          "where n.nspname = 'billing'") == 0
     assert _staging_schemas(target) == []
+
+
+def test_an_incoming_foreign_key_the_restored_rows_break_fails_verification_with_the_undo_named(
+    make_database: Callable[..., Database], migsafe: Cli, tmp_path: Path
+) -> None:
+    # Given a backup of a parent table, and a target where a row added since is referenced by a
+    # table outside the restore
+    db = make_database()
+    with db.connect() as conn:
+        conn.execute("create table parent (id int primary key); insert into parent select generate_series(1, 10)")
+        conn.execute("create table child (id int primary key, parent_id int references parent)")
+    store, backup_id = _backup(migsafe, tmp_path, db, ["public.parent"])
+    with db.connect() as conn:
+        conn.execute("insert into parent values (11); insert into child values (1, 11)")
+
+    # When the parent is restored with --replace
+    result = _restore(migsafe, store, backup_id, db, "--replace")
+
+    # Then the swap happened but the restore is not reported as verified: exit 1, naming the
+    # foreign key and the undo that brings the previous parent back
+    assert result.code == 1, result.output
+    assert "child_parent_id_fkey" in result.stderr and "NOT VALID" in result.stderr
+    assert "--undo" in result.stderr
+    assert db.scalar("select count(*) from parent") == 10
