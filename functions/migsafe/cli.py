@@ -33,20 +33,50 @@ from .store import Store, open_store
 # The step modules (psycopg, pydantic models) are imported inside the commands that use them:
 # every command starts faster, and `migsafe --help` needs none of them.
 
+EXIT_CODES = """\b
+Exit codes:
+  0    success / PASS
+  1    FAIL verdict, or a verification failed (and only that)
+  2    bad input: nothing was done
+  3    environment fault (database, store, AWS or a tool unreachable): nothing left half-done
+  130  interrupted (SIGINT/SIGTERM): every child process stopped first
+"""
+
+# plain help (rich_markup_mode=None): typer's rich panels show every boolean flag as "<bool>" with the
+# click release installed, as if it took a value; click's own help shows flags as flags
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="Make PostgreSQL schema migrations safe to ship.",
+    epilog=EXIT_CODES,
 )
-backups_app = typer.Typer(no_args_is_help=True, help="Inspect the backups in a store.")
-scratch_app = typer.Typer(no_args_is_help=True, help="Local scratch clusters.")
+backups_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect the backups in a store.")
+scratch_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Local scratch clusters.")
 app.add_typer(backups_app, name="backups")
 app.add_typer(scratch_app, name="scratch")
 app.add_typer(bundle_app, name="bundle")
 app.command("gate")(gate)
 app.command("approve")(approve)
 app.command("reject")(reject)
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        print(f"migsafe {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Make PostgreSQL schema migrations safe to ship: backups, rehearsals, verdicts, restores."""
+
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -151,7 +181,13 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 @app.command()
 def backup(plan: PlanOpt, json_out: JsonOpt = False) -> None:
-    """Back up the plan's tables to its store; prints the backup id on stdout."""
+    """Back up the plan's tables to its store; prints the backup id on stdout.
+
+    \b
+    Examples:
+      migsafe backup --plan plan.toml
+      migsafe backup --plan plan.toml --json
+    """
     from .backup import BackupOptions, run_backup
 
     p = Plan.load(plan)
@@ -176,7 +212,13 @@ def backup(plan: PlanOpt, json_out: JsonOpt = False) -> None:
 
 @backups_app.command("list")
 def backups_list(store: StoreOpt, json_out: JsonOpt = False) -> None:
-    """List backups: id, date, tables, bytes, complete or incomplete."""
+    """List backups: id, date, tables, bytes, complete or incomplete.
+
+    \b
+    Examples:
+      migsafe backups list --store file:///var/backups/migsafe
+      migsafe backups list --store s3://bucket/migsafe --json
+    """
     from . import inventory
 
     refs = inventory.list_backups(_existing(store))
@@ -197,7 +239,12 @@ def backups_list(store: StoreOpt, json_out: JsonOpt = False) -> None:
 
 @app.command()
 def verify(store: StoreOpt, backup_id: IdOpt, json_out: JsonOpt = False) -> None:
-    """Re-read every object of a backup and check its sha256 and size against the manifest."""
+    """Re-read every object of a backup and check its sha256 and size against the manifest.
+
+    \b
+    Examples:
+      migsafe verify --store file:///var/backups/migsafe --backup-id 20261202T010203Z-a1b2c3
+    """
     from . import inventory
 
     report = inventory.verify_backup(_existing(store), backup_id)
@@ -247,7 +294,14 @@ def restore(
     ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Restore tables: load and verify them in a staging schema, then swap them in briefly (or --merge)."""
+    """Restore tables: load and verify them in a staging schema, then swap them in briefly (or --merge).
+
+    \b
+    Examples:
+      migsafe restore --store URL --backup-id ID --target-dsn postgresql://app@db/app --tables public.orders --replace
+      migsafe restore --store URL --backup-id ID --target-dsn DSN --merge
+      migsafe restore --target-dsn DSN --undo RESTORE_ID
+    """
     from .exceptions import InputError
     from .restore import RestoreOptions, run_restore, run_undo
 
@@ -316,7 +370,12 @@ def diff(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compare a backup with the live tables by primary key; exit 0 equal, 1 different."""
+    """Compare a backup with the live tables by primary key; exit 0 equal, 1 different.
+
+    \b
+    Examples:
+      migsafe diff --store URL --backup-id ID --target-dsn postgresql://app@db/app --tables public.orders
+    """
     from .diff import run_diff
 
     names = [t.strip() for t in tables.split(",") if t.strip()] if tables else None
@@ -348,8 +407,15 @@ def prune(
         str, typer.Option("--keep-undo", help="With --target-dsn: keep undo schemas this young (like 7d).")
     ] = "7d",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be deleted.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Delete old backups of a store (--store --older-than) and/or old undo schemas of a database (--target-dsn)."""
+    """Delete old backups of a store (--store --older-than) and/or old undo schemas of a database (--target-dsn).
+
+    \b
+    Examples:
+      migsafe prune --store file:///var/backups/migsafe --older-than 7d --dry-run
+      migsafe prune --target-dsn postgresql://app@db/app --keep-undo 7d
+    """
     from . import inventory
     from .exceptions import InputError
 
@@ -360,9 +426,11 @@ def prune(
     if older_than and not store:
         raise InputError("--older-than applies to --store backups; for a database use --target-dsn --keep-undo")
     keep = inventory.parse_age(keep_undo)
+    summary: dict[str, Any] = {"dry_run": dry_run, "backups": [], "schemas": []}
     if store and older_than:
         doomed = inventory.prune(_existing(store), inventory.parse_age(older_than), dry_run=dry_run)
-        for r in doomed:
+        summary["backups"] = [r.model_dump(mode="json") for r in doomed]
+        for r in doomed if not json_out else []:
             out.print(
                 f"{'would delete' if dry_run else 'deleted'} {r.backup_id} "
                 f"({'complete' if r.complete else 'incomplete'}, {_human(r.bytes)})"
@@ -373,9 +441,12 @@ def prune(
 
         target = Dsn.parse(target_dsn)
         schemas = prune_target(target, keep, dry_run=dry_run)
-        for schema in schemas:
+        summary["schemas"] = schemas
+        for schema in schemas if not json_out else []:
             out.print(f"{'would drop' if dry_run else 'dropped'} schema {schema}")
         err.print(f"{len(schemas)} undo/staging schema(s) {'to prune' if dry_run else 'pruned'} in {target}")
+    if json_out:
+        out.print(json.dumps(summary, indent=2), markup=False)
 
 
 @app.command()
@@ -396,7 +467,13 @@ def rehearse(
         ),
     ] = None,
 ) -> None:
-    """Back up, then rehearse the migration's upgrade and downgrade on a scratch copy; exit 0 PASS, 1 FAIL."""
+    """Back up, then rehearse the migration's upgrade and downgrade on a scratch copy; exit 0 PASS, 1 FAIL.
+
+    \b
+    Examples:
+      migsafe rehearse --plan plan.toml
+      migsafe rehearse --plan plan.toml --backup-id ID --report-dir out/
+    """
     from .rehearse import rehearse as run_rehearsal
 
     p = Plan.load(plan)
@@ -436,6 +513,11 @@ def lint(
     """Lint the plan's upgrade and downgrade SQL (alembic --sql, no database); exit 1 on a lint_fail rule.
 
     Example: migsafe lint --plan plan.toml --pg-version 15
+
+    \b
+    Examples:
+      migsafe lint --plan plan.toml
+      migsafe lint --plan plan.toml --json
     """
     from .lint import lint_plan
 
@@ -471,7 +553,12 @@ def lint(
 
 @scratch_app.command("sweep")
 def scratch_sweep() -> None:
-    """Stop and delete local scratch clusters whose rehearsal process is gone."""
+    """Stop and delete local scratch clusters whose rehearsal process is gone.
+
+    \b
+    Examples:
+      migsafe scratch sweep
+    """
     from .localpg import sweep
 
     removed = sweep(settings().runtime_dir)

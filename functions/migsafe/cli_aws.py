@@ -12,7 +12,7 @@ from . import bundle
 from .plan import Plan
 from .store import open_store
 
-bundle_app = typer.Typer(no_args_is_help=True, help="Migration bundles: the alembic code the AWS worker runs.")
+bundle_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Migration bundles: the alembic code the AWS worker runs.")
 
 
 @bundle_app.callback()
@@ -26,7 +26,12 @@ def push(
     store: Annotated[str | None, typer.Option("--store", help="Store URL (default: the plan's store).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")] = False,
 ) -> None:
-    """Tar the alembic directory and the plan's bundle paths; store it under its sha256; print the digest."""
+    """Tar the alembic directory and the plan's bundle paths; store it under its sha256; print the digest.
+
+    \b
+    Examples:
+      migsafe bundle push --plan plan.toml
+    """
     p = Plan.load(plan)
     target = open_store(store or p.store.url, p.base_dir)
     result = bundle.push(p, target)
@@ -54,7 +59,12 @@ def gate(
     json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON on stdout.")] = False,
 ) -> None:
     """Gate a deploy on the pre-migration state machine: push the bundle, start (or follow) the
-    execution for this change, print each state, exit 0 PASS / 1 FAIL / 2 bad input / 3 fault."""
+    execution for this change, print each state, exit 0 PASS / 1 FAIL / 2 bad input / 3 fault.
+
+    \b
+    Examples:
+      migsafe gate --state-machine arn:aws:states:REGION:ACCOUNT:stateMachine:NAME --plan plan.toml --wait
+    """
     import boto3
 
     from . import gate as gate_mod
@@ -151,7 +161,12 @@ def approve(
     token: Annotated[str, typer.Option("--token", help="The task token from the approval message.")],
     region: Annotated[str | None, typer.Option("--region", help="The state machine's region.")] = None,
 ) -> None:
-    """Approve a restore into a real instance (the approval message in Slack gives the command)."""
+    """Approve a restore into a real instance (the approval message in Slack gives the command).
+
+    \b
+    Examples:
+      migsafe approve --region eu-west-1 --token TOKEN
+    """
     _answer(token, region, True, None)
 
 
@@ -160,5 +175,10 @@ def reject(
     region: Annotated[str | None, typer.Option("--region", help="The state machine's region.")] = None,
     reason: Annotated[str | None, typer.Option("--reason", help="Why (shown in the FAIL message).")] = None,
 ) -> None:
-    """Reject a restore into a real instance: the execution ends without touching the target."""
+    """Reject a restore into a real instance: the execution ends without touching the target.
+
+    \b
+    Examples:
+      migsafe reject --region eu-west-1 --token TOKEN --reason "wrong backup"
+    """
     _answer(token, region, False, reason)
