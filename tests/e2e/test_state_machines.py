@@ -216,15 +216,31 @@ def test_scratch_restore_fault_fails_publishes_fail_and_leaves_nothing_running(
 
 
 def test_transient_fault_is_retried_per_the_definition_then_succeeds(harness: Harness, tmp_path: Path) -> None:
-    # Given the evaluate Lambda failing once with the package's transient error
+    import boto3
+    from botocore.exceptions import ClientError
+
+    # Given S3 answering the evaluate Lambda's first read of the result with SlowDown: the Lambda's own
+    # code must turn that into the package's transient error (the harness injects no error name)
     plan_path = project(tmp_path)
     sha = push_bundle(harness, plan_path)
     machine = harness.create_state_machine("PreMigration")
-    harness.fail_next("lambda", "handlers.evaluate.handler", TransientAwsError("S3 GetObject: SlowDown (retry)"))
+    slowed: list[str] = []
+
+    def slow_down(params: dict[str, Any], **_: Any) -> None:
+        if not slowed and str(params.get("url_path", "")).endswith("/result.json"):
+            slowed.append(params["url_path"])
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "Please reduce your request rate."}},
+                              "GetObject")
+
+    events = boto3._get_default_session().events
+    events.register("before-call.s3.GetObject", slow_down)
 
     # When the pipeline starts an execution
-    arn = harness.start(machine, execution_input(plan_path, sha), name="us-6-transient")
-    described = harness.wait(arn)
+    try:
+        arn = harness.start(machine, execution_input(plan_path, sha), name="us-6-transient")
+        described = harness.wait(arn)
+    finally:
+        events.unregister("before-call.s3.GetObject", slow_down)
 
     # Then the state was retried (same state, second attempt) and the execution succeeded
     assert described["status"] == "SUCCEEDED", harness.explain(arn)
@@ -233,7 +249,7 @@ def test_transient_fault_is_retried_per_the_definition_then_succeeds(harness: Ha
     failures = [e for e in harness.history(arn) if e["type"] in {"TaskFailed", "LambdaFunctionFailed"}]
     assert len(failures) == 1
     details = failures[0].get("taskFailedEventDetails") or failures[0]["lambdaFunctionFailedEventDetails"]
-    assert details["error"] == "TransientAwsError"
+    assert slowed and details["error"] == TransientAwsError.__name__
     messages = harness.messages()
     assert [m["MessageAttributes"]["verdict"]["Value"] for m in messages] == ["PASS"]
     assert harness.rds_instances() == [SOURCE_INSTANCE]
