@@ -59,14 +59,20 @@ except Exception as exc:
 @pytest.fixture(scope="session")
 def lambda_python() -> Path:
     """A Python 3.11 virtual environment with only the runtime's and the layer's packages."""
+    import fcntl
+
     stamp = LAMBDA_VENV / ".requirements"
     python = LAMBDA_VENV / "bin" / "python"
-    if not (python.exists() and stamp.exists() and stamp.read_text() == "\n".join(RUNTIME_REQUIREMENTS)):
-        shutil.rmtree(LAMBDA_VENV, ignore_errors=True)
-        venv.create(LAMBDA_VENV, with_pip=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        *RUNTIME_REQUIREMENTS], check=True, timeout=900)
-        stamp.write_text("\n".join(RUNTIME_REQUIREMENTS))
+    LAMBDA_VENV.parent.mkdir(parents=True, exist_ok=True)
+    # each xdist worker runs this fixture: one builds the venv, the others wait and reuse it
+    with open(LAMBDA_VENV.parent / ".lambda-py311.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (python.exists() and stamp.exists() and stamp.read_text() == "\n".join(RUNTIME_REQUIREMENTS)):
+            shutil.rmtree(LAMBDA_VENV, ignore_errors=True)
+            venv.create(LAMBDA_VENV, with_pip=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                            *RUNTIME_REQUIREMENTS], check=True, timeout=900)
+            stamp.write_text("\n".join(RUNTIME_REQUIREMENTS))
     return python
 
 
