@@ -55,6 +55,9 @@ class Dsn:
     def parse(cls, dsn: str) -> Dsn:
         import psycopg.conninfo  # lazily: the Lambda steps mask DSNs but never connect (no libpq there)
 
+        # a SQLAlchemy URL names its driver (postgresql+psycopg://, the form a project's DATABASE_URL
+        # often has): libpq wants the plain scheme
+        dsn = re.sub(r"^postgres(?:ql)?\+[A-Za-z0-9_]+://", "postgresql://", dsn)
         try:
             params = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:

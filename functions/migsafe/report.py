@@ -138,6 +138,12 @@ def rollback_advice(result: Result) -> tuple[str, str | None]:
         )
         if command is None:
             return sentence + ": no backup was taken - take one with `migsafe backup` before migrating.", None
+        # the downgrade first: restore refuses tables whose schema the upgrade changed (enum labels,
+        # column types, revision), so the sequence followed literally ends at the pre-upgrade state
+        downgrade = result.revisions.downgrade_to
+        if downgrade:
+            return (sentence + ": the downgrade first, then the restore of its data:",
+                    f"alembic downgrade {_shell_quote(downgrade)} && {command}")
         return sentence + ":", command
     command = restore_command(result)
     sentence = (

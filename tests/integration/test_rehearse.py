@@ -109,6 +109,42 @@ def test_lossy_downgrade_fails_naming_the_table(tmp_path: Path, source: Database
     assert any("migsafe restore" in s and "public.user_invitations" in s for s in result.next_steps)
 
 
+def test_the_reports_rollback_followed_literally_gives_back_the_pre_upgrade_data_and_revision(
+    tmp_path: Path, source: Database, runtime_dir: Path
+) -> None:
+    from migsafe.report import rollback_advice
+
+    # Given a lossy migration, rehearsed (FAIL, rollback by restore), then applied to the source anyway
+    ini = write_project(
+        tmp_path / "proj",
+        upgrade=["UPDATE user_invitations SET status = 'expired' WHERE status = 'revoked'"],
+        downgrade=[],
+    )
+    plan = _plan(tmp_path, source, ini)
+    before = table_fingerprints(source, TABLES)
+    revision = source.scalar("select version_num from alembic_version")
+    result = _rehearse(plan, runtime_dir, tmp_path / "report")
+    _, command = rollback_advice(result)
+    assert result.verdict == "FAIL" and command is not None
+    # the project's DATABASE_URL names its driver, as SQLAlchemy URLs do
+    url = source.url.replace("postgresql://", "postgresql+psycopg://", 1)
+    env = {**os.environ, "DATABASE_URL": url,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MIGSAFE_RUNTIME_DIR": str(runtime_dir)}
+    migrate = subprocess.run([sys.executable, "-m", "alembic", "-c", str(ini), "upgrade", "head"],
+                             env=env, capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr
+    assert table_fingerprints(source, TABLES) != before
+
+    # When the report's rollback is run exactly as written, in the project's folder
+    rollback = subprocess.run(["bash", "-c", command], cwd=ini.parent, env=env, capture_output=True, text=True)
+
+    # Then the data and the revision are those from before the upgrade
+    assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+    assert table_fingerprints(source, TABLES) == before
+    assert source.scalar("select version_num from alembic_version") == revision
+
+
 def test_lossy_downgrade_can_be_a_warning(tmp_path: Path, source: Database, runtime_dir: Path) -> None:
     # Given
     ini = write_project(

@@ -185,10 +185,11 @@ def test_pass_and_fail_arrive_as_valid_chatbot_notifications_with_attributes(top
     assert "137.9 s (2 min 18 s) on `public.user_application_access` (upgrade)" in fail_msg["description"]
     assert "• upgrade took 143.2 s, over the 120 s threshold" in fail_msg["description"]
     assert "alembic downgrade -1" in pass_msg["description"]
+    # the downgrade first, then the restore (restore refuses a schema the upgrade changed)
     assert any(
-        s.startswith("Rollback: migsafe restore --store s3://acme-migsafe-backups/prod")
+        s.startswith("Rollback: alembic downgrade 3b1f0c2a9d4e && migsafe restore --store s3://acme-migsafe-backups/prod")
         for s in fail_msg["nextSteps"]
-    )
+    ), fail_msg["nextSteps"]
     assert "Full report: https://example.invalid/r/report.html" in pass_msg["nextSteps"]
 
 
