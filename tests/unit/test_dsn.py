@@ -44,3 +44,13 @@ def test_every_secret_key_stays_out_of_str_argv_and_messages() -> None:
 def test_a_port_that_is_not_a_number_is_bad_input() -> None:
     with pytest.raises(InputError, match="notaport"):
         Dsn.parse("host=db port=notaport")
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://app:pw@db:6432/shop", "postgres+asyncpg://app:pw@db:6432/shop"])
+def test_a_sqlalchemy_url_with_its_driver_is_the_same_database(url: str) -> None:
+    # When a project's DATABASE_URL (SQLAlchemy form) is given
+    dsn = Dsn.parse(url)
+    # Then it is the plain libpq connection, the password still masked
+    assert {k: dsn.params[k] for k in ("host", "port", "dbname", "user")} == {
+        "host": "db", "port": "6432", "dbname": "shop", "user": "app"}
+    assert "pw" not in str(dsn)
