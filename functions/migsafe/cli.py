@@ -512,12 +512,10 @@ def lint(
 ) -> None:
     """Lint the plan's upgrade and downgrade SQL (alembic --sql, no database); exit 1 on a lint_fail rule.
 
-    Example: migsafe lint --plan plan.toml --pg-version 15
-
     \b
     Examples:
       migsafe lint --plan plan.toml
-      migsafe lint --plan plan.toml --json
+      migsafe lint --plan plan.toml --pg-version 15 --json
     """
     from .lint import lint_plan
 
