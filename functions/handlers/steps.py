@@ -393,7 +393,7 @@ def _restore_message(evaluation: Evaluation, detail: Mapping[str, Any]) -> dict[
     diff = evaluation.mode == "diff"
     lines = [f"*Backup* `{detail.get('backup_id')}` {'compared with' if diff else 'into'} `{detail.get('target')}`: "
              f"{tables}."]
-    if evaluation.summary:  # a diff: what changed since the backup, per table (the target was only read)
+    if evaluation.summary:  # a diff: what changed since the backup, per table (live tables only read)
         lines += ["", "*Compared by primary key*"] + [f"- {line}" for line in evaluation.summary[:50]]
     if not ok:
         lines += ["The restore was rolled back: nothing changed on the target.", "", "*Problems*"]

@@ -366,7 +366,8 @@ def diff_summary(tables: list[Any]) -> list[str]:
 
 
 def _diff(store: Any, request: RestoreRequest, env: WorkerEnv, pg_bindir: str | None) -> dict[str, Any]:
-    """Compare the backup with the target by primary key; the target is only read."""
+    """Compare the backup with the target by primary key: the live tables are only read (the backup is
+    loaded into a staging schema of the target, dropped afterwards)."""
     from .diff import run_diff
 
     report = run_diff(store, request.backup_id, env.endpoint_dsn("MIGSAFE_TARGET_ENDPOINT"), request.tables,
