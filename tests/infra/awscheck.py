@@ -733,25 +733,8 @@ def boto3_calls(entry: str) -> set[str]:
     """The IAM actions behind the boto3 calls reachable from ``entry`` (a module under functions/):
     clients made with ``boto3.client("<service>")``, then every ``x.<operation>(...)`` and
     ``x.get_paginator("<operation>")`` of those services in the same modules."""
-    graph = module_graph(entry)
-    services: set[str] = set()
-    for tree in graph.values():
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "client" \
-                    and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                services.add(node.args[0].value)
-    ops = {svc: client_operations(svc) for svc in services}
-    found: set[str] = set()
-    for tree in graph.values():
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-                continue
-            name = node.func.attr
-            if name in {"get_paginator", "get_waiter"} and node.args and isinstance(node.args[0], ast.Constant):
-                name = str(node.args[0].value)
-            for svc, table in ops.items():
-                if name in table:
-                    found.add(_iam(f"{iam_prefix(svc)}:{table[name]}"))
+    trees = list(module_graph(entry).values())
+    found = _scan(trees, _services(trees))
     return found | {i for f in found for i in IMPLIED.get(f, set())}
 
 
