@@ -5,6 +5,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+from alembic_projects import VERSION, _body
+
 ENV_PY = """
 import os
 from alembic import context
@@ -26,30 +28,6 @@ else:
         with context.begin_transaction():
             context.run_migrations()
 """
-
-VERSION = """
-from alembic import op
-
-revision = {rev!r}
-down_revision = {down!r}
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-{up}
-
-
-def downgrade():
-{down_body}
-"""
-
-
-def _body(statements: list[str]) -> str:
-    if not statements:
-        return "    pass"
-    return "\n".join(f"    op.execute({s!r})" for s in statements)
-
 
 def write_chain(
     root: Path, steps: list[tuple[list[str], list[str]]], baseline: str = "0001_baseline"
