@@ -234,7 +234,7 @@ def rehearse(
     result = _result(run, source, source_rev, pr)
     if fault is not None and not isinstance(fault, KeyboardInterrupt | _Terminated):
         result.warnings.append(f"the rehearsal stopped on an environment fault: {mask(str(fault))}")
-    decide(result, plan.thresholds)
+    decide(result, plan.thresholds, plan.expect)
     if report_dir is not None:
         from .report import write_reports
 
