@@ -90,3 +90,4 @@ def test_an_extension_the_restore_test_cannot_have_fails_the_restore_test(
     assert 'type "public.citext" does not exist' in result["error"], result["error"]
     assert "an extension the tables need?" in result["error"]
     assert result["revisions"]["after_upgrade"] is None
+
