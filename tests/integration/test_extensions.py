@@ -195,3 +195,54 @@ def test_a_manifest_without_extensions_still_restores(
     report = run_restore(store, backup_id, target.dsn, RestoreOptions(tables=["public.users"]))
     # Then
     assert report.ok
+
+
+def test_an_extension_in_its_own_schema_is_installed_there_schema_and_all(
+    tmp_path: Path, make_database: Callable[..., Database]
+) -> None:
+    # Given: pg_trgm lives in schema "Ext Schema" (created for it); the table is in public
+    source = make_database()
+    with source.connect() as conn:
+        conn.execute('create schema "Ext Schema"; create extension pg_trgm schema "Ext Schema"; '
+                     'create table public.docs (id int primary key, body text); '
+                     'create index docs_body on public.docs using gist (body "Ext Schema".gist_trgm_ops); '
+                     "insert into public.docs select g, 'doc ' || g from generate_series(1, 100) g")
+    store = FileStore(tmp_path / "store")
+    backup_id = _backup(source, store, ["public.docs"])
+    target = make_database()
+    # When
+    report = run_restore(store, backup_id, target.dsn, RestoreOptions())
+    # Then
+    assert report.ok, report.problems()
+    assert target.scalar("select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace "
+                         "where e.extname = 'pg_trgm'") == "Ext Schema"
+    assert table_fingerprints(target, ["public.docs"]) == table_fingerprints(source, ["public.docs"])
+
+
+def test_the_version_rule_installs_the_recorded_or_the_lowest_newer_version_and_refuses_older_ones(
+    make_database: Callable[..., Database]
+) -> None:
+    # Given: the versions this server offers for citext (1.4 .. 1.6 in PostgreSQL 15's contrib)
+    from migsafe.extensions import plan_installs
+    from migsafe.models import ExtensionInfo
+
+    target = make_database()
+    with target.connect() as conn:
+        offered = sorted(r[0] for r in conn.execute(
+            "select version from pg_available_extension_versions where name = 'citext'").fetchall())
+        assert "1.4" in offered and "1.5" in offered
+
+        def decide(version: str, name: str = "citext") -> tuple[list[str], list[str]]:
+            installs, problems = plan_installs(conn, [ExtensionInfo(name=name, schema_name="public", version=version)])
+            return [i.version for i in installs], problems
+
+        # When / Then
+        assert decide("1.4") == (["1.4"], [])  # the recorded version, exactly
+        assert decide("1.4.5") == (["1.5"], [])  # not offered: the lowest newer one
+        versions, problems = decide("99.0")  # only older ones offered: refused, naming the version needed
+        assert versions == [] and len(problems) == 1
+        assert problems[0].startswith("extension citext 99.0 (schema public)")
+        assert "version 99.0 or newer is needed" in problems[0] and "1.6" in problems[0]
+        versions, problems = decide("1.0", name="no_such_extension")
+        assert versions == [] and "is not available on the target server" in problems[0]
+    assert set(_extensions(target)) == {"plpgsql"}  # deciding changes nothing
