@@ -14,8 +14,10 @@ A restore then decides up front, with every other reason to refuse:
 * not installed: installed with ``CREATE EXTENSION IF NOT EXISTS .. WITH SCHEMA .. VERSION ..``
   when the server offers the recorded version, or else the lowest newer one (newer versions keep
   the objects older ones made; a lower one may lack them, so it is refused, naming the version
-  needed), and when the target role may install it (a superuser, or a trusted extension and CREATE
-  on the database); otherwise refused.
+  needed), and when the target role may install it -- tried in a transaction that is rolled back,
+  since only the server knows (a managed server's admin role may install extensions the catalog
+  calls untrusted); otherwise refused, with the reason the catalog suggests (not a superuser and
+  not a trusted extension, no CREATE on the database or schema) or the server's own.
 
 Staging renames only the restored relations (``public.t`` -> ``migsafe_staging_..t``): an
 extension's objects stay where the extension is, so ``public.gin_trgm_ops`` keeps resolving.
@@ -188,6 +190,7 @@ def plan_installs(conn: psycopg.Connection[Any], needed: Sequence[ExtensionInfo]
         ([e.schema_name for e in needed],)).fetchall()}
     installs: list[Install] = []
     problems: list[str] = []
+    reasons: dict[str, tuple[str, str | None]] = {}
     for ext in needed:
         what = f"extension {ext.name} {ext.version} (schema {ext.schema_name}" + (
             f", used by {', '.join(ext.used_by)})" if ext.used_by else ")")
@@ -214,22 +217,45 @@ def plan_installs(conn: psycopg.Connection[Any], needed: Sequence[ExtensionInfo]
         version = ext.version if ext.version in versions else newer[0]
         superuser, trusted, fixed = versions[version]
         schema_ok = schemas.get(ext.schema_name)
+        why_not = None  # what the catalog predicts would stop the role (the trial below decides)
         if not is_super:
             if superuser and not trusted:
-                problems.append(f"{what} is not installed in the target and role {role} cannot install it "
-                                f"(not a superuser, and {ext.name} is not a trusted extension)")
-                continue
-            if not db_create:
-                problems.append(f"{what} is not installed in the target and role {role} cannot install it "
-                                "(no CREATE privilege on the database)")
-                continue
-            if schema_ok is False and not fixed:
-                problems.append(f"{what} is not installed in the target and role {role} cannot install it "
-                                f"(no CREATE privilege on schema {ext.schema_name})")
-                continue
+                why_not = f"not a superuser, and {ext.name} is not a trusted extension"
+            elif not db_create:
+                why_not = "no CREATE privilege on the database"
+            elif schema_ok is False and not fixed:
+                why_not = f"no CREATE privilege on schema {ext.schema_name}"
         installs.append(Install(name=ext.name, schema=ext.schema_name, version=version,
                                 create_schema=schema_ok is None and not fixed, fixed_schema=fixed is not None))
+        reasons[ext.name] = (what, why_not)
+    if not problems:
+        problems += _trial(conn, installs, reasons, role)
     return installs, problems
+
+
+def _trial(conn: psycopg.Connection[Any], installs: Sequence[Install],
+           reasons: dict[str, tuple[str, str | None]], role: str) -> list[str]:
+    """Install in a transaction that is rolled back: may the role really do it?
+
+    The catalog cannot tell everything (a managed server's admin role installs extensions it does
+    not trust for others, e.g. ``rds_superuser``), so the server answers; nothing stays behind.
+    """
+    problems: list[str] = []
+    if not installs:
+        return problems
+    with conn.transaction(force_rollback=True):
+        for i in installs:
+            try:
+                with conn.transaction():
+                    _create(conn, i)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                what, why_not = reasons[i.name]
+                said = (str(exc).strip().splitlines() or ["refused"])[0]
+                problems.append(f"{what} is not installed in the target and role {role} cannot install it "
+                                f"({why_not or said})")
+    return problems
 
 
 def for_tables(needed: Sequence[ExtensionInfo], tables: Sequence[str]) -> list[ExtensionInfo]:
@@ -252,14 +278,18 @@ def install(conn: psycopg.Connection[Any], installs: Sequence[Install], created:
             exists = conn.execute("select 1 from pg_extension where extname = %s", (i.name,)).fetchone()
             if exists:
                 continue
-            if i.create_schema:
-                conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(i.schema)))
-            stmt = sql.SQL("create extension if not exists {}").format(sql.Identifier(i.name))
-            if not i.fixed_schema:
-                stmt += sql.SQL(" with schema {}").format(sql.Identifier(i.schema))
-            stmt += sql.SQL(" version {}").format(sql.Literal(i.version))
-            conn.execute(stmt)
+            _create(conn, i)
         created.append(i.name)
+
+
+def _create(conn: psycopg.Connection[Any], i: Install) -> None:
+    if i.create_schema:
+        conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(i.schema)))
+    stmt = sql.SQL("create extension if not exists {}").format(sql.Identifier(i.name))
+    if not i.fixed_schema:
+        stmt += sql.SQL(" with schema {}").format(sql.Identifier(i.schema))
+    stmt += sql.SQL(" version {}").format(sql.Literal(i.version))
+    conn.execute(stmt)
 
 
 def drop(conn: psycopg.Connection[Any], names: Sequence[str]) -> None:
