@@ -34,9 +34,8 @@ def _failed(cause: BaseException) -> RestoreFailed:
 )
 def test_a_backup_that_cannot_be_restored_is_a_fail(error: Exception) -> None:
     # When
-    with pytest.raises(RestoreVerificationFailed) as failed:
-        with _restore_test_verdict():
-            raise error
+    with pytest.raises(RestoreVerificationFailed) as failed, _restore_test_verdict():
+        raise error
     # Then: exit 1, naming what the restore said
     assert failed.value.exit_code == 1
     assert str(error) in str(failed.value)
@@ -57,7 +56,6 @@ def test_a_backup_that_cannot_be_restored_is_a_fail(error: Exception) -> None:
 )
 def test_an_unreachable_or_failing_server_or_store_stays_an_environment_fault(error: Exception) -> None:
     # When / Then
-    with pytest.raises(EnvironmentFault) as fault:
-        with _restore_test_verdict():
-            raise error
+    with pytest.raises(EnvironmentFault) as fault, _restore_test_verdict():
+        raise error
     assert fault.value is error and fault.value.exit_code == 3
