@@ -241,7 +241,7 @@ class _Capture:
             "executemany": bool(executemany),
         }
         if self.statements <= MAX_LOCKED_STATEMENTS and not _is_query(statement):
-            rec["locks"] = self.new_locks(cursor.connection)
+            rec["locks"] = self.new_locks(conn.connection.dbapi_connection)
         self.emit(rec)
 
     def commit(self, conn) -> None:  # type: ignore[no-untyped-def]

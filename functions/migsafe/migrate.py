@@ -504,7 +504,7 @@ def read_capture(path: Path, run: MigrationRun, phase: Phase, epoch0: float) -> 
         elif kind == "commit":
             commits.append(float(rec["at"]))
         elif kind == "warning":
-            run.warnings.append(mask(str(rec.get("message"))))
+            run.warnings.append(f"{phase}: " + mask(str(rec.get("message"))))
     run.statements = [s for _, s in stmts]
     end_epoch = epoch0 + run.started_at + run.seconds
     for rec in revisions:
