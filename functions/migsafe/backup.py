@@ -34,7 +34,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import __version__, catalog
+from . import __version__, catalog, extensions
 from .dsn import Dsn, mask
 from .exceptions import BackupFailed, DatabaseError, EnvironmentFault, InputError, LockNotAcquired, ToolFailed
 from .identifiers import QualifiedName
@@ -328,6 +328,7 @@ def _dump_all(
                 notify("rows", str(t), {"rows": counts[t]})
             revision = catalog.alembic_revision(conn)
             version = catalog.server_version(conn)
+            needs = extensions.required(conn, {str(t): oids[t] for t in tables})
         except psycopg.Error as exc:
             stop_all()
             raise DatabaseError(f"reading the source catalog failed: {mask(str(exc)).strip()}") from exc
@@ -371,6 +372,7 @@ def _dump_all(
         if types_obj
         else None,
         restore_hint=_RESTORE_HINT[opts.compression],
+        extensions=needs,
     )
 
 
@@ -397,6 +399,9 @@ def _dump_types(
         tconn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         tconn.read_only = True
         tconn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
+        # format_type qualifies every name not in pg_catalog (a domain over public.citext): the DDL
+        # runs on restore with an empty search_path
+        tconn.execute("set local search_path = pg_catalog")
         types = catalog.user_types(tconn, list(oids.values()))
         ddls = {int(t["oid"]): catalog.type_ddl(tconn, int(t["oid"]), t["kind"]) for t in types}
         tconn.rollback()

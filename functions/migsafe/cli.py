@@ -495,6 +495,8 @@ def rehearse(
         out.print(result.model_dump_json(indent=2))
     for r in result.reasons:
         err.print(f"  - {r}", markup=False)
+    for a in result.accepted:
+        err.print(f"  ~ accepted ([[expect]]): {a}", markup=False)
     for w in result.warnings:
         err.print(f"  ! {w}", markup=False)
     err.print(f"reports: {directory.resolve()}/report.md, report.html, result.json")

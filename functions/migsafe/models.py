@@ -39,6 +39,16 @@ class TypeInfo(_Model):
     ddl: str  # CREATE statement as pg_dump wrote it (owner statements stripped)
 
 
+class ExtensionInfo(_Model):
+    """An extension the backed-up tables depend on (a type, an operator class, a default's function...)."""
+
+    name: str
+    schema_name: str  # where its objects live: the dumped SQL names them there (public.gin_trgm_ops)
+    version: str
+    requires: list[str] = Field(default_factory=list)  # other extensions it needs (listed before it)
+    used_by: list[str] = Field(default_factory=list)  # the backed-up tables that need it
+
+
 class TableEntry(_Model):
     name: str  # schema.name
     key: str  # object key, relative to the backup folder
@@ -92,6 +102,9 @@ class Manifest(_Model):
     tables: list[TableEntry]
     types: list[TypeInfo] = Field(default_factory=list)
     types_object: ObjectEntry | None = None
+    # installed by a restore before the tables, required ones first; empty in manifests written
+    # before it existed (those restore as before)
+    extensions: list[ExtensionInfo] = Field(default_factory=list)
     restore_hint: str = ""
 
     def table(self, name: str) -> TableEntry:

@@ -193,6 +193,8 @@ def chatbot_message(result: Result, report_url: str | None = None, state: str | 
         )
     if r.reasons:
         lines += ["", f"*Why {r.verdict}*"] + [f"• {clip(x, ITEM_MAX)}" for x in r.reasons]
+    if r.accepted:  # a PASS that would be a FAIL without the plan's [[expect]]: never silently
+        lines += ["", "*Accepted differences* (the plan's [[expect]])"] + [f"• {clip(x, ITEM_MAX)}" for x in r.accepted]
     if r.warnings:
         lines += ["", "*Warnings*"] + [f"• {clip(x, ITEM_MAX)}" for x in r.warnings]
     sentence, command = rollback_advice(r)

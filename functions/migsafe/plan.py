@@ -198,6 +198,58 @@ class Check(_Strict):
         return value
 
 
+_ROWS_DELTA = re.compile(r"^[+-]?\d+$")
+
+
+class Expect(_Strict):
+    """A row-count difference the plan declares as intended (a data migration that moves rows).
+
+    ``rows_after_upgrade`` / ``rows_after_downgrade``: the signed change of the table's row count
+    against before the upgrade, e.g. ``"-3"``. When what happened matches, that difference is a
+    PASS with a note naming ``reason``; when it does not, it stays a FAIL that says both figures.
+    """
+
+    table: str
+    rows_after_upgrade: str | None = None
+    rows_after_downgrade: str | None = None
+    reason: str = Field(min_length=1)
+
+    @field_validator("table")
+    @classmethod
+    def _table_parses(cls, value: str) -> str:
+        try:
+            return str(QualifiedName.parse(value))
+        except UnsafeIdentifier as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("rows_after_upgrade", "rows_after_downgrade", mode="before")
+    @classmethod
+    def _signed_count(cls, value: object) -> object:
+        if isinstance(value, bool) or value is None:
+            return value if value is None else str(value)
+        text = str(value).strip()
+        if not _ROWS_DELTA.match(text):
+            raise ValueError(f"must be a signed whole number of rows, like \"-3\" or \"+3\" (got {value!r})")
+        return f"{int(text):+d}"
+
+    @field_validator("reason")
+    @classmethod
+    def _reason_says_something(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("say why this difference is intended")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _something_expected(self) -> Expect:
+        if self.rows_after_upgrade is None and self.rows_after_downgrade is None:
+            raise ValueError("give rows_after_upgrade or rows_after_downgrade (or both)")
+        return self
+
+    def delta(self, phase: str) -> int | None:
+        value = self.rows_after_upgrade if phase == "upgrade" else self.rows_after_downgrade
+        return None if value is None else int(value)
+
+
 class Notify(_Strict):
     sns_topic_arn: str | None = None
 
@@ -213,6 +265,19 @@ class Plan(_Strict):
     traffic: Traffic = Field(default_factory=Traffic)
     checks: list[Check] = Field(default_factory=list)
     notify: Notify = Field(default_factory=Notify)
+    expect: list[Expect] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _expectations_name_backed_up_tables(self) -> Plan:
+        tables = set(self.source.table_names)
+        seen: set[str] = set()
+        for i, e in enumerate(self.expect):
+            if e.table not in tables:
+                raise ValueError(f"expect.{i}.table: {e.table} is not one of source.tables")
+            if e.table in seen:
+                raise ValueError(f"expect.{i}.table: {e.table} has two [[expect]] sections (merge them)")
+            seen.add(e.table)
+        return self
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -236,6 +301,8 @@ class Plan(_Strict):
         guessed offline, so it never goes in.
         """
         data = mask_tree(self.model_dump(mode="json"))
+        if not data.get("expect"):
+            data.pop("expect", None)  # plans without [[expect]] keep the digest they had before it existed
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -31,8 +31,11 @@ from .config import Settings
 from .dsn import Dsn, mask
 from .exceptions import (
     BackupIncomplete,
+    DatabaseError,
     EnvironmentFault,
     MigsafeError,
+    RestoreFailed,
+    RestoreRefused,
     RestoreVerificationFailed,
     ScratchFailed,
 )
@@ -233,7 +236,7 @@ def rehearse(
     result = _result(run, source, source_rev, pr)
     if fault is not None and not isinstance(fault, KeyboardInterrupt | _Terminated):
         result.warnings.append(f"the rehearsal stopped on an environment fault: {mask(str(fault))}")
-    decide(result, plan.thresholds)
+    decide(result, plan.thresholds, plan.expect)
     if report_dir is not None:
         from .report import write_reports
 
@@ -414,6 +417,46 @@ def _phase(
     return nodes
 
 
+# SQLSTATE classes of a server or connection in trouble (not of the SQL a backup holds)
+_FAULT_CLASSES = ("08", "53", "57", "58", "XX")
+
+
+def _sql_cause(exc: BaseException) -> psycopg.Error | None:
+    """The database error behind a migsafe error, following its chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, psycopg.Error):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _restore_test_verdict() -> Iterator[None]:
+    """A backup the restore test cannot restore is a FAIL (exit 1), naming what is missing.
+
+    Refusals (a foreign key's target, an extension the scratch cannot install) and the server
+    rejecting the backup's SQL (``type "public.citext" does not exist``) say the *backup* is not
+    restorable as it is. Only an unreachable or failing server or store is an environment fault (3).
+    """
+    try:
+        yield
+    except RestoreRefused as exc:
+        raise RestoreVerificationFailed(f"restore test failed, the backup cannot be restored: {exc}") from exc
+    except (RestoreFailed, DatabaseError) as exc:
+        cause = _sql_cause(exc)
+        state = getattr(cause, "sqlstate", None) or ""
+        if isinstance(cause, psycopg.OperationalError) or not state or state[:2] in _FAULT_CLASSES \
+                or state == "55P03":  # a lock not had in time
+            raise
+        hint = ""
+        if state in ("42704", "42883"):  # undefined object (a type, an operator class) or function
+            hint = (" (an extension the tables need? backups taken before migsafe recorded extensions do not "
+                    "install them: take a new backup)")
+        raise RestoreVerificationFailed(
+            f"restore test failed, the backup cannot be restored: {exc}{hint}") from exc
+
+
 def _restore_test_local(run: _Run, store: Any, backup_id: str) -> None:
     """Restore-test on a throw-away cluster of its own (destroyed after, and by sweeps if killed)."""
     with run.step("restore_test"):
@@ -422,12 +465,13 @@ def _restore_test_local(run: _Run, store: Any, backup_id: str) -> None:
         try:
             if run.restore_cancelled.is_set():  # interrupted while the cluster was being created
                 raise ScratchFailed("restore test cancelled")
-            report = run_restore(
-                store,
-                backup_id,
-                cluster.dsn(),
-                RestoreOptions(no_owner=True, analyze=False, pg_bindir=run.settings.pg_bindir),
-            )
+            with _restore_test_verdict():
+                report = run_restore(
+                    store,
+                    backup_id,
+                    cluster.dsn(),
+                    RestoreOptions(no_owner=True, analyze=False, pg_bindir=run.settings.pg_bindir),
+                )
             if not report.ok:
                 raise RestoreVerificationFailed("restore test failed: " + "; ".join(report.problems()))
         finally:
@@ -444,12 +488,13 @@ def _restore_test(run: _Run, store: Any, backup_id: str, scratch: Dsn) -> None:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("create database {} template template0").format(sql.Identifier(name)))
         try:
-            report = run_restore(
-                store,
-                backup_id,
-                scratch.with_db(name),
-                RestoreOptions(no_owner=True, analyze=False, pg_bindir=run.settings.pg_bindir),
-            )
+            with _restore_test_verdict():
+                report = run_restore(
+                    store,
+                    backup_id,
+                    scratch.with_db(name),
+                    RestoreOptions(no_owner=True, analyze=False, pg_bindir=run.settings.pg_bindir),
+                )
             if not report.ok:
                 raise RestoreVerificationFailed("restore test failed: " + "; ".join(report.problems()))
         finally:

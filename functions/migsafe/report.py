@@ -161,6 +161,12 @@ def headline(result: Result) -> str:
             f" (and {more} more reason{'s' if more > 1 else ''} below)" if more else ""
         )
     tables = len(result.tables)
+    if result.accepted:
+        n = len(result.accepted)
+        return (
+            f"upgrade and downgrade ran within the thresholds; {n} difference{'s' if n != 1 else ''} the plan "
+            f"expects ([[expect]]), see Accepted differences: {result.accepted[0]}"
+        )
     return (
         f"upgrade and downgrade ran within the thresholds and the data of all {tables} table"
         f"{'s' if tables != 1 else ''} came back exactly"
@@ -313,6 +319,8 @@ def _sections(r: Result) -> list[Section]:
     out = [_summary(r)]
     if r.reasons:
         out.append(Section("Why it failed", items=list(r.reasons), bad_items=True))
+    if r.accepted:
+        out.append(Section("Accepted differences (the plan's [[expect]])", items=list(r.accepted)))
     if r.warnings:
         out.append(Section("Warnings", items=list(r.warnings)))
     out += [s for s in (_traffic(r), _revisions(r), _lint(r)) if s is not None]

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import sql
 
-from . import catalog
+from . import catalog, extensions
 from .dsn import Dsn, mask
 from .exceptions import DatabaseError, InputError, RestoreFailed, RestoreRefused, RestoreVerificationFailed
 from .identifiers import QualifiedName
@@ -87,6 +87,7 @@ class _Plan:
     stage_types: list[TypeInfo] = field(default_factory=list)  # enums, loaded into staging and swapped
     create_types: list[TypeInfo] = field(default_factory=list)  # other missing types, created in place
     warnings: list[str] = field(default_factory=list)
+    extensions: list[extensions.Install] = field(default_factory=list)  # created before the tables
 
 
 def run_restore(
@@ -147,8 +148,10 @@ def staged_backup(
                         pg_bindir=opts.pg_bindir, notify=notify, analyze=opts.analyze)
         schemas = list(loader.plan_schemas(plan.entries, plan.stage_types).values())
         swapped = False
+        created_extensions: list[str] = []
         try:
             try:
+                extensions.install(conn, plan.extensions, created_extensions)
                 staged = loader.load(conn, plan.entries, plan.stage_types, plan.create_types)
             except psycopg.Error as exc:
                 raise RestoreFailed(f"loading the staging schema failed, nothing swapped: "
@@ -161,6 +164,7 @@ def staged_backup(
             drop_schemas(conn, schemas)
             if not swapped:
                 drop_types(conn, loader.created_types)
+                extensions.drop(conn, created_extensions)
 
 
 def select(manifest: Manifest, tables: Sequence[str] | None) -> list[TableEntry]:
@@ -284,6 +288,9 @@ def _decide(conn: psycopg.Connection[Any], manifest: Manifest, entries: list[Tab
         missing_roles = [o for o in owners if o not in have]
         if missing_roles:
             problems.append(f"owner role(s) {', '.join(missing_roles)} missing in the target (use --no-owner)")
+    plan.extensions, missing_extensions = extensions.plan_installs(
+        conn, extensions.for_tables(manifest.extensions, [e.name for e in entries]))
+    problems += missing_extensions
     if problems:
         raise RestoreRefused("restore refused, nothing changed: " + "; ".join(problems))
     return plan

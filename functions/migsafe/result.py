@@ -177,6 +177,9 @@ class Result(_Model):
     verdict: Verdict
     reasons: list[str] = Field(default_factory=list)  # why FAIL (empty on PASS)
     warnings: list[str] = Field(default_factory=list)  # noted but not failing
+    # differences the plan's [[expect]] declared and that happened as declared, each with its reason:
+    # they would FAIL otherwise, so every report shows them
+    accepted: list[str] = Field(default_factory=list)
     next_steps: list[str] = Field(default_factory=list)
     rollback: Literal["downgrade", "restore", "unknown"] = "unknown"
     started: datetime

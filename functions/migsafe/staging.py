@@ -424,6 +424,7 @@ class Loader:
             flush()
         except psycopg.Error as exc:
             failure = RestoreFailed(f"loading {entry.name} into staging failed: {mask(str(exc)).strip()}")
+            failure.__cause__ = exc  # its SQLSTATE tells a restore test's FAIL from a fault
         except BaseException as exc:
             failure = exc
         finally:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-from .plan import Thresholds
+from .plan import Expect, Thresholds
 from .result import CheckResult, Result, StepResult, TableResult, TrafficPhase
 
 _EXPECT = re.compile(r"^\s*(==|=|!=|>=|<=|>|<)\s*(.+?)\s*$")
@@ -45,18 +46,23 @@ def expectation_met(value: object, expect: str) -> bool:
         return False
 
 
-def decide(result: Result, thresholds: Thresholds) -> Result:
-    """Fill ``verdict``, ``reasons``, ``warnings``, ``rollback`` and ``next_steps`` from the figures."""
+def decide(result: Result, thresholds: Thresholds, expect: Sequence[Expect] = ()) -> Result:
+    """Fill ``verdict``, ``reasons``, ``warnings``, ``accepted``, ``rollback`` and ``next_steps`` from the figures.
+
+    ``expect``: the plan's ``[[expect]]`` sections; a row-count difference they declare, when it
+    happened exactly so, is an *accepted* difference (a note in every report) instead of a reason.
+    """
     reasons: list[str] = []
     warnings: list[str] = []
+    accepted: list[str] = []
     for s in result.steps:
         if not s.ok:
             reasons.append(f"step {s.name} failed: {s.error or 'error'}")
     _timing(result.step("upgrade"), "upgrade", thresholds.upgrade_seconds, "upgrade_seconds", reasons)
     _timing(result.step("downgrade"), "downgrade", thresholds.downgrade_seconds, "downgrade_seconds", reasons)
     lossy: list[str] = []
+    moved_as_expected = _row_changes(result, expect, reasons, accepted)
     for t in result.tables:
-        _rows(t, reasons)
         for fk in t.fk_invalid_after_upgrade:
             reasons.append(f"{t.name}: foreign key {fk} is not valid after the upgrade")
         for fk in t.fk_invalid_after_downgrade:
@@ -75,6 +81,10 @@ def decide(result: Result, thresholds: Thresholds) -> Result:
             if _same_rows(result, name)
             else f"{name}: the downgrade does not restore the data (content fingerprint differs from before the upgrade)"
         )
+        if name in moved_as_expected:
+            accepted.append(f"{text}: the rows the plan expects to move do not come back "
+                            f"([[expect]] {name}: {moved_as_expected[name]})")
+            continue
         (reasons if thresholds.lossy_downgrade == "fail" else warnings).append(text)
     for c in result.checks:
         if not c.ok:
@@ -83,6 +93,7 @@ def decide(result: Result, thresholds: Thresholds) -> Result:
     _traffic(result, thresholds, reasons)
     result.reasons = reasons
     result.warnings = warnings + result.warnings
+    result.accepted = accepted
     result.verdict = "FAIL" if reasons else "PASS"
     downgrade_ok = result.step("verify_downgrade") is not None and all(
         t.downgrade_restores_data for t in result.tables
@@ -165,17 +176,78 @@ def _timing(step: StepResult | None, label: str, limit: float, key: str, reasons
         )
 
 
-def _rows(t: TableResult, reasons: list[str]) -> None:
-    if t.rows_before is None:
-        return
-    if t.rows_after_upgrade is not None and t.rows_after_upgrade != t.rows_before:
-        reasons.append(
-            f"{t.name}: row count changed by the upgrade, {t.rows_before} -> {t.rows_after_upgrade}"
-        )
-    if t.rows_after_downgrade is not None and t.rows_after_downgrade != t.rows_before:
-        reasons.append(
-            f"{t.name}: row count changed by the downgrade, {t.rows_before} -> {t.rows_after_downgrade}"
-        )
+def _row_changes(
+    result: Result, expect: Sequence[Expect], reasons: list[str], accepted: list[str]
+) -> dict[str, str]:
+    """Row counts against before the upgrade, per phase: a reason, or a note where the plan expects it.
+
+    Returns the tables whose (non-zero) downgrade difference the plan expects, with its reason.
+    """
+    by_table = {e.table: e for e in expect}
+    moved: dict[str, str] = {}
+    for phase in ("upgrade", "downgrade"):
+        deltas = {
+            t.name: after - t.rows_before
+            for t in result.tables
+            if t.rows_before is not None
+            and (after := t.rows_after_upgrade if phase == "upgrade" else t.rows_after_downgrade) is not None
+        }
+        for t in result.tables:
+            d = deltas.get(t.name)
+            if d is None:
+                continue
+            e = by_table.get(t.name)
+            want = e.delta(phase) if e else None
+            if d == 0 and not want:
+                continue
+            text = _row_sentence(t, phase, d, deltas)
+            if e is None or want is None:
+                reasons.append(text)
+            elif want == d:
+                accepted.append(f"{text} -- as the plan expects ([[expect]] {t.name}: {e.reason})")
+                if phase == "downgrade" and d:
+                    moved[t.name] = e.reason
+            else:
+                reasons.append(f"{text}; the plan expects {want:+d} rows after the {phase}, not {d:+d} "
+                               f"([[expect]] {t.name}: {e.reason})")
+    return moved
+
+
+def _row_sentence(t: TableResult, phase: str, d: int, deltas: dict[str, int]) -> str:
+    """``3 rows left public.a during the upgrade and did not come back on the downgrade (...)``."""
+    before, up, down = t.rows_before, t.rows_after_upgrade, t.rows_after_downgrade
+    n = abs(d)
+    rows = f"{n} row{'s' if n != 1 else ''}"
+    if phase == "upgrade":
+        figures = f"({before} -> {up})"
+        if d == 0:
+            return f"{t.name}: row count unchanged by the upgrade {figures}"
+        text = (f"{rows} left {t.name} during the upgrade {figures}" if d < 0
+                else f"{t.name} gained {rows} during the upgrade {figures}")
+    else:
+        figures = f"({before} before, {up} after the upgrade, {down} after the downgrade)"
+        by_upgrade = None if up is None or before is None else up - before
+        if d == 0:
+            return f"{t.name}: row count back to where it was after the downgrade {figures}"
+        if d < 0:
+            text = (f"{rows} left {t.name} during the upgrade and did not come back on the downgrade"
+                    if by_upgrade == d else
+                    f"{rows} left {t.name} during the downgrade" if by_upgrade == 0 else
+                    f"{t.name} has {rows} fewer after the upgrade and downgrade than before")
+        else:
+            text = (f"{t.name} gained {rows} during the upgrade that the downgrade did not remove"
+                    if by_upgrade == d else
+                    f"{t.name} gained {rows} during the downgrade" if by_upgrade == 0 else
+                    f"{t.name} has {rows} more after the upgrade and downgrade than before")
+        text += " " + figures
+    partners = sorted(name for name, other in deltas.items() if name != t.name and other == -d)
+    if partners:
+        span = "upgrade" if phase == "upgrade" else "upgrade and downgrade"
+        if d < 0:
+            text += f"; {' and '.join(partners)} gained {n} over the same {span}: they appear to have moved there"
+        else:
+            text += f"; {' and '.join(partners)} lost {n} over the same {span}: they appear to have come from there"
+    return text
 
 
 def _same_rows(result: Result, name: str) -> bool:
