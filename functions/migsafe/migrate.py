@@ -28,7 +28,7 @@ from . import pgtools, serverlog
 from .dsn import Dsn, mask
 from .exceptions import MigrationEnvironmentInvalid, RevisionUnknown
 from .plan import Plan
-from .result import LockHold, Phase, RevisionLock, RevisionRun, StatementRun
+from .result import LockHold, Observation, Phase, RevisionLock, RevisionRun, StatementRun
 
 DRIVER = Path(__file__).with_name("_alembic_driver.py")
 
@@ -465,6 +465,40 @@ def read_server_log(
             )
         )
         begin = start
+
+
+def observation(command: bool, server_log: bool) -> Observation:
+    """What each way of running the migration lets migsafe observe (the report states it)."""
+    sampled = "pg_locks sampling every 50 ms (locks held longer than a sample, traffic waits)"
+    table_figures = "row counts, fingerprints and rewrites per table (verify steps)"
+    if not command:
+        return Observation(
+            mode="in-process",
+            available=[
+                table_figures,
+                sampled,
+                "every statement with its timing and the locks it newly took",
+                "per-revision time, locks and rewrites",
+                "every relation lock held at COMMIT",
+            ],
+        )
+    if server_log:
+        return Observation(
+            mode="server-log",
+            available=[
+                table_figures,
+                sampled,
+                "every statement with its timing, from the scratch's server log",
+                "per-revision locks and rewrites, from a trigger on alembic_version",
+                "every relation lock held at each version update",
+            ],
+            unavailable=["the locks each single statement newly took (only per revision)"],
+        )
+    return Observation(
+        mode="sampling-only",
+        available=[table_figures, sampled],
+        unavailable=["statements", "per-revision figures", "locks shorter than a sample"],
+    )
 
 
 MAX_STATEMENTS = 5_000  # kept per phase (the rest are counted)

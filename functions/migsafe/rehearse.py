@@ -49,6 +49,7 @@ from .migrate import (
     LockObserver,
     MigrationRun,
     Probe,
+    observation,
     probe,
     relfilenodes,
     run_alembic,
@@ -707,4 +708,5 @@ def _result(run: _Run, source: Dsn, source_rev: str | None, pr: Probe) -> Result
         failed_step=run.failed_step,
         error=run.error,
         warnings=run.warnings,
+        observation=observation(bool(run.plan.migration.command), run.server_log is not None),
     )
