@@ -151,3 +151,34 @@ def test_a_script_directory_without_revisions_is_bad_input(
     assert "migration.alembic_ini" in res.output and "no revisions at all" in res.output
     assert "must name exactly one revision" not in res.output
     assert _stored(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("migration", "says"),
+    [
+        ("", "give migration.alembic_ini, migration.config_factory or migration.command"),
+        ('config_factory = "brokenapp.db:alembic_config"\nbundle = ["proj"]\n',
+         "migration.config_factory: alembic finds no usable configuration: KeyError: 'DATABASE_SETTINGS'"),
+    ],
+    ids=["no-way-to-read-revisions", "factory-raises"],
+)
+def test_a_migration_config_that_cannot_be_built_is_bad_input(
+    tmp_path: Path, source: Database, migsafe: Callable[..., CliResult], migration: str, says: str
+) -> None:
+    # Given: no alembic.ini next to the plan and none named, or a config factory that raises
+    app = tmp_path / "proj" / "brokenapp"
+    app.mkdir(parents=True)
+    (app / "__init__.py").write_text("")
+    (app / "db.py").write_text("import os\n\ndef alembic_config():\n    return os.environ['DATABASE_SETTINGS']\n")
+    listed = ", ".join(f'"{t}"' for t in TABLES)
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        f'[source]\ndsn = "{source.url}"\ntables = [{listed}]\n[migration]\n{migration}'
+        f'[store]\nurl = "file://{tmp_path / "store"}"\n'
+    )
+    # When
+    res = migsafe("rehearse", "--plan", str(plan))
+    # Then
+    assert res.code == 2, res.output
+    assert says in res.output
+    assert _stored(tmp_path) == []
