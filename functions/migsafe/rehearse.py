@@ -319,8 +319,11 @@ def _on_scratch(
     scratch = run.scratch.dsn
     if plan.migration.command and run.scratch.cluster is not None:
         # no in-process capture with the project's own command: the scratch server logs what it runs
-        run.warnings.extend(serverlog.enable(scratch))
-        run.server_log = run.scratch.cluster.log_file
+        try:  # as the throw-away cluster's superuser (the source's user may not be one)
+            run.warnings.extend(serverlog.enable(run.scratch.cluster.dsn(dbname=scratch.dbname or "postgres")))
+            run.server_log = run.scratch.cluster.log_file
+        except psycopg.Error as exc:  # observation: noted, never fatal
+            run.warnings.append(f"server-side observation could not be turned on: {mask(str(exc)).strip()}")
     if restore_test is None:
         with run.step("restore_test"):
             _restore_test(run, store, run.backup.id, scratch)
