@@ -422,16 +422,24 @@ def read_server_log(
     held: dict[str, str] = {}
     nodes = nodes_before
     begin = run.started_at
-    queue = list(zip(seen.statements, stmts, strict=True))
-    for i, mark in enumerate(seen.marks):
-        mine: list[StatementRun] = []
-        while queue and queue[0][0].epoch <= mark.epoch:
-            mine.append(queue.pop(0)[1])
-        if i == len(seen.marks) - 1:
-            mine += [s for _, s in queue]  # the last version update and what follows it
-            queue = []
-        elif queue and "alembic_version" in queue[0][1].sql:
-            mine.append(queue.pop(0)[1])
+    commit_at = run.started_at + run.seconds  # the locks are held to the end of the transaction
+    # The log's order, not its millisecond stamps, decides: a backend writes a statement's line when
+    # the statement ends, and the trigger's line during the version update (whose own line follows).
+    as_run = {id(s): r for s, r in zip(seen.statements, stmts, strict=True)}
+    groups: list[tuple[serverlog.RevisionMark, list[StatementRun]]] = []
+    pending: list[StatementRun] = []
+    update_due = False  # the version update whose trigger just logged is logged next
+    for event in seen.events:
+        if isinstance(event, serverlog.RevisionMark):
+            groups.append((event, pending))
+            pending, update_due = [], True
+        elif update_due and event.pid == groups[-1][0].pid and "alembic_version" in event.sql:
+            groups[-1][1].append(as_run[id(event)])
+            update_due = False
+        else:
+            update_due = update_due and event.pid != groups[-1][0].pid
+            pending.append(as_run[id(event)])
+    for mark, mine in groups:
         new = {
             r: m for r, m in mark.locks.items()
             if not r.endswith(".alembic_version") and (r not in held or stronger(held[r], m) != held[r])
@@ -441,30 +449,35 @@ def read_server_log(
             if not rel.endswith(".alembic_version"):
                 run.commit_locks[rel] = stronger(run.commit_locks.get(rel), mode) or mode
         run.xact_seconds = max(run.xact_seconds, mark.xact_seconds)
-        start = round(mark.epoch - epoch0, 3)
+        at = round(mark.epoch - epoch0, 3)  # the version update: the revision's end
         rewrites = (
-            sorted(r for r, n in mark.nodes.items() if r in nodes and nodes[r] != n and not r.endswith(".alembic_version"))
+            sorted(
+                r for r, n in mark.nodes.items()
+                if r in nodes and nodes[r] != n and not r.endswith(".alembic_version")
+            )
             if nodes is not None
             else []
         )
         nodes = mark.nodes
-        first = mine[0].start if mine else start
         run.revisions.append(
             RevisionRun(
                 id=serverlog.revision_of(mark, upgrade),
                 phase=phase,
-                start=round(min(first, start), 3),
-                seconds=round(max(start - max(begin, 0.0), 0.0) if not mine else start - first, 3),
+                start=round(begin, 3),
+                seconds=round(max(at - begin, 0.0), 3),
                 statement_count=len(mine),
                 statements=mine[:REVISION_STATEMENTS],
                 locks=sorted(
-                    (RevisionLock(relation=r, mode=m, held_seconds=0.0) for r, m in new.items()),
+                    (
+                        RevisionLock(relation=r, mode=m, held_seconds=round(max(commit_at - at, 0.0), 3))
+                        for r, m in new.items()
+                    ),
                     key=lambda h: -LOCK_STRENGTH.index(h.mode),
                 ),
                 rewrites=rewrites,
             )
         )
-        begin = start
+        begin = at
 
 
 def observation(command: bool, server_log: bool) -> Observation:

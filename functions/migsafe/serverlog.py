@@ -92,6 +92,7 @@ class RevisionMark:
 class Observed:
     statements: list[LoggedStatement] = field(default_factory=list)
     marks: list[RevisionMark] = field(default_factory=list)
+    events: list[LoggedStatement | RevisionMark] = field(default_factory=list)  # in the log's order
 
 
 def enable(dsn: Dsn, timeout: float = 10) -> list[str]:
@@ -179,6 +180,7 @@ def read(path: Path, offset: int) -> Observed:
             mark = _mark(epoch, pid, message.removeprefix(MARK))
             if mark is not None:
                 out.marks.append(mark)
+                out.events.append(mark)
             continue
         d = _DURATION.match(message)
         if d is None:
@@ -188,6 +190,7 @@ def read(path: Path, offset: int) -> Observed:
         last = LoggedStatement(epoch=epoch - seconds, seconds=seconds, sql=d[2].strip(), pid=pid)
         if not _CONTROL.match(last.sql):
             out.statements.append(last)
+            out.events.append(last)
     return out
 
 
