@@ -119,8 +119,11 @@ def enable(dsn: Dsn, timeout: float = 10) -> list[str]:
 
 def install_trigger(conn: psycopg.Connection[Any]) -> bool:
     """The row trigger on ``alembic_version`` (False when the table does not exist yet)."""
-    row = conn.execute("select to_regclass('alembic_version')::text").fetchone()
-    if not row or row[0] is None:
+    row = conn.execute(
+        "select n.nspname, c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace"
+        " where c.oid = to_regclass('alembic_version')"
+    ).fetchone()
+    if row is None:
         return False
     with conn.transaction():
         conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(SCHEMA)))
@@ -129,8 +132,7 @@ def install_trigger(conn: psycopg.Connection[Any]) -> bool:
             sql.SQL(
                 "create or replace trigger migsafe_observe after insert or update or delete on {} "
                 "for each row execute function {}.revision()"
-            ).format(sql.Identifier(*row[0].split(".")) if "." in row[0] else sql.Identifier(row[0]),
-                     sql.Identifier(SCHEMA))
+            ).format(sql.Identifier(row[0], row[1]), sql.Identifier(SCHEMA))
         )
     return True
 
