@@ -87,10 +87,12 @@ def _walk(root: Path) -> Iterator[Path]:
 
 def bundle_files(plan: Plan) -> list[tuple[PurePosixPath, Path]]:
     """``(name in the tarball, file on disk)`` for everything the bundle holds, sorted by name."""
-    ini = plan.path(plan.migration.alembic_ini)
-    if not ini.is_file():
-        raise PlanInvalid(f"migration.alembic_ini: {ini} does not exist")
-    roots = [(ini, "migration.alembic_ini"), (_script_location(ini), "alembic script_location")]
+    roots: list[tuple[Path, str]] = []
+    if plan.migration.config_factory is None:  # a factory's package travels as a migration.bundle path
+        ini = plan.path(plan.migration.ini)
+        if not ini.is_file():
+            raise PlanInvalid(f"migration.alembic_ini: {ini} does not exist")
+        roots = [(ini, "migration.alembic_ini"), (_script_location(ini), "alembic script_location")]
     roots += [(plan.path(p), f"migration.bundle: {p}") for p in plan.migration.bundle]
     requirements = plan.base_dir / REQUIREMENTS
     if requirements.is_file():

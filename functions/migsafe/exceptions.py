@@ -62,6 +62,10 @@ class RevisionUnknown(InputError):
     """An alembic revision in the plan is unknown or the downgrade does not return to the source."""
 
 
+class MigrationEnvironmentInvalid(InputError):
+    """The plan's migration environment (its config, env.py, driver or Python) cannot load or finds no revisions."""
+
+
 # --- verification: the work ran and found a difference ----------------------------------------
 class VerificationFailed(MigsafeError):
     """Something was checked and did not match what the manifest promises."""

@@ -84,7 +84,16 @@ class Source(_Strict):
 
 
 class Migration(_Strict):
-    alembic_ini: str = "alembic.ini"
+    """How the migration runs: alembic from an ini, from a Config built in code, or the project's command.
+
+    ``alembic_ini`` or ``config_factory`` (one of them) is how migsafe reads the revisions; with
+    ``command`` the project's own tool runs them and migsafe observes at the server (docs/cli.md).
+    """
+
+    alembic_ini: str | None = None  # default "alembic.ini" in the plan's folder, unless config_factory
+    config_factory: str | None = None  # "package.module:function" returning an alembic Config
+    command: list[str] | None = None  # e.g. ["myapp", "db", "upgrade", "{revision}"]
+    downgrade_command: list[str] | None = None
     upgrade_to: str = "head"
     downgrade_to: str = "-1"
     url_env: str | None = None
@@ -92,6 +101,34 @@ class Migration(_Strict):
     python: str | None = None  # the interpreter with the project's dependencies (default: migsafe's own)
     sqlalchemy_driver: str = "postgresql+psycopg"  # URL scheme env.py gets; "postgresql" for psycopg2
     timeout_seconds: float = Field(default=3600, gt=0)  # a migration running longer is stopped
+
+    @field_validator("config_factory")
+    @classmethod
+    def _factory_is_a_path(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            raise ValueError(f"must be 'package.module:function' (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_run(self) -> Migration:
+        if self.alembic_ini is not None and self.config_factory is not None:
+            raise ValueError("give alembic_ini or config_factory, not both")
+        if (self.command is None) != (self.downgrade_command is None):
+            raise ValueError("command and downgrade_command go together (the rehearsal runs both ways)")
+        for key in ("command", "downgrade_command"):
+            argv = getattr(self, key)
+            if argv is not None and (not argv or not all(isinstance(a, str) and a for a in argv)):
+                raise ValueError(f"{key} must be a non-empty list of arguments")
+            if argv is not None and not any("{revision}" in a for a in argv):
+                raise ValueError(f"{key} must pass the revision: put {{revision}} in one argument")
+        if self.command is not None and not self.url_env:
+            raise ValueError("command needs url_env: the variable the project reads the database URL from")
+        return self
+
+    @property
+    def ini(self) -> str:
+        """The alembic ini migsafe reads the revisions from (unused with config_factory)."""
+        return self.alembic_ini or "alembic.ini"
 
 
 class Scratch(_Strict):

@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from . import catalog, pgtools
+from . import catalog, pgtools, serverlog
 from .backup import BackupOptions, run_backup
 from .config import Settings
 from .dsn import Dsn, mask
@@ -49,6 +49,7 @@ from .migrate import (
     LockObserver,
     MigrationRun,
     Probe,
+    observation,
     probe,
     relfilenodes,
     run_alembic,
@@ -128,6 +129,7 @@ class _Run:
         self.traffic_dropped: set[str] = set()  # kinds of transaction that failed before any migration
         self.pg_version: str | None = None
         self.restore_cancelled = threading.Event()
+        self.server_log: Path | None = None  # migration.command: the scratch's log, statements logged
 
     def cancel_restore_test(self) -> None:
         """Stop a running restore test quickly (its server goes away, so its restore fails).
@@ -185,7 +187,8 @@ def preflight(plan: Plan, settings: Settings, backup_id: str | None = None) -> t
     ) as conn:
         catalog.resolve_tables(conn, plan.source.qualified_tables)
         revision = catalog.alembic_revision(conn)
-    pr = probe(plan, revision, settings.environ)
+    # the migration environment runs here, read-only, before anything is backed up (exit 2 if it cannot)
+    pr = probe(plan, revision, settings.environ, source_url=source)
     store = open_store(plan.store.url, plan.base_dir)
     store.check()
     if backup_id is not None:
@@ -314,6 +317,13 @@ def _on_scratch(
             pg_bindir=settings.pg_bindir,
         )
     scratch = run.scratch.dsn
+    if plan.migration.command and run.scratch.cluster is not None:
+        # no in-process capture with the project's own command: the scratch server logs what it runs
+        try:  # as the throw-away cluster's superuser (the source's user may not be one)
+            run.warnings.extend(serverlog.enable(run.scratch.cluster.dsn(dbname=scratch.dbname or "postgres")))
+            run.server_log = run.scratch.cluster.log_file
+        except psycopg.Error as exc:  # observation: noted, never fatal
+            run.warnings.append(f"server-side observation could not be turned on: {mask(str(exc)).strip()}")
     if restore_test is None:
         with run.step("restore_test"):
             _restore_test(run, store, run.backup.id, scratch)
@@ -375,6 +385,7 @@ def _phase(
             phase,
             timeout=plan.migration.timeout_seconds,
             driver=plan.migration.sqlalchemy_driver,
+            server_log=run.server_log,
         )
     except BaseException:
         run._record(phase, began, clock, False, "interrupted")  # the report shows where it stopped
@@ -700,4 +711,5 @@ def _result(run: _Run, source: Dsn, source_rev: str | None, pr: Probe) -> Result
         failed_step=run.failed_step,
         error=run.error,
         warnings=run.warnings,
+        observation=observation(bool(run.plan.migration.command), run.server_log is not None),
     )

@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # jinja2 is imported when a report is rendered: the Lambda st
     from markupsafe import Markup
 
 from .dsn import mask_tree
-from .result import LintFinding, Result, RevisionRun, StatementRun, StepResult
+from .result import LintFinding, Observation, Result, RevisionRun, StatementRun, StepResult
 
 ACCESS_EXCLUSIVE = "AccessExclusiveLock"
 
@@ -315,6 +315,19 @@ def view(result: Result) -> dict[str, Any]:
     }
 
 
+def _observation(o: Observation) -> Section:
+    """Which figures this run could see: the mode follows from how the plan runs its migration."""
+    how = {
+        "in-process": "alembic ran in migsafe's driver, instrumented",
+        "server-log": "the project's command ran the migration; the scratch server logged it",
+        "sampling-only": "the project's command ran the migration on a scratch whose log migsafe cannot read",
+    }[o.mode]
+    defs = [("mode", f"{o.mode} ({how})"), ("observed", "; ".join(o.available))]
+    if o.unavailable:
+        defs.append(("not observed", "; ".join(o.unavailable)))
+    return Section("Observation", definitions=defs)
+
+
 def _sections(r: Result) -> list[Section]:
     out = [_summary(r)]
     if r.reasons:
@@ -323,6 +336,8 @@ def _sections(r: Result) -> list[Section]:
         out.append(Section("Accepted differences (the plan's [[expect]])", items=list(r.accepted)))
     if r.warnings:
         out.append(Section("Warnings", items=list(r.warnings)))
+    if r.observation is not None:
+        out.append(_observation(r.observation))
     out += [s for s in (_traffic(r), _revisions(r), _lint(r)) if s is not None]
     out.append(Section("Timeline", timeline=True))
     out.append(

@@ -171,6 +171,14 @@ class Traffic(_Model):
         return [p for p in (self.upgrade, self.downgrade) if p is not None]
 
 
+class Observation(_Model):
+    """How the migration was watched, and so which figures the result can hold (docs/cli.md)."""
+
+    mode: Literal["in-process", "server-log", "sampling-only"]
+    available: list[str] = Field(default_factory=list)
+    unavailable: list[str] = Field(default_factory=list)
+
+
 class Result(_Model):
     format: int = 1
     plan: str
@@ -200,6 +208,7 @@ class Result(_Model):
     scratch: ScratchInfo
     failed_step: str | None = None
     error: str | None = None
+    observation: Observation | None = None
 
     def step(self, name: str) -> StepResult | None:
         return next((s for s in self.steps if s.name == name), None)

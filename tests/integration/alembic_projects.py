@@ -21,6 +21,34 @@ with engine.connect() as connection:
         context.run_migrations()
 """
 
+# `alembic init -t async`'s env.py (online part), as an asyncpg project ships it
+ASYNC_ENV_PY = """
+import asyncio
+from alembic import context
+from sqlalchemy import pool
+from sqlalchemy.ext.asyncio import async_engine_from_config
+
+config = context.config
+
+
+def do_run_migrations(connection):
+    context.configure(connection=connection, target_metadata=None)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def run_async_migrations():
+    connectable = async_engine_from_config(
+        config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
+    )
+    async with connectable.connect() as connection:
+        await connection.run_sync(do_run_migrations)
+    await connectable.dispose()
+
+
+asyncio.run(run_async_migrations())
+"""
+
 VERSION = """
 from alembic import op
 
@@ -46,7 +74,11 @@ def _body(statements: list[str]) -> str:
 
 
 def write_project(
-    root: Path, upgrade: list[str], downgrade: list[str], baseline: str = "0001_baseline"
+    root: Path,
+    upgrade: list[str],
+    downgrade: list[str],
+    baseline: str = "0001_baseline",
+    env_py: str = ENV_PY,
 ) -> Path:
     """A project with the baseline revision (already applied to the source) and 0002_change on top."""
     versions = root / "migrations" / "versions"
@@ -54,7 +86,7 @@ def write_project(
     (root / "alembic.ini").write_text(
         "[alembic]\nscript_location = %(here)s/migrations\nsqlalchemy.url = postgresql+psycopg://nowhere/db\n"
     )
-    (root / "migrations" / "env.py").write_text(textwrap.dedent(ENV_PY))
+    (root / "migrations" / "env.py").write_text(textwrap.dedent(env_py))
     (versions / "0001_baseline.py").write_text(
         VERSION.format(rev=baseline, down=None, up=_body([]), down_body=_body([]))
     )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,51 @@ def test_digest_does_not_depend_on_the_password() -> None:
     # When / Then: the password never reaches the digest (it names executions, sits in manifests)
     assert plan("postgresql://app:one@db/app").digest() == plan("postgresql://app:two@db/app").digest()
     assert plan("postgresql://app:one@db/app").digest() != plan("postgresql://app:one@db/app", "orders").digest()
+
+
+def _migration(**migration: object) -> dict[str, object]:
+    return {"source": {"dsn": "postgresql:///x", "tables": ["t"]}, "migration": migration}
+
+
+@pytest.mark.parametrize(
+    ("migration", "says"),
+    [
+        ({"alembic_ini": "alembic.ini", "config_factory": "app.db:config"}, "alembic_ini or config_factory, not both"),
+        ({"config_factory": "app.db"}, "package.module:function"),
+        ({"command": ["app", "db", "upgrade", "{revision}"], "url_env": "DATABASE_URL"}, "go together"),
+        (
+            {"command": ["app", "upgrade"], "downgrade_command": ["app", "downgrade", "{revision}"],
+             "url_env": "DATABASE_URL"},
+            "put {revision} in one argument",
+        ),
+        (
+            {"command": ["app", "upgrade", "{revision}"], "downgrade_command": ["app", "downgrade", "{revision}"]},
+            "command needs url_env",
+        ),
+        ({"command": [], "downgrade_command": [], "url_env": "U"}, "non-empty list"),
+    ],
+    ids=["ini-and-factory", "factory-not-a-callable-path", "command-alone", "no-revision-placeholder",
+         "command-without-url-env", "empty-command"],
+)
+def test_migration_ways_to_run_are_validated_with_a_clear_message(
+    migration: dict[str, object], says: str
+) -> None:
+    # When / Then
+    with pytest.raises(PlanInvalid, match=re.escape(says)):
+        Plan.from_mapping(_migration(**migration))
+
+
+def test_factory_and_command_plans_load() -> None:
+    # Given: a Config built in code, and the project's own command reading the URL from its variable
+    plan = Plan.from_mapping(
+        _migration(
+            config_factory="tasksapp.db:alembic_config",
+            command=["python", "-m", "tasksapp", "db", "upgrade", "{revision}"],
+            downgrade_command=["python", "-m", "tasksapp", "db", "downgrade", "{revision}"],
+            url_env="TASKSAPP_DATABASE_URL",
+        )
+    )
+    # Then
+    assert plan.migration.config_factory == "tasksapp.db:alembic_config"
+    assert plan.migration.command is not None and plan.migration.command[-1] == "{revision}"
+    assert Plan.from_mapping(_migration()).migration.ini == "alembic.ini"  # the default, unless given

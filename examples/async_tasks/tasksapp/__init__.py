@@ -1,0 +1,1 @@
+"""A small task orchestrator's database layer, as projects ship it: alembic configured in code."""
