@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+# tests/infra/awscheck.py: the Step Functions naming rules, derived from botocore's models
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
+
 from e2e_harness import REGION, SOURCE_CLUSTER, Harness
 from moto import mock_aws
 
