@@ -18,7 +18,6 @@ import awscheck
 from aws_cdk.assertions import Template
 from infra_support import SOURCE_CLUSTER, Synth
 
-
 import app as cdk_app
 
 
