@@ -618,8 +618,25 @@ def format_message(event: Mapping[str, Any], results: Store) -> Message:
                        plan=_attribute(label))
     result = Result.model_validate_json(results.get_bytes(str(detail["results_prefix"]) + "result.json"))
     message = notify.chatbot_message(result, evaluation.report_url, state=given.state)
+    line = _scratch_line(results, str(detail["results_prefix"]))
+    if line and isinstance(message.get("content"), dict):
+        message["content"]["description"] = f"{message['content'].get('description', '')}\n{line}"
     return Message(text=json.dumps(message), subject=_subject(result.verdict, label), verdict=result.verdict,
                    plan=_attribute(label))
+
+
+def _scratch_line(results: Store, prefix: str) -> str | None:
+    """What the scratch was and, for a clone, how old its data was (``scratch.json``, by the worker)."""
+    try:
+        body = json.loads(results.get_bytes(prefix + "scratch.json"))
+    except (ObjectMissing, ValueError, OSError):
+        return None
+    age = body.get("age") or {}
+    if body.get("kind") != "aurora-clone" or age.get("age_seconds") is None:
+        return None
+    seconds = float(age["age_seconds"])
+    when = f"{abs(seconds):.0f} s {'before' if seconds >= 0 else 'after'} the execution started"
+    return f"*Scratch* Aurora clone, production's state as of {age.get('state_at')} ({when})"
 
 
 def _attribute(label: str) -> str:

@@ -110,8 +110,11 @@ def test_a_clone_rehearsal_passes_on_a_copy_with_the_sources_settings_then_delet
     assert scratch["revision"] == seed.BASELINE
     assert scratch["age"] is not None and abs(scratch["age"]["age_seconds"]) < 600
     assert scratch["age"]["execution_start"].startswith(str(described["startDate"].year))
-    # one PASS message; the instance was deleted before the cluster, and nothing is left
-    assert [m["MessageAttributes"]["verdict"]["Value"] for m in harness.messages()] == ["PASS"]
+    # one PASS message, which says how old the clone's data was; the instance was deleted before the
+    # cluster, and nothing is left
+    messages = harness.messages()
+    assert [m["MessageAttributes"]["verdict"]["Value"] for m in messages] == ["PASS"]
+    assert "*Scratch* Aurora clone, production's state as of" in chatbot(messages[0])["content"]["description"]
     assert _deletions(harness) == ["delete_db_instance", "delete_db_cluster"]
     (deleted,) = _requests(harness, "delete_db_cluster")
     assert deleted == {"DBClusterIdentifier": cluster_id, "SkipFinalSnapshot": True}
@@ -308,3 +311,40 @@ def test_the_plan_model_refuses_a_mismatched_scratch_source() -> None:
             Plan.from_mapping({**base, "scratch": scratch})
     assert Plan.from_mapping({**base, "scratch": {"kind": "auto", "cluster_identifier": "prod",
                                                    "instance_class": "db.serverless"}}).scratch.kind == "auto"
+
+
+def test_the_janitor_deletes_an_orphaned_scratch_cluster_after_its_instance(harness: Harness) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    # Given a scratch cluster and its instance left by a killed execution, and one still in use
+    tags = [{"Key": "migsafe:scratch", "Value": "killed"}]
+    rds = harness.rds
+    for ident, cluster_tags in (("migsafe-scratch-orphan", tags), ("migsafe-scratch-busy", tags)):
+        rds.restore_db_cluster_to_point_in_time(DBClusterIdentifier=ident, SourceDBClusterIdentifier=SOURCE_CLUSTER,
+                                                RestoreType="copy-on-write", UseLatestRestorableTime=True,
+                                                Tags=cluster_tags)
+    rds.create_db_instance(DBInstanceIdentifier="migsafe-scratch-orphan", DBClusterIdentifier="migsafe-scratch-orphan",
+                           Engine="aurora-postgresql", DBInstanceClass="db.t4g.medium", Tags=tags)
+    # (an instance of another name, outside the janitor's prefix, keeps the busy cluster)
+    rds.create_db_instance(DBInstanceIdentifier="someone-elses", DBClusterIdentifier="migsafe-scratch-busy",
+                           Engine="aurora-postgresql", DBInstanceClass="db.t4g.medium")
+    calls: list[str] = []
+    events = boto3._get_default_session().events
+
+    def record(model: Any, **_: Any) -> None:
+        calls.append(model.name)
+
+    # When the janitor sweeps past the age limit
+    events.register("before-call.rds", record)
+    try:
+        swept = steps.sweep_scratch(boto3.client("rds", region_name=REGION), max_age=timedelta(hours=9),
+                                    now=datetime.now(UTC) + timedelta(hours=10))
+    finally:
+        events.unregister("before-call.rds", record)
+
+    # Then the orphan's instance went first, then its cluster; the cluster with a member left is kept
+    assert "instance:migsafe-scratch-orphan" in swept["deleted"] and "cluster:migsafe-scratch-orphan" in swept["deleted"]
+    assert "cluster:migsafe-scratch-busy" in swept["kept"]
+    deletions = [c for c in calls if c.startswith("Delete")]
+    assert deletions == ["DeleteDBInstance", "DeleteDBCluster"]
+    assert "migsafe-scratch-orphan" not in harness.rds_clusters() and "migsafe-scratch-busy" in harness.rds_clusters()
