@@ -348,3 +348,25 @@ def test_the_janitor_deletes_an_orphaned_scratch_cluster_after_its_instance(harn
     deletions = [c for c in calls if c.startswith("Delete")]
     assert deletions == ["DeleteDBInstance", "DeleteDBCluster"]
     assert "migsafe-scratch-orphan" not in harness.rds_clusters() and "migsafe-scratch-busy" in harness.rds_clusters()
+
+
+def test_a_serverless_v2_source_gets_a_serverless_scratch_with_its_scaling(harness: Harness, tmp_path: Path) -> None:
+    # Given an Aurora source that scales as Serverless v2 (0.5-4 ACUs)
+    harness.rds.modify_db_cluster(DBClusterIdentifier=SOURCE_CLUSTER, ApplyImmediately=True,
+                                  ServerlessV2ScalingConfiguration={"MinCapacity": 0.5, "MaxCapacity": 4})
+    plan_path = project(tmp_path)
+    sha = push_bundle(harness, plan_path)
+    machine = harness.create_state_machine("PreMigration")
+
+    # When it runs
+    arn = harness.start(machine, execution_input(plan_path, sha, scratch=CLONE), name="i12-serverless")
+    described = harness.wait(arn)
+
+    # Then the clone copied the scaling range and its instance is db.serverless
+    assert described["status"] == "SUCCEEDED", harness.explain(arn)
+    assert f"{workflows.CLONE_CLUSTER} (Serverless v2)" in harness.entered(arn)
+    (clone,) = _requests(harness, "restore_db_cluster_to_point_in_time")
+    assert clone["ServerlessV2ScalingConfiguration"] == {"MinCapacity": 0.5, "MaxCapacity": 4}
+    (instance,) = _requests(harness, "create_db_instance")
+    assert instance["DBInstanceClass"] == "db.serverless"
+    _nothing_left(harness)
