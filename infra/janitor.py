@@ -1,6 +1,6 @@
 """The scratch janitor: every hour, delete what executions left behind (orphans of killed or
-timed-out executions cost money): scratch instances, the snapshots runs created, and the scratch
-password secrets.
+timed-out executions cost money): scratch instances, scratch clusters (Aurora; after their
+instances), the snapshots runs created, and the scratch password secrets.
 
 Each carries the tag ``migsafe:execution`` (the execution ARN). The janitor deletes one only when
 Step Functions says that execution is no longer RUNNING, or when it is older than the state
@@ -48,8 +48,15 @@ def scratch_delete_statement(scope: Construct) -> iam.PolicyStatement:
 
 
 def scratch_cleanup_statements(scope: Construct) -> list[iam.PolicyStatement]:
-    """Delete the run's snapshots and the scratch secrets: named migsafe-scratch-*, tagged migsafe:scratch."""
+    """Delete scratch clusters (Aurora), the run's snapshots and the scratch secrets: named
+    migsafe-scratch-*, tagged migsafe:scratch."""
     return [
+        iam.PolicyStatement(
+            sid="DeleteTaggedScratchClustersOnly",
+            actions=["rds:DeleteDBCluster"],
+            resources=[_arn(scope, "rds", "cluster", f"{SCRATCH_PREFIX}*")],
+            conditions={"StringLike": {f"rds:cluster-tag/{SCRATCH_TAG}": "*"}},
+        ),
         iam.PolicyStatement(
             sid="DeleteTaggedRunSnapshotsOnly",
             actions=["rds:DeleteDBSnapshot"],
@@ -88,7 +95,8 @@ class Janitor(Construct):
         )
         self.function.add_to_role_policy(iam.PolicyStatement(
             sid="ListScratchResources",
-            actions=["rds:DescribeDBInstances", "rds:DescribeDBSnapshots", "secretsmanager:ListSecrets"],
+            actions=["rds:DescribeDBInstances", "rds:DescribeDBClusters", "rds:DescribeDBSnapshots",
+                     "secretsmanager:ListSecrets"],
             resources=["*"]))
         self.function.add_to_role_policy(scratch_delete_statement(self))
         for statement in scratch_cleanup_statements(self):
@@ -105,7 +113,7 @@ class Janitor(Construct):
                                 targets=[targets.LambdaFunction(self.function, retry_attempts=2)])
         NagSuppressions.add_resource_suppressions(self.function, [
             {"id": "AwsSolutions-IAM5",
-             "reason": "DescribeDBInstances/DescribeDBSnapshots/ListSecrets cannot be scoped to tagged resources "
+             "reason": "DescribeDBInstances/DescribeDBClusters/DescribeDBSnapshots/ListSecrets cannot be scoped to tagged resources "
                        "before they are listed; deletes are limited to migsafe-scratch-* resources carrying the "
                        "migsafe:scratch tag; DescribeExecution to the executions of the migsafe state machines.",
              "applies_to": [{"regex": "/^Resource::.*$/g"}]},

@@ -60,6 +60,8 @@ class DeploySettings:
     scratch_max_age_hours: int = 6
     scratch_wait_minutes: int = 90
     source_instance_id: str = "migsafe-source"
+    # an Aurora PostgreSQL source: the cluster a scratch is cloned (or restored) from (docs/deploy.md)
+    source_cluster_id: str | None = None
     source_secret_arn: str | None = None  # RDS-managed master secret (username/password keys)
     source_host: str | None = None
     source_port: int = 5432
@@ -101,6 +103,7 @@ class DeploySettings:
             scratch_max_age_hours=int(get("scratchMaxAgeHours", 6)),
             scratch_wait_minutes=int(get("scratchWaitMinutes", 90)),
             source_instance_id=str(get("sourceInstanceId", "migsafe-source")),
+            source_cluster_id=_opt(get("sourceClusterId")),
             source_secret_arn=_opt(get("sourceSecretArn")),
             source_host=_opt(get("sourceHost")),
             source_port=int(get("sourcePort", 5432)),

@@ -21,8 +21,9 @@ from .workflows import Workflows
 
 
 def source_kms_statement(key_arns: list[str]) -> iam.PolicyStatement:
-    """What RDS needs, on the caller's behalf, to restore a snapshot encrypted with a customer-managed
-    key: a grant for the new instance, and the key's description and decrypt; only through RDS."""
+    """What RDS needs, on the caller's behalf, to restore a snapshot (or clone a cluster) encrypted
+    with a customer-managed key: a grant for the new instance or cluster, and the key's description
+    and decrypt; only through RDS."""
     return iam.PolicyStatement(
         sid="RestoreEncryptedSourceSnapshots",
         actions=["kms:CreateGrant", "kms:DescribeKey", "kms:Decrypt"],
@@ -67,11 +68,13 @@ class MigsafeStack(Stack):
         self.worker = Worker(
             self, "Worker", vpc=self.network.vpc, bucket=self.storage.bucket, source_secret=source_secret,
             source_instance_id=cfg.source_instance_id, source_host=cfg.source_host, source_port=cfg.source_port,
+            source_cluster_id=cfg.source_cluster_id,
             source_database=cfg.source_database, store_url=self.storage.store_url,
             results_url=self.storage.results_url, pg_major=cfg.pg_major)
         self.lambdas = Lambdas(
             self, "Steps", bucket=self.storage.bucket, store_url=self.storage.store_url,
             results_url=self.storage.results_url, source_instance_id=cfg.source_instance_id,
+            source_cluster_id=cfg.source_cluster_id,
             scratch_instance_class=cfg.scratch_instance_class, source_port=cfg.source_port,
             powertools_layer_version=cfg.powertools_layer_version,
             powertools_layer_arn_override=cfg.powertools_layer_arn)
@@ -80,7 +83,7 @@ class MigsafeStack(Stack):
             validate_plan=self.lambdas.validate_plan, validate_restore=self.lambdas.validate_restore,
             latest_snapshot=self.lambdas.latest_snapshot, evaluate=self.lambdas.evaluate,
             format_notification=self.lambdas.format_notification, source_instance_id=cfg.source_instance_id,
-            scratch_wait_minutes=cfg.scratch_wait_minutes)
+            source_cluster_id=cfg.source_cluster_id, scratch_wait_minutes=cfg.scratch_wait_minutes)
         # every principal that publishes to the KMS-encrypted results topic (defect: SnsPublish
         # grants sns:Publish only, and SNS then refuses with KMSAccessDenied)
         for machine in self.workflows.state_machines:

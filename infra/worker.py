@@ -40,6 +40,7 @@ class Worker(Construct):
         source_secret: secretsmanager.ISecret,
         source_instance_id: str,
         source_host: str | None,
+        source_cluster_id: str | None = None,
         source_port: int,
         source_database: str,
         store_url: str,
@@ -70,6 +71,8 @@ class Worker(Construct):
         }
         if source_host:
             environment["MIGSAFE_SOURCE_HOST"] = source_host
+        if source_cluster_id:  # an Aurora source: its writer endpoint, when sourceHost is not given
+            environment["MIGSAFE_SOURCE_CLUSTER_ID"] = source_cluster_id
         self.container = self.task_definition.add_container(
             "Worker",
             container_name=CONTAINER_NAME,
@@ -109,6 +112,19 @@ class Worker(Construct):
         role.add_to_principal_policy(iam.PolicyStatement(
             sid="SetScratchPassword", actions=["rds:ModifyDBInstance"], resources=[scratch],
             conditions={"StringLike": {f"rds:db-tag/{SCRATCH_TAG}": "*"}}))
+        # an Aurora scratch: the master password is the cluster's
+        scratch_cluster = stack.format_arn(service="rds", resource="cluster", resource_name=f"{SCRATCH_PREFIX}*",
+                                           arn_format=ArnFormat.COLON_RESOURCE_NAME)
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="DescribeScratchCluster", actions=["rds:DescribeDBClusters"], resources=[scratch_cluster]))
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="SetScratchClusterPassword", actions=["rds:ModifyDBCluster"], resources=[scratch_cluster],
+            conditions={"StringLike": {f"rds:cluster-tag/{SCRATCH_TAG}": "*"}}))
+        if source_cluster_id:
+            role.add_to_principal_policy(iam.PolicyStatement(
+                sid="FindSourceClusterEndpoint", actions=["rds:DescribeDBClusters"],
+                resources=[stack.format_arn(service="rds", resource="cluster", resource_name=source_cluster_id,
+                                            arn_format=ArnFormat.COLON_RESOURCE_NAME)]))
         role.add_to_principal_policy(iam.PolicyStatement(
             sid="CreateScratchSecret", actions=["secretsmanager:CreateSecret", "secretsmanager:TagResource"],
             resources=[secrets], conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}}))

@@ -82,6 +82,14 @@ SCRATCH_FAILED_STATUSES = ["failed", "insufficient-capacity", "incompatible-rest
                            "incompatible-network", "incompatible-option-group", "storage-full",
                            "inaccessible-encryption-credentials", "restore-error"]
 SNAPSHOT_FAILED_STATUSES = ["failed"]
+# DB cluster statuses (Aurora User Guide, "Viewing cluster status") a scratch cluster never leaves by itself
+CLUSTER_FAILED_STATUSES = ["failed", "cloning-failed", "migration-failed", "restore-failed",
+                           "inaccessible-encryption-credentials", "inaccessible-encryption-credentials-recoverable",
+                           "incompatible-network", "incompatible-parameters", "incompatible-restore"]
+RDS_CLUSTER_NOT_FOUND = "Rds.DbClusterNotFoundException"
+RDS_CLUSTER_ALREADY_EXISTS = "Rds.DbClusterAlreadyExistsException"
+RDS_CLUSTER_BUSY = "Rds.InvalidDbClusterStateException"
+SCRATCH_KINDS = ("rds-snapshot", "aurora-clone", "aurora-snapshot")  # what "Validate plan" resolves [scratch] kind to
 POLL_SECONDS = 30
 SNAPSHOT_POLL_SECONDS = 60
 APPROVAL_MINUTES = 60
@@ -94,6 +102,13 @@ PREPARE = "Prepare"
 BACKUP = "Back up tables"
 SOURCE_SETTINGS = "Read source settings"
 RESTORE_SCRATCH = "Restore scratch instance"
+SCRATCH_KIND = "Scratch kind?"
+CLONE_CLUSTER = "Clone source cluster"
+RESTORE_CLUSTER = "Restore scratch cluster"
+CREATE_CLUSTER_INSTANCE = "Create scratch cluster instance"
+DESCRIBE_CLUSTER = "Describe scratch cluster"
+DELETE_CLUSTER = "Delete scratch cluster"
+DELETE_CLUSTER_AFTER_FAILURE = "Delete scratch cluster after failure"
 REHEARSE = "Rehearse on scratch"
 EVALUATE = "Evaluate verdict"
 FORMAT_RESULT = "Format result message"
@@ -236,9 +251,9 @@ class ScratchCleanup:
     one deletion never skips another. Built twice: on the success path and on the failure path.
     """
 
-    def __init__(self, scope: Construct, *, names: tuple[str, str, str], scratch_arn: str) -> None:
+    def __init__(self, scope: Construct, *, names: tuple[str, str, str, str], scratch_arn: str) -> None:
         stack = Stack.of(scope)
-        instance, snapshot, secret = names
+        instance, cluster, snapshot, secret = names
         self.delete_instance = tasks.CallAwsService(
             scope, instance, service="rds", action="deleteDBInstance",
             parameters={"DbInstanceIdentifier": JsonPath.string_at("$.scratch.instance_id"),
@@ -280,8 +295,30 @@ class ScratchCleanup:
             sfn.Condition.and_(sfn.Condition.is_present("$.create_snapshot"),
                                sfn.Condition.boolean_equals("$.create_snapshot", True)), self.delete_snapshot,
         ).otherwise(self.delete_secret)
-        self.delete_instance.add_catch(self.snapshot_taken, errors=[RDS_NOT_FOUND], result_path=JsonPath.DISCARD)
-        self.delete_instance.next(self.snapshot_taken)
+        # an Aurora scratch: the cluster after its instance (RDS refuses to delete a cluster that still
+        # has a member not being deleted: InvalidDBClusterStateFault, waited out)
+        self.delete_cluster = tasks.CallAwsService(
+            scope, cluster, service="rds", action="deleteDBCluster",
+            parameters={"DbClusterIdentifier": JsonPath.string_at("$.scratch.cluster_id"), "SkipFinalSnapshot": True},
+            # the delete permission itself is tag-conditioned (janitor.scratch_cleanup_statements)
+            iam_resources=[stack.format_arn(service="rds", resource="cluster", resource_name=f"{SCRATCH_PREFIX}*",
+                                            arn_format=ArnFormat.COLON_RESOURCE_NAME)],
+            iam_action="rds:DescribeDBClusters",
+            result_path=JsonPath.DISCARD,
+        )
+        self.delete_cluster.add_retry(errors=[RDS_CLUSTER_BUSY], interval=Duration.seconds(60), max_attempts=45,
+                                      backoff_rate=1)
+        self.delete_cluster.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6,
+                                      backoff_rate=2)
+        self.delete_cluster.add_catch(self.snapshot_taken, errors=[RDS_CLUSTER_NOT_FOUND], result_path=JsonPath.DISCARD)
+        self.delete_cluster.next(self.snapshot_taken)
+        self.has_cluster = sfn.Choice(scope, f"{cluster}?").when(
+            sfn.Condition.and_(sfn.Condition.is_present("$.scratch.cluster_id"),
+                               sfn.Condition.not_(sfn.Condition.string_equals("$.scratch.cluster_id", ""))),
+            self.delete_cluster,
+        ).otherwise(self.snapshot_taken)
+        self.delete_instance.add_catch(self.has_cluster, errors=[RDS_NOT_FOUND], result_path=JsonPath.DISCARD)
+        self.delete_instance.next(self.has_cluster)
         self.delete_snapshot.add_catch(self.delete_secret, errors=[RDS_SNAPSHOT_NOT_FOUND],
                                        result_path=JsonPath.DISCARD)
         self.delete_snapshot.next(self.delete_secret)
@@ -292,7 +329,7 @@ class ScratchCleanup:
 
     @property
     def tasks(self) -> list[tasks.CallAwsService]:
-        return [self.delete_instance, self.delete_snapshot, self.delete_secret]
+        return [self.delete_instance, self.delete_cluster, self.delete_snapshot, self.delete_secret]
 
 
 class PreMigrationWorkflow(Construct):
@@ -310,6 +347,7 @@ class PreMigrationWorkflow(Construct):
         format_notification: lambda_.IFunction,
         source_instance_id: str,
         scratch_wait_minutes: int,
+        source_cluster_id: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         stack = Stack.of(self)
@@ -328,12 +366,14 @@ class PreMigrationWorkflow(Construct):
                                        fail_name="Rehearsal could not run", what="a pre-migration execution")
 
         failure_cleanup = ScratchCleanup(self, scratch_arn=scratch_arn, names=(
-            DELETE_AFTER_FAILURE, DELETE_SNAPSHOT_AFTER_FAILURE, DELETE_SECRET_AFTER_FAILURE))
+            DELETE_AFTER_FAILURE, DELETE_CLUSTER_AFTER_FAILURE, DELETE_SNAPSHOT_AFTER_FAILURE,
+            DELETE_SECRET_AFTER_FAILURE))
         failure_cleanup.then(format_failure)
         for task in failure_cleanup.tasks:
             # a deletion that fails is reported in the FAIL message (the janitor retries it) and the
             # next deletion still runs
-            following = {DELETE_AFTER_FAILURE: failure_cleanup.snapshot_taken,
+            following = {DELETE_AFTER_FAILURE: failure_cleanup.has_cluster,
+                         DELETE_CLUSTER_AFTER_FAILURE: failure_cleanup.snapshot_taken,
                          DELETE_SNAPSHOT_AFTER_FAILURE: failure_cleanup.delete_secret}.get(task.node.id, format_failure)
             task.add_catch(following, errors=["States.ALL"], result_path="$.cleanup_error")
         delete_after_failure = failure_cleanup.delete_instance
@@ -364,8 +404,10 @@ class PreMigrationWorkflow(Construct):
 
         # --- branch 2: source settings -> snapshot -> scratch instance -> available --------------
         source_settings = _lambda(self, SOURCE_SETTINGS, latest_snapshot, {
-            "action": "source_settings", "instance_id": JsonPath.string_at("$.source_instance_id")}, "$.source")
-        def scratch_chain(suffix: str) -> tuple[sfn.TaskStateBase, sfn.TaskStateBase, sfn.Pass]:
+            "action": "source_settings", "instance_id": JsonPath.string_at("$.source_instance_id"),
+            "cluster_id": JsonPath.string_at("$.source_cluster_id"),
+            "instance_class": JsonPath.string_at("$.scratch.instance_class")}, "$.source")
+        def scratch_chain(suffix: str) -> tuple[sfn.TaskStateBase, sfn.TaskStateBase, sfn.Wait]:
             """Create snapshot -> wait -> Restore scratch instance -> wait until available -> endpoint.
 
             Built twice: in Prepare's branch, and for a fresh copy when the first was stale."""
@@ -409,6 +451,7 @@ class PreMigrationWorkflow(Construct):
             scratch_ready = sfn.Pass(self, f"Scratch endpoint{suffix}", parameters={
                 "instance_id": scratch_id,
                 "endpoint": JsonPath.format("{}:{}", JsonPath.string_at(address), JsonPath.string_at(port)),
+                "state_at": JsonPath.string_at("$.source.state_at"),  # Read source settings always returns it
             })
             scratch_broken = sfn.Fail(self, f"Scratch instance failed{suffix}", error="ScratchFailed",
                                       cause="the scratch instance entered a failed state")
@@ -481,16 +524,23 @@ class PreMigrationWorkflow(Construct):
                     snapshot_broken,
                 ).otherwise(count_snapshot),
             ).otherwise(count_snapshot))
-            return create_snapshot, restore_scratch, scratch_ready
+            return create_snapshot, restore_scratch, wait_scratch
 
-        create_snapshot, restore_scratch, _ = scratch_chain("")
+        create_snapshot, restore_scratch, wait_scratch = scratch_chain("")
         find_latest = _lambda(self, "Find latest snapshot", latest_snapshot, {
             "instance_id": JsonPath.string_at("$.source_instance_id")}, "$.snapshot")
         find_latest.next(restore_scratch)
         which_snapshot = sfn.Choice(self, "Snapshot requested?").when(
             sfn.Condition.boolean_equals("$.create_snapshot", True), create_snapshot,
         ).otherwise(find_latest)
-        source_settings.next(which_snapshot)
+        clone, from_snapshot = self._aurora(
+            rds_arn=rds_arn, tags=tags, latest_snapshot=latest_snapshot, then=wait_scratch,
+            scratch_wait_minutes=scratch_wait_minutes, source_cluster_id=source_cluster_id)
+        source_settings.next(sfn.Choice(self, SCRATCH_KIND).when(
+            sfn.Condition.string_equals("$.scratch.kind", "aurora-clone"), clone,
+        ).when(
+            sfn.Condition.string_equals("$.scratch.kind", "aurora-snapshot"), from_snapshot,
+        ).otherwise(which_snapshot))
 
         # both branches' outputs always exist (a two-branch Parallel yields two elements)
         prepare = sfn.Parallel(self, PREPARE, result_selector={
@@ -505,6 +555,10 @@ class PreMigrationWorkflow(Construct):
             **worker_env,
             "MIGSAFE_SCRATCH_ENDPOINT": JsonPath.string_at("$.prepared.scratch.endpoint"),
             "MIGSAFE_SCRATCH_INSTANCE_ID": scratch_id,
+            "MIGSAFE_SCRATCH_CLUSTER_ID": JsonPath.string_at("$.scratch.cluster_id"),
+            "MIGSAFE_SCRATCH_KIND": JsonPath.string_at("$.scratch.kind"),
+            "MIGSAFE_SCRATCH_STATE_AT": JsonPath.string_at("$.prepared.scratch.state_at"),
+            "MIGSAFE_EXECUTION_START": JsonPath.string_at("$$.Execution.StartTime"),
         })
         guard(rehearse, REHEARSE, self._fresh_copy(
             rehearse=rehearse, evaluate=evaluate, latest_snapshot=latest_snapshot, scratch_chain=scratch_chain,
@@ -523,7 +577,7 @@ class PreMigrationWorkflow(Construct):
         publish_result = _publish(self, PUBLISH_RESULT, topic)
         guard(publish_result, PUBLISH_RESULT, delete_after_failure)
         cleanup = ScratchCleanup(self, scratch_arn=scratch_arn,
-                                 names=(DELETE_SCRATCH, DELETE_SNAPSHOT, DELETE_SECRET))
+                                 names=(DELETE_SCRATCH, DELETE_CLUSTER, DELETE_SNAPSHOT, DELETE_SECRET))
         verdict = sfn.Choice(self, "Verdict?").when(
             sfn.Condition.string_equals("$.evaluation.verdict", "PASS"),
             sfn.Succeed(self, "Migration is safe"),
@@ -541,6 +595,105 @@ class PreMigrationWorkflow(Construct):
         self.state_machine.role.add_to_principal_policy(scratch_delete_statement(self))
         for statement in scratch_cleanup_statements(self):
             self.state_machine.role.add_to_principal_policy(statement)
+
+    def _aurora(self, *, rds_arn: Any, tags: list[dict[str, str]], latest_snapshot: lambda_.IFunction,
+                then: sfn.IChainable, scratch_wait_minutes: int,
+                source_cluster_id: str | None) -> tuple[sfn.IChainable, sfn.IChainable]:
+        """The Aurora scratch: a cluster -- a copy-on-write clone of the source (production's state of
+        a minute ago, only changed pages stored) or the source's latest cluster snapshot restored --
+        with the source's cluster parameter group, subnet group, security groups and port; wait
+        until it is available; one instance in it; then ``then`` (the instance wait the RDS path
+        uses). Returns the entry states of the clone and of the snapshot restore."""
+        cluster_id = JsonPath.string_at("$.scratch.cluster_id")
+        cluster_arn = rds_arn("cluster", f"{SCRATCH_PREFIX}*")
+        instance_arn = rds_arn("db", f"{SCRATCH_PREFIX}*")
+
+        def tag_on_create(arn: str) -> iam.PolicyStatement:
+            return iam.PolicyStatement(actions=["rds:AddTagsToResource"], resources=[arn],
+                                       conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}})
+
+        common = {
+            "DbClusterIdentifier": cluster_id,
+            "DbSubnetGroupName": JsonPath.string_at("$.source.subnet_group"),
+            "VpcSecurityGroupIds": JsonPath.list_at("$.source.security_groups"),
+            "DbClusterParameterGroupName": JsonPath.string_at("$.source.cluster_parameter_group"),
+            "Port": JsonPath.number_at("$.source.port"),
+            "DeletionProtection": False,
+            "CopyTagsToSnapshot": False,
+            "Tags": tags,
+        }
+        wait_cluster = sfn.Wait(self, "Wait for scratch cluster", time=sfn.WaitTime.duration(Duration.seconds(POLL_SECONDS)))
+
+        def restore(name: str, action: str, params: dict[str, object], iam_action: str,
+                    resources: list[str]) -> sfn.Choice:
+            """Two variants: a Serverless v2 source's scaling is copied (a db.serverless instance needs it)."""
+            variants = []
+            for label, extra in (("", {}), (" (Serverless v2)", {
+                    "ServerlessV2ScalingConfiguration": JsonPath.object_at("$.source.scaling")})):
+                task = _rds(self, name + label, action, {**params, **extra}, iam_action=iam_action,
+                            iam_resources=resources, additional_iam_statements=[tag_on_create(cluster_arn)])
+                # a retried call whose first attempt went through: the cluster is ours (named per execution)
+                task.add_catch(wait_cluster, errors=[RDS_CLUSTER_ALREADY_EXISTS], result_path=JsonPath.DISCARD)
+                task.next(wait_cluster)
+                variants.append(task)
+            return sfn.Choice(self, f"{name}: Serverless v2?").when(
+                sfn.Condition.and_(sfn.Condition.is_present("$.source.serverless_v2"),
+                                   sfn.Condition.boolean_equals("$.source.serverless_v2", True)), variants[1],
+            ).otherwise(variants[0])
+
+        groups = [rds_arn("subgrp", "*"), rds_arn("cluster-pg", "*")]
+        clone = restore(CLONE_CLUSTER, "restoreDBClusterToPointInTime", {
+            **common,
+            "SourceDBClusterIdentifier": JsonPath.string_at("$.source_cluster_id"),
+            "RestoreType": "copy-on-write",
+            "UseLatestRestorableTime": True,
+        }, "rds:RestoreDBClusterToPointInTime",
+            [cluster_arn, *([rds_arn("cluster", source_cluster_id)] if source_cluster_id else []), *groups])
+        from_snapshot = restore(RESTORE_CLUSTER, "restoreDBClusterFromSnapshot", {
+            **common,
+            "SnapshotIdentifier": JsonPath.string_at("$.snapshot.snapshot_id"),
+            "Engine": JsonPath.string_at("$.source.engine"),
+            "EngineVersion": JsonPath.string_at("$.source.engine_version"),
+        }, "rds:RestoreDBClusterFromSnapshot", [cluster_arn, rds_arn("cluster-snapshot", "*"), *groups])
+        find_snapshot = _lambda(self, "Find latest cluster snapshot", latest_snapshot, {
+            "action": "latest_cluster_snapshot", "cluster_id": JsonPath.string_at("$.source_cluster_id")}, "$.snapshot")
+        find_snapshot.next(from_snapshot)
+
+        describe = _rds(self, DESCRIBE_CLUSTER, "describeDBClusters", {"DbClusterIdentifier": cluster_id},
+                        iam_resources=[cluster_arn], iam_action="rds:DescribeDBClusters", result_path="$.cluster_status")
+        status = "$.cluster_status.DbClusters[0].Status"
+        create_instance = _rds(self, CREATE_CLUSTER_INSTANCE, "createDBInstance", {
+            "DbInstanceIdentifier": JsonPath.string_at("$.scratch.instance_id"),
+            "DbClusterIdentifier": cluster_id,
+            "Engine": JsonPath.string_at("$.source.engine"),
+            "DbInstanceClass": JsonPath.string_at("$.source.instance_class"),
+            "PubliclyAccessible": False,
+            "AutoMinorVersionUpgrade": False,
+            "EnablePerformanceInsights": False,
+            "MonitoringInterval": 0,
+            "Tags": tags,
+        }, iam_action="rds:CreateDBInstance", iam_resources=[instance_arn, cluster_arn],
+            additional_iam_statements=[tag_on_create(instance_arn)])
+        create_instance.add_catch(then, errors=[RDS_ALREADY_EXISTS], result_path=JsonPath.DISCARD)
+        create_instance.next(then)
+        broken = sfn.Fail(self, "Scratch cluster failed", error="ScratchFailed",
+                          cause="the scratch cluster entered a failed state")
+        late = sfn.Fail(self, "Scratch cluster deadline passed", error="ScratchFailed",
+                        cause=f"the scratch cluster was not available within {scratch_wait_minutes} minutes")
+        count = sfn.Pass(self, "Count scratch cluster wait", result_path="$.cluster_wait", parameters={
+            "count": JsonPath.math_add(JsonPath.number_at("$.cluster_wait.count"), 1)})
+        count.next(sfn.Choice(self, "Scratch cluster deadline?").when(
+            sfn.Condition.number_greater_than("$.cluster_wait.count", scratch_wait_minutes * 60 // POLL_SECONDS), late,
+        ).otherwise(wait_cluster))
+        wait_cluster.next(describe)
+        describe.next(sfn.Choice(self, "Scratch cluster described?").when(
+            sfn.Condition.is_present(status), sfn.Choice(self, "Scratch cluster available?").when(
+                sfn.Condition.string_equals(status, "available"), create_instance,
+            ).when(
+                sfn.Condition.or_(*[sfn.Condition.string_equals(status, s) for s in CLUSTER_FAILED_STATUSES]), broken,
+            ).otherwise(count),
+        ).otherwise(count))
+        return clone, find_snapshot
 
     def _fresh_copy(self, *, rehearse: sfn.IChainable, evaluate: lambda_.IFunction,
                     latest_snapshot: lambda_.IFunction, scratch_chain: Any,
@@ -564,6 +717,8 @@ class PreMigrationWorkflow(Construct):
             "snapshot_id": JsonPath.format("{}-fresh", JsonPath.string_at("$.scratch.snapshot_id")),
             "secret_name": JsonPath.string_at("$.scratch.secret_name"),
             "instance_class": JsonPath.string_at("$.scratch.instance_class"),
+            "kind": JsonPath.string_at("$.scratch.kind"),  # rds-snapshot: only its snapshots go stale
+            "cluster_id": JsonPath.string_at("$.scratch.cluster_id"),
         })
         delete_stale.add_catch(rename, errors=[RDS_NOT_FOUND], result_path=JsonPath.DISCARD)
         delete_stale.add_catch(cleanup, errors=["States.ALL"], result_path="$.cleanup_error")
@@ -576,11 +731,14 @@ class PreMigrationWorkflow(Construct):
                                   result=sfn.Result.from_object({"count": 0}))
         create_snapshot, _, _ = scratch_chain(" (fresh)")
         settings = _lambda(self, f"{SOURCE_SETTINGS} (fresh)", latest_snapshot, {
-            "action": "source_settings", "instance_id": JsonPath.string_at("$.source_instance_id")}, "$.source")
+            "action": "source_settings", "instance_id": JsonPath.string_at("$.source_instance_id"),
+            "cluster_id": JsonPath.string_at("$.source_cluster_id"),
+            "instance_class": JsonPath.string_at("$.scratch.instance_class")}, "$.source")
         settings.next(create_snapshot)
         # a one-branch Parallel always yields one element: the selector cannot miss
         fresh = sfn.Parallel(self, "Prepare a fresh scratch", result_path="$.prepared.scratch", result_selector={
-            "instance_id": JsonPath.string_at("$[0].instance_id"), "endpoint": JsonPath.string_at("$[0].endpoint")})
+            "instance_id": JsonPath.string_at("$[0].instance_id"), "endpoint": JsonPath.string_at("$[0].endpoint"),
+            "state_at": JsonPath.string_at("$[0].state_at")})
         fresh.branch(settings)
         guard(fresh, "Prepare a fresh scratch", cleanup)
         delete_stale.next(rename).next(once).next(snapshot).next(reset_scratch).next(reset_snapshot).next(fresh)
@@ -731,12 +889,14 @@ class Workflows(Construct):
         format_notification: lambda_.IFunction,
         source_instance_id: str,
         scratch_wait_minutes: int,
+        source_cluster_id: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.pre_migration = PreMigrationWorkflow(
             self, "PreMigration", worker=worker, network=network, topic=topic, validate=validate_plan,
             latest_snapshot=latest_snapshot, evaluate=evaluate, format_notification=format_notification,
-            source_instance_id=source_instance_id, scratch_wait_minutes=scratch_wait_minutes)
+            source_instance_id=source_instance_id, scratch_wait_minutes=scratch_wait_minutes,
+            source_cluster_id=source_cluster_id)
         self.restore = RestoreWorkflow(
             self, "Restore", worker=worker, network=network, topic=topic, validate=validate_restore,
             evaluate=evaluate, format_notification=format_notification)

@@ -5,9 +5,12 @@
 - :func:`latest_snapshot`: the source instance's newest available snapshot;
 - :func:`evaluate`: read ``result.json`` (or ``restore.json``) and return the verdict;
 - :func:`format_message`: the Chatbot message for a verdict or for a caught failure;
-- :func:`source_settings`: what the scratch copies from the source (parameter and option group, port);
-- :func:`sweep_scratch`: the janitor (scratch instances, run snapshots and scratch secrets whose
-  execution is over).
+- :func:`source_settings` / :func:`cluster_settings`: what the scratch copies from the source
+  instance (parameter and option group, port) or cluster (cluster parameter group, subnet group,
+  security groups, port, the instance class);
+- :func:`latest_cluster_snapshot`: the source cluster's newest available snapshot;
+- :func:`sweep_scratch`: the janitor (scratch instances and clusters, run snapshots and scratch
+  secrets whose execution is over).
 """
 
 from __future__ import annotations
@@ -110,7 +113,8 @@ def scratch_secret_name(scratch_id: str) -> str:
     return SECRET_PREFIX + scratch_id
 
 
-def validate_rehearsal(event: Mapping[str, Any], environ: Mapping[str, str], store: Store) -> dict[str, Any]:
+def validate_rehearsal(event: Mapping[str, Any], environ: Mapping[str, str], store: Store,
+                       rds: Any = None) -> dict[str, Any]:
     from migsafe import bundle
     from migsafe.plan import Plan
 
@@ -128,6 +132,11 @@ def validate_rehearsal(event: Mapping[str, Any], environ: Mapping[str, str], sto
     key = bundle.bundle_key(given.bundle_sha256)
     if not store.exists(key):
         raise InputError(f"bundle {given.bundle_sha256} is not in {store.url}: run `migsafe bundle push` first")
+    kind, cluster_id, instance_id = resolve_source(plan.scratch, environ, rds)
+    if kind != "rds-snapshot" and given.create_snapshot is not False:
+        raise PlanInvalid(f"\"create_snapshot\" applies to RDS instance snapshots; scratch kind {kind} "
+                          + ("clones the cluster at its state of now" if kind == "aurora-clone" else
+                             "restores the cluster's latest snapshot") + ": leave it out")
     execution = wrapped.execution
     scratch_id = scratch_instance_id(execution)
     request = RehearsalRequest(plan=plan.model_dump(mode="json", exclude={"notify"}), bundle_sha256=given.bundle_sha256,
@@ -141,14 +150,90 @@ def validate_rehearsal(event: Mapping[str, Any], environ: Mapping[str, str], sto
         "tables": plan.source.tables,
         "request_key": key,
         "results_prefix": request.results_prefix,
-        "source_instance_id": environ["MIGSAFE_SOURCE_INSTANCE_ID"],
+        "source_instance_id": instance_id or environ["MIGSAFE_SOURCE_INSTANCE_ID"],
+        "source_cluster_id": cluster_id,
         "create_snapshot": given.create_snapshot is True,
         "refresh_allowed": given.create_snapshot == "if-stale",
-        "scratch": {"instance_id": scratch_id, "snapshot_id": scratch_id, "secret_name": scratch_secret_name(scratch_id),
-                    "instance_class": environ.get("MIGSAFE_SCRATCH_INSTANCE_CLASS", "db.t4g.medium")},
+        # the scratch cluster (Aurora kinds; "" otherwise) is named like its instance: the two
+        # identifiers live in separate namespaces (ARNs ...:cluster:<id> and ...:db:<id>)
+        "scratch": {"kind": kind, "instance_id": scratch_id, "cluster_id": scratch_id if cluster_id else "",
+                    "snapshot_id": scratch_id, "secret_name": scratch_secret_name(scratch_id),
+                    "instance_class": plan.scratch.instance_class or (
+                        "" if cluster_id else environ.get("MIGSAFE_SCRATCH_INSTANCE_CLASS", "db.t4g.medium"))},
         "snapshot_wait": {"count": 0},
         "scratch_wait": {"count": 0},
+        "cluster_wait": {"count": 0},
     }
+
+
+class _Lazy:
+    """A boto3 client made on first use."""
+
+    def __init__(self, factory: Any) -> None:
+        self._factory, self._client = factory, None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            if self._factory is None:
+                raise InputError("no RDS client to look the source up with")
+            self._client = self._factory()
+        return getattr(self._client, name)
+
+
+def resolve_source(scratch: Any, environ: Mapping[str, str], rds: Any) -> tuple[str, str, str]:
+    """``(kind, source cluster id, source instance id)``: the plan's ``[scratch]`` against the
+    deploy's source and what RDS says that source is. Refuses (PlanInvalid, nothing created) a
+    source other than the deploy's (its permissions and credentials are for that one only), an
+    instance of an Aurora cluster, a cluster with ``rds-snapshot``, a non-Aurora cluster."""
+    from migsafe.plan import AURORA_KINDS
+
+    rds = _Lazy(rds) if rds is None or (callable(rds) and not hasattr(rds, "describe_db_instances")) else rds
+    deploy_instance = environ.get("MIGSAFE_SOURCE_INSTANCE_ID", "")
+    deploy_cluster = environ.get("MIGSAFE_SOURCE_CLUSTER_ID", "")
+    kind = scratch.kind
+    if kind == "dsn":
+        raise PlanInvalid("scratch.kind = \"dsn\" names a server of its own; on AWS the state machine makes the "
+                          "scratch: use \"auto\", \"rds-snapshot\", \"aurora-clone\" or \"aurora-snapshot\"")
+    kind = "auto" if kind == "local" else kind
+    cluster, instance = scratch.cluster_identifier, scratch.instance_identifier
+    named = instance is not None
+    if cluster is None and instance is None:  # the deploy's source
+        if kind in AURORA_KINDS or (kind == "auto" and deploy_cluster):
+            if not deploy_cluster:
+                raise PlanInvalid(f"scratch.kind = \"{kind}\" copies an Aurora cluster, but this stack was deployed "
+                                  "without sourceClusterId: redeploy with it, or use kind = \"rds-snapshot\"")
+            cluster = deploy_cluster
+        else:
+            instance = deploy_instance
+    if cluster is not None and cluster != deploy_cluster:
+        raise PlanInvalid(f"scratch.cluster_identifier = {cluster!r}, but this stack was deployed for "
+                          + (f"the cluster {deploy_cluster!r}" if deploy_cluster else "no Aurora cluster (sourceClusterId)")
+                          + ": its permissions and source credentials cover that source only")
+    if instance is not None and instance != deploy_instance:
+        raise PlanInvalid(f"scratch.instance_identifier = {instance!r}, but this stack was deployed for the instance "
+                          f"{deploy_instance!r}: its permissions and source credentials cover that source only")
+    if cluster is not None:
+        if kind == "rds-snapshot":
+            raise PlanInvalid(f"kind = \"rds-snapshot\" restores an RDS instance's snapshot, but the source {cluster} "
+                              "is an Aurora cluster: use kind = \"aurora-clone\", \"aurora-snapshot\" or \"auto\"")
+        found = _rds_call(f"DescribeDBClusters {cluster}",
+                          lambda: rds.describe_db_clusters(DBClusterIdentifier=cluster))["DBClusters"]
+        engine = str((found[0] if found else {}).get("Engine", ""))
+        if not engine.startswith("aurora-postgresql"):
+            raise PlanInvalid(f"{cluster} is a {engine or 'unknown'} cluster, not Aurora PostgreSQL: only Aurora "
+                              "PostgreSQL clusters are cloned or restored here")
+        return ("aurora-clone" if kind == "auto" else kind), cluster, ""
+    if named:  # the deploy's own instance is checked when its settings are read (source_settings)
+        found = _rds_call(f"DescribeDBInstances {instance}",
+                          lambda: rds.describe_db_instances(DBInstanceIdentifier=instance))["DBInstances"]
+        member = (found[0] if found else {}).get("DBClusterIdentifier")
+        if member:
+            raise PlanInvalid(f"{instance} is an instance of the Aurora cluster {member}: name the cluster "
+                              f"(scratch.cluster_identifier = \"{member}\"; the deploy's sourceClusterId) instead")
+    if kind in AURORA_KINDS:
+        raise PlanInvalid(f"kind = \"{kind}\" copies an Aurora cluster, but the source {instance} is an RDS "
+                          "instance: use kind = \"rds-snapshot\" or \"auto\"")
+    return "rds-snapshot", "", str(instance)
 
 
 def validate_restore(event: Mapping[str, Any], store: Store, rds: Any = None) -> dict[str, Any]:
@@ -224,8 +309,10 @@ def _rds_call(what: str, call: Any) -> Any:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in _THROTTLED:
             raise TransientAwsError(f"RDS {what}: {code} (retry)") from exc
-        if code == "DBInstanceNotFound":
+        if code in ("DBInstanceNotFound", "DBInstanceNotFoundFault"):
             raise InputError(f"RDS instance not found: {what}") from exc
+        if code in ("DBClusterNotFoundFault", "DBClusterNotFound"):
+            raise InputError(f"RDS cluster not found: {what}") from exc
         raise ScratchFailed(f"RDS {what}: {code}") from exc
     except BotoCoreError as exc:
         raise TransientAwsError(f"RDS {what}: {type(exc).__name__} (retry)") from exc
@@ -259,6 +346,9 @@ def source_settings(instance_id: str, rds: Any, *, port: int) -> dict[str, Any]:
     if not found:
         raise ScratchFailed(f"source instance {instance_id} not found")
     db = found[0]
+    if db.get("DBClusterIdentifier"):
+        raise ScratchFailed(f"the source {instance_id} is an instance of the Aurora cluster {db['DBClusterIdentifier']}: "
+                            "deploy with sourceClusterId and name the cluster (scratch.cluster_identifier)")
     groups = [g["DBParameterGroupName"] for g in db.get("DBParameterGroups", []) if g.get("DBParameterGroupName")]
     options = [g["OptionGroupName"] for g in db.get("OptionGroupMemberships", []) if g.get("OptionGroupName")]
     actual = (db.get("Endpoint") or {}).get("Port") or db.get("DbInstancePort") or port
@@ -268,7 +358,92 @@ def source_settings(instance_id: str, rds: Any, *, port: int) -> dict[str, Any]:
     if not groups or not options:
         raise ScratchFailed(f"source instance {instance_id} names no parameter group or option group to copy")
     return {"port": port, "engine": db.get("Engine", "postgres"), "parameter_group": groups[0],
-            "option_group": options[0]}
+            "option_group": options[0], "state_at": ""}
+
+
+def cluster_settings(cluster_id: str, rds: Any, *, instance_class: str = "") -> dict[str, Any]:
+    """What the scratch cluster copies from the source cluster: its cluster parameter group, DB
+    subnet group, security groups (they admit the worker, which reaches the source already) and
+    port; the scratch instance's class (the plan's; ``db.serverless`` for a Serverless v2 source;
+    else the smallest class RDS offers for the engine version); and ``state_at``, the source's
+    latest restorable time (a clone's state: the rehearsal reports its age)."""
+    found = _rds_call(f"DescribeDBClusters {cluster_id}",
+                      lambda: rds.describe_db_clusters(DBClusterIdentifier=cluster_id))["DBClusters"]
+    if not found:
+        raise ScratchFailed(f"source cluster {cluster_id} not found")
+    c = found[0]
+    engine, version = str(c.get("Engine", "")), str(c.get("EngineVersion", ""))
+    scaling = c.get("ServerlessV2ScalingConfiguration") or {}
+    serverless = bool(scaling.get("MaxCapacity"))
+    groups = [g["VpcSecurityGroupId"] for g in c.get("VpcSecurityGroups", [])
+              if g.get("VpcSecurityGroupId") and g.get("Status", "active") == "active"]
+    subnet, parameters, port = c.get("DBSubnetGroup"), c.get("DBClusterParameterGroup"), c.get("Port")
+    if not (subnet and parameters and port and groups):
+        raise ScratchFailed(f"source cluster {cluster_id} names no DB subnet group, cluster parameter group, port or "
+                            "security group to copy")
+    chosen = instance_class or ("db.serverless" if serverless else smallest_instance_class(engine, version, rds))
+    latest = c.get("LatestRestorableTime")
+    return {"port": int(port), "engine": engine, "engine_version": version, "subnet_group": subnet,
+            "security_groups": groups, "cluster_parameter_group": parameters, "instance_class": chosen,
+            "serverless_v2": serverless,
+            "scaling": {"MinCapacity": scaling.get("MinCapacity"), "MaxCapacity": scaling.get("MaxCapacity")}
+            if serverless else {},
+            "state_at": latest.isoformat() if isinstance(latest, datetime) else str(latest or "")}
+
+
+_SIZES = {"micro": 0, "small": 1, "medium": 2, "large": 3, "xlarge": 4}
+_FAMILIES = ["t4g", "t3", "r8g", "r7g", "r7i", "r6g", "r6i", "r6id", "r5", "x2g"]  # cheapest first, same size
+
+
+def _class_rank(name: str) -> tuple[int, int, str]:
+    parts = name.split(".")
+    family, size = (parts[1], parts[2]) if len(parts) == 3 else ("", name)
+    if size in _SIZES:
+        weight = _SIZES[size]
+    elif size.endswith("xlarge") and size[: -len("xlarge")].isdigit():
+        weight = 4 + int(size[: -len("xlarge")])
+    else:
+        weight = 1000  # metal and the unknown: never the smallest
+    return weight, _FAMILIES.index(family) if family in _FAMILIES else len(_FAMILIES), name
+
+
+def smallest_instance_class(engine: str, version: str, rds: Any) -> str:
+    """The smallest provisioned class RDS offers for ``engine`` ``version`` in this region."""
+    classes = {o["DBInstanceClass"] for o in _pages(
+        rds.get_paginator("describe_orderable_db_instance_options"), "OrderableDBInstanceOptions",
+        f"DescribeOrderableDBInstanceOptions {engine} {version}", Engine=engine, EngineVersion=version)
+        if o.get("DBInstanceClass") and o["DBInstanceClass"] != "db.serverless"}
+    if not classes:
+        raise ScratchFailed(f"RDS offers no instance class for {engine} {version} here: set [scratch] instance_class")
+    return min(classes, key=_class_rank)
+
+
+def _pages(paginator: Any, key: str, what: str, **params: Any) -> list[dict[str, Any]]:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    out: list[dict[str, Any]] = []
+    try:
+        for page in paginator.paginate(**params):
+            out += page[key]
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in _THROTTLED:
+            raise TransientAwsError(f"RDS {what}: {code} (retry)") from exc
+        raise ScratchFailed(f"RDS {what}: {code}") from exc
+    except BotoCoreError as exc:
+        raise TransientAwsError(f"RDS {what}: {type(exc).__name__} (retry)") from exc
+    return out
+
+
+def latest_cluster_snapshot(cluster_id: str, rds: Any) -> dict[str, str]:
+    """The newest *available* cluster snapshot (automated or manual) of ``cluster_id``."""
+    snapshots = _pages(rds.get_paginator("describe_db_cluster_snapshots"), "DBClusterSnapshots",
+                       f"DescribeDBClusterSnapshots {cluster_id}", DBClusterIdentifier=cluster_id)
+    ready = [s for s in snapshots if s.get("Status") == "available" and s.get("SnapshotCreateTime")]
+    if not ready:
+        raise ScratchFailed(f"{cluster_id} has no available cluster snapshot: use scratch.kind = \"aurora-clone\"")
+    newest = max(ready, key=lambda s: s["SnapshotCreateTime"])
+    return {"snapshot_id": newest["DBClusterSnapshotIdentifier"], "created": newest["SnapshotCreateTime"].isoformat()}
 
 
 # --- snapshots --------------------------------------------------------------------------------
@@ -443,8 +618,25 @@ def format_message(event: Mapping[str, Any], results: Store) -> Message:
                        plan=_attribute(label))
     result = Result.model_validate_json(results.get_bytes(str(detail["results_prefix"]) + "result.json"))
     message = notify.chatbot_message(result, evaluation.report_url, state=given.state)
+    line = _scratch_line(results, str(detail["results_prefix"]))
+    if line and isinstance(message.get("content"), dict):
+        message["content"]["description"] = f"{message['content'].get('description', '')}\n{line}"
     return Message(text=json.dumps(message), subject=_subject(result.verdict, label), verdict=result.verdict,
                    plan=_attribute(label))
+
+
+def _scratch_line(results: Store, prefix: str) -> str | None:
+    """What the scratch was and, for a clone, how old its data was (``scratch.json``, by the worker)."""
+    try:
+        body = json.loads(results.get_bytes(prefix + "scratch.json"))
+    except (ObjectMissing, ValueError, OSError):
+        return None
+    age = body.get("age") or {}
+    if body.get("kind") != "aurora-clone" or age.get("age_seconds") is None:
+        return None
+    seconds = float(age["age_seconds"])
+    when = f"{abs(seconds):.0f} s {'before' if seconds >= 0 else 'after'} the execution started"
+    return f"*Scratch* Aurora clone, production's state as of {age.get('state_at')} ({when})"
 
 
 def _attribute(label: str) -> str:
@@ -489,7 +681,7 @@ def _execution_over(sfn: Any, tags: Mapping[str, str], created: datetime | None,
 def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any = None,
                   now: datetime | None = None, tag: str = SCRATCH_TAG, prefix: str = SCRATCH_PREFIX,
                   log: Any = None) -> dict[str, list[str]]:
-    """Delete what executions left behind: instances and manual snapshots named ``prefix*`` *and*
+    """Delete what executions left behind: instances, clusters and manual snapshots named ``prefix*`` *and*
     tagged ``tag``, and scratch secrets, whose execution (tag ``migsafe:execution``) is no longer
     RUNNING, or that are older than ``max_age`` (the state machine's timeout plus a margin).
 
@@ -520,6 +712,16 @@ def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any
             consider("instance", ident, tags, db.get("InstanceCreateTime"), db.get("DBInstanceStatus") == "deleting",
                      lambda ident=ident: rds.delete_db_instance(DBInstanceIdentifier=ident, SkipFinalSnapshot=True,
                                                                 DeleteAutomatedBackups=True))
+    # clusters after their instances: a cluster with a member left is kept for the next sweep
+    for page in rds.get_paginator("describe_db_clusters").paginate():
+        for cluster in page["DBClusters"]:
+            ident = cluster["DBClusterIdentifier"]
+            tags = _tags(cluster.get("TagList"))
+            if tag not in tags or not ident.startswith(prefix):
+                continue
+            consider("cluster", ident, tags, cluster.get("ClusterCreateTime"),
+                     cluster.get("Status") == "deleting" or bool(cluster.get("DBClusterMembers")),
+                     lambda ident=ident: rds.delete_db_cluster(DBClusterIdentifier=ident, SkipFinalSnapshot=True))
     for page in rds.get_paginator("describe_db_snapshots").paginate(SnapshotType="manual"):
         for snap in page["DBSnapshots"]:
             ident = snap["DBSnapshotIdentifier"]

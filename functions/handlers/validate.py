@@ -12,16 +12,20 @@ from . import steps
 from .common import metrics, step
 
 # The AWS API calls this Lambda makes (the bundle, the plan object and backup manifests in the store;
-# the restore target's tags): its role must allow each (tests/infra/test_iam.py checks role and code).
-AWS_CALLS = ("s3:GetObject", "s3:PutObject", "s3:ListBucket", "rds:DescribeDBInstances")
-# what each handler of this module needs: only a restore looks up its target instance
-AWS_CALLS_BY_HANDLER = {"plan_handler": ("s3:GetObject", "s3:PutObject", "s3:ListBucket"),
+# the restore target's tags; the source a plan names): its role must allow each (tests/infra/test_iam.py
+# checks role and code).
+AWS_CALLS = ("s3:GetObject", "s3:PutObject", "s3:ListBucket", "rds:DescribeDBInstances", "rds:DescribeDBClusters")
+# what each handler of this module needs: a plan looks up its source (is it Aurora?), a restore its target
+AWS_CALLS_BY_HANDLER = {"plan_handler": ("s3:GetObject", "s3:PutObject", "s3:ListBucket", "rds:DescribeDBInstances",
+                                         "rds:DescribeDBClusters"),
                         "restore_handler": ("s3:GetObject", "s3:PutObject", "s3:ListBucket", "rds:DescribeDBInstances")}
 
 
 @step
 def plan_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    out = steps.validate_rehearsal(event, os.environ, open_store(os.environ["MIGSAFE_STORE_URL"]))
+    # the client is made only when the plan's source must be looked up
+    out = steps.validate_rehearsal(event, os.environ, open_store(os.environ["MIGSAFE_STORE_URL"]),
+                                   lambda: boto3.client("rds"))
     metrics.add_metric(name="RehearsalsStarted", unit="Count", value=1)
     return out
 

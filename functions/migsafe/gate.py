@@ -65,9 +65,15 @@ def execution_name(plan: Plan, bundle_sha256: str, attempt: int = 1) -> str:
 
 
 def execution_input(plan: Plan, bundle_sha256: str, *, create_snapshot: bool = False) -> dict[str, Any]:
-    """The pre-migration input: the plan without what the stack decides (store, scratch, topic) and
-    with the source's credentials left to the stack's secret (a local DSN never leaves the machine)."""
+    """The pre-migration input: the plan without what the stack decides (store, topic, a local
+    scratch) and with the source's credentials left to the stack's secret (a local DSN never leaves
+    the machine). ``[scratch]`` travels only with what applies on AWS: an AWS kind, the source's
+    identifier, the instance class."""
     data = plan.model_dump(mode="json", exclude={"store", "scratch", "notify"})
+    scratch = {k: v for k, v in plan.scratch.model_dump(mode="json", exclude={"dsn"}).items()
+               if v is not None and not (k == "kind" and v in ("local", "dsn"))}
+    if scratch:
+        data["scratch"] = scratch
     data["source"] = {"secret_arn": plan.source.secret_arn or STACK_SECRET, "tables": list(plan.source.tables)}
     data["migration"].pop("python", None)
     return {"plan": data, "bundle_sha256": bundle_sha256, "create_snapshot": create_snapshot}

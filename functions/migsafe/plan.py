@@ -131,9 +131,55 @@ class Migration(_Strict):
         return self.alembic_ini or "alembic.ini"
 
 
+# an RDS instance or cluster identifier: a letter first, letters, digits and single hyphens, 1-63
+_RDS_IDENTIFIER = re.compile(r"^[A-Za-z](?!.*--)[A-Za-z0-9-]{0,62}(?<!-)$")
+AURORA_KINDS = ("aurora-clone", "aurora-snapshot")
+
+
 class Scratch(_Strict):
-    kind: Literal["local", "rds-snapshot", "aurora-clone", "dsn"] = "local"
+    """Where the rehearsal runs.
+
+    Locally: ``local`` (a throw-away cluster copied from the source) or ``dsn`` (an existing server).
+    On AWS the state machine makes the scratch from the source it names (``cluster_identifier`` for
+    an Aurora cluster, ``instance_identifier`` for an RDS instance; neither: the deploy's source):
+    ``rds-snapshot`` restores the instance's latest snapshot, ``aurora-clone`` clones the cluster
+    (copy-on-write, production's state of now), ``aurora-snapshot`` restores the cluster's latest
+    snapshot, ``auto`` (and ``local``, the default, on AWS) clones an Aurora source and restores an
+    instance's snapshot.
+    """
+
+    kind: Literal["local", "dsn", "auto", "rds-snapshot", "aurora-clone", "aurora-snapshot"] = "local"
     dsn: str | None = None  # kind = "dsn": an existing scratch server (e.g. the RDS endpoint on AWS)
+    cluster_identifier: str | None = None  # AWS: the source is this Aurora cluster
+    instance_identifier: str | None = None  # AWS: the source is this RDS instance
+    instance_class: str | None = None  # AWS: the scratch instance's class (default: see docs/deploy.md)
+
+    @field_validator("cluster_identifier", "instance_identifier")
+    @classmethod
+    def _identifier(cls, value: str | None) -> str | None:
+        if value is not None and not _RDS_IDENTIFIER.match(value):
+            raise ValueError(f"{value!r} is not an RDS identifier (a letter, then letters, digits, single hyphens)")
+        return value
+
+    @field_validator("instance_class")
+    @classmethod
+    def _instance_class(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^db\.[a-z0-9-]+(\.[a-z0-9-]+)?$", value):
+            raise ValueError(f"{value!r} is not a DB instance class (like db.t4g.medium or db.serverless)")
+        return value
+
+    @model_validator(mode="after")
+    def _source_matches_kind(self) -> Scratch:
+        if self.cluster_identifier and self.instance_identifier:
+            raise ValueError("give cluster_identifier or instance_identifier, not both")
+        if self.kind == "rds-snapshot" and self.cluster_identifier:
+            raise ValueError(f"kind = \"rds-snapshot\" restores an RDS instance's snapshot, but cluster_identifier "
+                             f"names the Aurora cluster {self.cluster_identifier}: use kind = \"aurora-clone\", "
+                             "\"aurora-snapshot\" or \"auto\"")
+        if self.kind in AURORA_KINDS and self.instance_identifier:
+            raise ValueError(f"kind = \"{self.kind}\" copies an Aurora cluster, but instance_identifier names an "
+                             "RDS instance: name the cluster (cluster_identifier) or use kind = \"rds-snapshot\"")
+        return self
 
 
 class Store(_Strict):

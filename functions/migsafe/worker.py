@@ -8,13 +8,16 @@ The state machine starts the task with container overrides:
   ``--request`` (the JSON itself) override it for a run by hand;
 - ``MIGSAFE_EXECUTION``: the execution's name; results go under ``results/<execution>/``;
   ``MIGSAFE_EXECUTION_ARN``: its ARN (tags what the worker creates, for the janitor);
-- ``MIGSAFE_SCRATCH_ENDPOINT`` + ``MIGSAFE_SCRATCH_INSTANCE_ID`` (rehearse) /
+- ``MIGSAFE_SCRATCH_ENDPOINT`` + ``MIGSAFE_SCRATCH_INSTANCE_ID`` (+ ``MIGSAFE_SCRATCH_CLUSTER_ID`` for
+  an Aurora scratch, ``MIGSAFE_SCRATCH_KIND``, and ``MIGSAFE_SCRATCH_STATE_AT`` /
+  ``MIGSAFE_EXECUTION_START``: the clone's age goes to ``scratch.json``) (rehearse) /
   ``MIGSAFE_TARGET_ENDPOINT`` (restore): ``host:port``, or ``scratch`` for a throw-away cluster
   inside the task.
 
 The scratch instance is restored from a snapshot, so it keeps the master password of snapshot
-time, which RDS-managed secrets rotate away. Before rehearsing, the worker sets a fresh master
-password that only this execution knows (ModifyDBInstance), keeps it in the secret
+time, which RDS-managed secrets rotate away (an Aurora clone: the source's, which the scratch must
+not need). Before rehearsing, the worker sets a fresh master password that only this execution
+knows (ModifyDBInstance; ModifyDBCluster for Aurora, whose password is the cluster's), keeps it in the secret
 ``migsafe-scratch/<scratch id>`` (which the state machine deletes on every path), and connects to
 the scratch with it, never with the source's. It is generated here, not in the state machine,
 because everything a state machine handles is visible in its execution history.
@@ -57,8 +60,8 @@ EXECUTION_TAG = "migsafe:execution"
 # The AWS API calls the worker makes (the store: backups, results, bundles; the source's endpoint; the
 # scratch's per-execution password): the ECS task role must allow each (tests/infra/test_iam.py checks).
 AWS_CALLS = ("s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject",
-             "rds:DescribeDBInstances", "rds:ModifyDBInstance", "secretsmanager:CreateSecret",
-             "secretsmanager:PutSecretValue", "secretsmanager:TagResource")
+             "rds:DescribeDBInstances", "rds:ModifyDBInstance", "rds:DescribeDBClusters", "rds:ModifyDBCluster",
+             "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue", "secretsmanager:TagResource")
 
 
 class _Request(BaseModel):
@@ -109,7 +112,10 @@ class WorkerEnv:
         if not user or not password:
             raise InputError("the source's credentials (MIGSAFE_SOURCE_USERNAME/PASSWORD secrets) are not set")
         host, port = env.get("MIGSAFE_SOURCE_HOST"), env.get("MIGSAFE_SOURCE_PORT") or "5432"
-        if not host:
+        if not host and env.get("MIGSAFE_SOURCE_CLUSTER_ID"):
+            host, found_port = _cluster_endpoint(env["MIGSAFE_SOURCE_CLUSTER_ID"], rds_client)
+            port = str(found_port)
+        elif not host:
             host, found_port = _instance_endpoint(env.get("MIGSAFE_SOURCE_INSTANCE_ID", ""), rds_client)
             port = str(found_port)
         return Dsn({"host": host, "port": str(port), "user": user, "password": password,
@@ -128,10 +134,11 @@ class WorkerEnv:
 
 def set_scratch_password(instance_id: str, secret_name: str, *, username: str, execution: str,
                          execution_arn: str | None, rds: Any, secretsmanager: Any, deadline_seconds: float = 1800,
-                         poll_seconds: float = 15) -> str:
-    """A fresh master password for the scratch instance, kept in ``secret_name``; returns it once
-    RDS has applied it (the instance is ``available`` with nothing pending). It never leaves this
-    process except into Secrets Manager and RDS."""
+                         poll_seconds: float = 15, cluster_id: str = "") -> str:
+    """A fresh master password for the scratch instance (or, for Aurora, its cluster: the master
+    password is the cluster's), kept in ``secret_name``; returns it once RDS has applied it (the
+    instance or cluster is ``available`` with nothing pending). It never leaves this process except
+    into Secrets Manager and RDS."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     password = secrets.token_urlsafe(32)  # letters, digits, - and _: nothing RDS refuses
@@ -147,18 +154,26 @@ def set_scratch_password(instance_id: str, secret_name: str, *, username: str, e
             if exc.response.get("Error", {}).get("Code") != "ResourceExistsException":
                 raise
             secretsmanager.put_secret_value(SecretId=secret_name, SecretString=body)  # a retried task
-        rds.modify_db_instance(DBInstanceIdentifier=instance_id, MasterUserPassword=password, ApplyImmediately=True,
-                               EnablePerformanceInsights=False, MonitoringInterval=0)
+        if cluster_id:
+            rds.modify_db_cluster(DBClusterIdentifier=cluster_id, MasterUserPassword=password, ApplyImmediately=True)
+        else:
+            rds.modify_db_instance(DBInstanceIdentifier=instance_id, MasterUserPassword=password,
+                                   ApplyImmediately=True, EnablePerformanceInsights=False, MonitoringInterval=0)
         end = time.monotonic() + deadline_seconds
         time.sleep(min(poll_seconds, 5))  # let RDS start the change before reading the status
         while True:
-            db = rds.describe_db_instances(DBInstanceIdentifier=instance_id)["DBInstances"][0]
+            if cluster_id:
+                db = rds.describe_db_clusters(DBClusterIdentifier=cluster_id)["DBClusters"][0]
+                status = db.get("Status")
+            else:
+                db = rds.describe_db_instances(DBInstanceIdentifier=instance_id)["DBInstances"][0]
+                status = db.get("DBInstanceStatus")
             pending = db.get("PendingModifiedValues") or {}
-            if db.get("DBInstanceStatus") == "available" and "MasterUserPassword" not in pending:
+            if status == "available" and "MasterUserPassword" not in pending:
                 return password
             if time.monotonic() > end:
-                raise ScratchFailed(f"the scratch {instance_id} did not apply its new password within "
-                                    f"{deadline_seconds:.0f} s (status {db.get('DBInstanceStatus')})")
+                raise ScratchFailed(f"the scratch {cluster_id or instance_id} did not apply its new password within "
+                                    f"{deadline_seconds:.0f} s (status {status})")
             time.sleep(poll_seconds)
     except (ClientError, BotoCoreError) as exc:
         raise ScratchFailed(f"cannot set the scratch {instance_id}'s password: {type(exc).__name__}: "
@@ -206,6 +221,40 @@ def _instance_endpoint(instance_id: str, client: Any = None) -> tuple[str, int]:
         return str(instance["Endpoint"]["Address"]), int(instance["Endpoint"]["Port"])
     except (ClientError, BotoCoreError, KeyError, IndexError) as exc:
         raise ScratchFailed(f"cannot find the endpoint of RDS instance {instance_id}: {exc}") from exc
+
+
+def _cluster_endpoint(cluster_id: str, client: Any = None) -> tuple[str, int]:
+    """The writer endpoint of an Aurora source cluster."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        if client is None:
+            import boto3
+
+            client = boto3.client("rds")
+        cluster = client.describe_db_clusters(DBClusterIdentifier=cluster_id)["DBClusters"][0]
+        return str(cluster["Endpoint"]), int(cluster["Port"])
+    except (ClientError, BotoCoreError, KeyError, IndexError) as exc:
+        raise ScratchFailed(f"cannot find the endpoint of Aurora cluster {cluster_id}: {exc}") from exc
+
+
+def scratch_age(state_at: str, execution_start: str) -> dict[str, Any] | None:
+    """How old the scratch's data is when the execution started: a clone's state is the source's
+    latest restorable time (``state_at``); negative when the clone was taken after the start.
+    None when either time is unknown (a snapshot restore reports its snapshot instead)."""
+    from datetime import datetime
+
+    def parse(text: str) -> datetime | None:
+        try:
+            return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+        except ValueError:
+            return None
+
+    at, start = parse(state_at), parse(execution_start)
+    if at is None or start is None:
+        return None
+    return {"state_at": at.isoformat(), "execution_start": start.isoformat(),
+            "age_seconds": round((start - at).total_seconds(), 1)}
 
 
 def _results_store(env: WorkerEnv) -> Any:
@@ -272,7 +321,13 @@ def do_rehearse(request: RehearsalRequest, env: WorkerEnv, workdir: Path) -> dic
                                     **{k: v.model_dump(mode="json") for k, v in update.items()}}, base)
     source = env.source_dsn()
     scratch = scratch_dsn(request, env, source)
-    check_revisions(source, scratch)
+    revisions = check_revisions(source, scratch)
+    age = scratch_age(env.environ.get("MIGSAFE_SCRATCH_STATE_AT", ""), env.environ.get("MIGSAFE_EXECUTION_START", ""))
+    _put_json(env, request.results_prefix, "scratch.json", {
+        "kind": env.environ.get("MIGSAFE_SCRATCH_KIND") or "rds-snapshot",
+        "instance_id": env.environ.get("MIGSAFE_SCRATCH_INSTANCE_ID"),
+        "cluster_id": env.environ.get("MIGSAFE_SCRATCH_CLUSTER_ID") or None,
+        "revision": revisions[1], "age": age})
     settings = _settings(env, {"MIGSAFE_SOURCE_DSN": source.conninfo(),
                                "MIGSAFE_RUNTIME_DIR": str(workdir / "clusters")})
     reports = workdir / "reports"
@@ -286,7 +341,7 @@ def do_rehearse(request: RehearsalRequest, env: WorkerEnv, workdir: Path) -> dic
         raise
     locations = _upload_reports(env, request.results_prefix, write_reports(result, reports))
     return {"action": "rehearse", "ok": True, "verdict": result.verdict, "reasons": result.reasons,
-            "result": locations.get("result.json")}
+            "scratch_age_seconds": (age or {}).get("age_seconds"), "result": locations.get("result.json")}
 
 
 def scratch_dsn(request: RehearsalRequest, env: WorkerEnv, source: Dsn) -> Dsn:
@@ -300,7 +355,8 @@ def scratch_dsn(request: RehearsalRequest, env: WorkerEnv, source: Dsn) -> Dsn:
     # clients named literally: tests/infra/test_iam.py finds the calls (and AWS_CALLS) by reading this code
     password = set_scratch_password(instance_id, request.scratch_secret, username=source.user or "postgres",
                                     execution=request.execution, execution_arn=env.environ.get("MIGSAFE_EXECUTION_ARN"),
-                                    rds=boto3.client("rds"), secretsmanager=boto3.client("secretsmanager"))
+                                    rds=boto3.client("rds"), secretsmanager=boto3.client("secretsmanager"),
+                                    cluster_id=env.environ.get("MIGSAFE_SCRATCH_CLUSTER_ID", ""))
     return Dsn({**endpoint.params, "password": password})
 
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_harness import REGION, Harness
+
+# tests/infra/awscheck.py: the Step Functions naming rules, derived from botocore's models
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "infra"))
+
+from e2e_harness import REGION, SOURCE_CLUSTER, Harness
 from moto import mock_aws
 
 from examples.enum_uppercase import seed
@@ -38,7 +43,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     import app as cdk_app
 
     outdir = tmp_path_factory.mktemp("e2e-cdk.out")
-    app = cdk.App(context=cdk_app.cdk_json_context(), outdir=str(outdir))
+    # an Aurora source cluster as well as the default instance: both scratch paths are checked
+    app = cdk.App(context={**cdk_app.cdk_json_context(), "sourceClusterId": SOURCE_CLUSTER}, outdir=str(outdir))
     app, stack = cdk_app.build(app)
     app.synth()
     yield json.loads((outdir / f"{stack.artifact_id}.template.json").read_text())

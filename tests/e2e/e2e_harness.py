@@ -39,6 +39,14 @@ interpreter's service-task classes and nowhere else:
   :attr:`Harness.snapshot_revision` makes restored scratches an older alembic revision (a stale
   snapshot).
 
+- **Aurora**: moto's RDS clones (``RestoreDBClusterToPointInTime``) and restores cluster snapshots,
+  but a cluster has no database behind it. The seam gives the *instance* created in a scratch
+  cluster (``CreateDBInstance`` with ``DBClusterIdentifier``) a local copy of the source, with the
+  source's master password (a clone's), and applies ``ModifyDBCluster``'s ``MasterUserPassword`` to
+  it (moto's backend, patched as for instances). :attr:`Harness.stuck_instance_status` makes
+  scratch instances report a status forever (one that never becomes available). moto enforces the
+  deletion order itself: ``DeleteDBCluster`` with a member left is ``InvalidDBClusterStateFault``.
+
 SNS publishes (``waitForTaskToken`` included: tests answer with ``SendTaskSuccess/Failure``), S3
 (the store), Secrets Manager and the RDS API itself are moto's. Faults are injected per seam with
 :meth:`Harness.fail_next`.
@@ -106,12 +114,18 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "enum_uppercase"
 REGION = "us-east-1"
 PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 SOURCE_INSTANCE = "migsafe-source"  # cdk.json's default sourceInstanceId
+SOURCE_CLUSTER = "migsafe-aurora-source"  # the sourceClusterId the e2e synthesis deploys with (conftest.py)
+SOURCE_CLUSTER_PARAMETER_GROUP = "app-aurora-postgresql11"
+SOURCE_CLUSTER_SUBNETS = "app-aurora-subnets"
+# moto's orderable-options data for aurora-postgresql covers 11.x: the smallest class it offers is db.t4g.medium
+SOURCE_CLUSTER_VERSION = "11.9"
 SOURCE_PARAMETER_GROUP = "app-postgres"
 SOURCE_OPTION_GROUP = "app-postgres-options"
 FINISHED = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 
 
 SERVICE_PREFIX = {"rds": "Rds", "secretsmanager": "SecretsManager"}  # the SDK for Java v2 client names
+SOURCE_INSTANCES = sorted([SOURCE_INSTANCE, f"{SOURCE_CLUSTER}-writer"])  # what every test leaves in RDS
 SNAPSHOT_PASSWORD = "password-at-snapshot-time"  # what a restored scratch accepts at first
 
 
@@ -128,6 +142,43 @@ def client_error(code: str, message: str, operation: str) -> ClientError:
     response: Any = {"Error": {"Code": code, "Message": message},
                      "ResponseMetadata": {"HTTPStatusCode": 400, "RequestId": str(uuid.uuid4())}}
     return ClientError(response, operation)
+
+
+@contextlib.contextmanager
+def raw_rds_error(operation: str, code: str, message: str) -> Iterator[None]:
+    """RDS answers ``operation`` with an HTTP 400 and its XML error body, at the botocore boundary
+    (``before-send``, ahead of moto): botocore parses it as it would AWS's answer."""
+    from botocore.awsrequest import AWSResponse
+
+    body = (f'<ErrorResponse xmlns="http://rds.amazonaws.com/doc/2014-10-31/"><Error><Type>Sender</Type>'
+            f"<Code>{code}</Code><Message>{message}</Message></Error><RequestId>{uuid.uuid4()}</RequestId>"
+            "</ErrorResponse>").encode()
+
+    class Raw:
+        def stream(self, **_: Any) -> Iterator[bytes]:
+            yield body
+
+    def answer(request: Any, **_: Any) -> AWSResponse:
+        return AWSResponse(request.url, 400, {"Content-Type": "text/xml"}, Raw())
+
+    events = boto3._get_default_session().events
+    event = f"before-send.rds.{operation}"
+    events.register_first(event, answer)
+    try:
+        yield
+    finally:
+        events.unregister(event, answer)
+
+
+def _env_value(value: Any) -> str:
+    """A container override's value as ECS gets it: a string. moto's context object holds
+    ``$$.Execution.StartTime`` as a datetime where Step Functions has an ISO 8601 string
+    (``2026-12-02T04:17:29.123Z``): rendered that way here."""
+    import datetime as dt
+
+    if isinstance(value, dt.datetime):
+        return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return str(value)
 
 
 def task_failed(**details: str) -> EventDetails:
@@ -170,8 +221,12 @@ class Harness:
         self.extra_clusters: list[Scratch] = []  # other instances' servers, destroyed at the end
         self.passwords: dict[str, str] = {}  # scratch id -> the master password the worker set
         self.snapshot_revision: str | None = None  # set: restored scratches are at this alembic revision
+        self.requests: list[tuple[str, dict[str, Any]]] = []  # every RDS call of the state machines, in order
+        self.cluster_of: dict[str, str] = {}  # scratch instance id -> its Aurora scratch cluster
+        self.stuck_instance_status: str | None = None  # set: scratch instances report this status forever
         self.approval_seconds = 120  # the approval state's timeout here (an hour on AWS)
         self._faults: dict[tuple[str, str], list[Exception]] = defaultdict(list)
+        self._unset_at_close: set[str] = set()
         self._lock = threading.Lock()
         # restores still copying a database when an execution ends (a Parallel whose other branch
         # failed stops waiting for them): close() waits for them, a late one is destroyed at once
@@ -284,6 +339,7 @@ class Harness:
         self.rds.create_db_snapshot(DBInstanceIdentifier=SOURCE_INSTANCE,
                                     DBSnapshotIdentifier=f"{SOURCE_INSTANCE}-nightly")
         self._create_network()
+        self._create_aurora_source()
         iam = boto3.client("iam", region_name=REGION)
         self.role_arn = iam.create_role(RoleName="migsafe-e2e-sfn", AssumeRolePolicyDocument=json.dumps({
             "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
@@ -307,6 +363,32 @@ class Harness:
             self.names[logical_id] = name = f"migsafe-e2e-{logical_id.lower()}"
             self.rds.create_db_subnet_group(DBSubnetGroupName=name, DBSubnetGroupDescription="migsafe e2e",
                                             SubnetIds=subnets)
+
+    def _create_aurora_source(self) -> None:
+        """Production as an Aurora PostgreSQL cluster with one writer, its own cluster parameter group,
+        subnet group and security group (the clone must copy them), and a nightly cluster snapshot.
+        Its endpoint is the test's database, like the instance's."""
+        ec2 = boto3.client("ec2", region_name=REGION)
+        subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
+        vpc = ec2.describe_subnets(SubnetIds=subnets[:1])["Subnets"][0]["VpcId"]
+        self.source_cluster_security_group = ec2.create_security_group(
+            GroupName="app-aurora", Description="production: admits the migsafe worker", VpcId=vpc)["GroupId"]
+        self.rds.create_db_subnet_group(DBSubnetGroupName=SOURCE_CLUSTER_SUBNETS, DBSubnetGroupDescription="production",
+                                        SubnetIds=subnets)
+        self.rds.create_db_cluster_parameter_group(DBClusterParameterGroupName=SOURCE_CLUSTER_PARAMETER_GROUP,
+                                                   DBParameterGroupFamily="aurora-postgresql11",
+                                                   Description="migsafe e2e: production's cluster settings")
+        self.rds.create_db_cluster(DBClusterIdentifier=SOURCE_CLUSTER, Engine="aurora-postgresql",
+                                   EngineVersion=SOURCE_CLUSTER_VERSION, MasterUsername="app",
+                                   MasterUserPassword="e2e-not-checked", DBSubnetGroupName=SOURCE_CLUSTER_SUBNETS,
+                                   VpcSecurityGroupIds=[self.source_cluster_security_group],
+                                   DBClusterParameterGroupName=SOURCE_CLUSTER_PARAMETER_GROUP,
+                                   Port=int(self.source.port or 5432))
+        self.rds.create_db_instance(DBInstanceIdentifier=f"{SOURCE_CLUSTER}-writer", DBClusterIdentifier=SOURCE_CLUSTER,
+                                    Engine="aurora-postgresql", DBInstanceClass="db.r6g.large")
+        self.instances[f"{SOURCE_CLUSTER}-writer"] = self.source
+        self.rds.create_db_cluster_snapshot(DBClusterIdentifier=SOURCE_CLUSTER,
+                                            DBClusterSnapshotIdentifier=f"{SOURCE_CLUSTER}-nightly")
 
     def create_state_machine(self, fragment: str, name: str | None = None) -> str:
         return str(self.sfn.create_state_machine(
@@ -412,6 +494,22 @@ class Harness:
 
         mp.setattr(RDSBackend, "modify_db_instance", modify_db_instance)
 
+        # the same for an Aurora scratch, whose master password is the cluster's (ModifyDBCluster)
+        moto_modify_cluster = RDSBackend.modify_db_cluster
+
+        def modify_db_cluster(backend: Any, kwargs: dict[str, Any]) -> Any:
+            cluster = kwargs["db_cluster_identifier"]
+            password = kwargs.get("master_user_password")
+            for instance, owner in list(harness.cluster_of.items()):
+                scratch = harness.scratches.get(instance)
+                if password and owner == cluster and scratch is not None:
+                    harness.set_password(scratch, password)
+                    harness.passwords[instance] = password
+            harness._record("rds", "modify_db_cluster", True, {"cluster": cluster, "password_set": bool(password)})
+            return moto_modify_cluster(backend, kwargs)
+
+        mp.setattr(RDSBackend, "modify_db_cluster", modify_db_cluster)
+
         # every caller (state machine, Lambda, worker) sees the PostgreSQL behind an instance
         from moto.rds.models import DBInstance
 
@@ -463,7 +561,10 @@ class Harness:
             with self._lock:
                 for k, v in saved.items():
                     if v is None:
-                        os.environ.pop(k, None)
+                        # removed at close(), not now: a worker thread (the backup runs beside the
+                        # Lambdas of Prepare's other branch) may be iterating os.environ (botocore
+                        # reads its proxies from it) and a key vanishing midway is a KeyError there
+                        self._unset_at_close.add(k)
                     else:
                         os.environ[k] = v
 
@@ -480,7 +581,8 @@ class Harness:
         command = list(overrides[0]["Command"])
         assert command[: len(WORKER_COMMAND)] == WORKER_COMMAND, command
         argv = command[len(WORKER_COMMAND):]
-        environ = {**self.worker_environment(), **{e["Name"]: e["Value"] for e in overrides[0].get("Environment", [])}}
+        environ = {**self.worker_environment(), **{e["Name"]: _env_value(e["Value"]) for e in overrides[0].get(
+            "Environment", [])}}
         action = argv[0] if argv else ""
         fault = self._fault("ecs", action)
         if fault is not None:
@@ -510,9 +612,20 @@ class Harness:
         if fault is not None:
             self._record("rds", operation, False, str(fault))
             raise fault
-        response: dict[str, Any] = getattr(client, operation)(**params)
-        ident = str(params.get("DBInstanceIdentifier"))
-        if operation == "restore_db_instance_from_db_snapshot":
+        ident = str(params.get("DBInstanceIdentifier") or params.get("DBClusterIdentifier"))
+        with self._lock:
+            self.requests.append((operation, copy.deepcopy(params)))
+        try:
+            response: dict[str, Any] = getattr(client, operation)(**params)
+        except ClientError as exc:  # RDS's own answer (moto's, or a raw one at the botocore boundary)
+            self._record("rds", operation, False, exc.response.get("Error", {}).get("Code"))
+            raise
+        in_cluster = operation == "create_db_instance" and bool(params.get("DBClusterIdentifier"))
+        if in_cluster:
+            # an instance in an Aurora scratch cluster: the cluster's data is the source's (a clone or
+            # the cluster snapshot), its master password the source's, not one this run knows
+            self.cluster_of[ident] = str(params["DBClusterIdentifier"])
+        if operation == "restore_db_instance_from_db_snapshot" or in_cluster:
             # the snapshot's content is the test's source database, its master password the one of
             # snapshot time (not the source secret's current one): only a new password logs in
             with self._restoring:
@@ -537,6 +650,8 @@ class Harness:
                 dsn = self._behind(db["DBInstanceIdentifier"])
                 if dsn is not None:
                     db["Endpoint"] = {**db.get("Endpoint", {}), "Address": dsn.host, "Port": int(dsn.port)}
+                if self.stuck_instance_status and db["DBInstanceIdentifier"] in self.scratches:
+                    db["DBInstanceStatus"] = self.stuck_instance_status  # an instance that never comes up
         elif operation == "delete_db_instance":
             scratch = self.scratches.pop(ident, None)
             if scratch is not None:
@@ -644,6 +759,9 @@ class Harness:
     def rds_instances(self) -> list[str]:
         return sorted(d["DBInstanceIdentifier"] for d in self.rds.describe_db_instances()["DBInstances"])
 
+    def rds_clusters(self) -> list[str]:
+        return sorted(c["DBClusterIdentifier"] for c in self.rds.describe_db_clusters()["DBClusters"])
+
     def close(self) -> None:
         with self._restoring:
             self._closed = True
@@ -651,3 +769,7 @@ class Harness:
         for scratch in [*self.scratches.values(), *self.extra_clusters]:
             scratch.destroy()
         self.scratches.clear()
+        import os
+
+        for key in self._unset_at_close:
+            os.environ.pop(key, None)

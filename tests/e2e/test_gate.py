@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import typer
-from e2e_harness import EXAMPLE, Harness
+from e2e_harness import EXAMPLE, SOURCE_INSTANCE, Harness
 from migsafe import cli_aws, gate
 from migsafe.exceptions import InputError
 from migsafe.plan import Plan
@@ -26,6 +26,9 @@ def plan_for(tmp_path: Path, h: Harness) -> Plan:
     root = tmp_path / "project"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("__pycache__", "backups"))
     text = (root / "plan.toml").read_text().replace('url = "file://./backups"', f'url = "s3://{h.bucket}/backups"')
+    # the RDS instance (the e2e stack is deployed with an Aurora cluster too, which "auto" would prefer)
+    text = text.replace('[scratch]\nkind = "local"', f'[scratch]\nkind = "local"\ninstance_identifier = "{SOURCE_INSTANCE}"')
+    assert SOURCE_INSTANCE in text
     (root / "plan.toml").write_text(text)
     return Plan.load(root / "plan.toml")
 

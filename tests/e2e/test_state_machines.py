@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from e2e_harness import EXAMPLE, REGION, SOURCE_INSTANCE, Harness, client_error
+from e2e_harness import EXAMPLE, REGION, SOURCE_INSTANCE, SOURCE_INSTANCES, Harness, raw_rds_error
 from migsafe import bundle
 from migsafe.exceptions import TransientAwsError
 from migsafe.plan import Plan
@@ -73,13 +73,17 @@ def push_bundle(h: Harness, plan_path: Path) -> str:
     return bundle.push(plan, open_store(f"s3://{h.bucket}/backups")).sha256
 
 
-def execution_input(plan_path: Path, sha256: str, **migration: str) -> dict[str, Any]:
-    """What the deploy pipeline sends: the plan (credentials by secret, not DSN) and the bundle."""
+def execution_input(plan_path: Path, sha256: str, scratch: dict[str, Any] | None = None,
+                    **migration: str) -> dict[str, Any]:
+    """What the deploy pipeline sends: the plan (credentials by secret, not DSN) and the bundle.
+    The scratch's source is the RDS instance unless ``scratch`` says otherwise (the e2e stack is
+    deployed with an Aurora cluster too, which ``auto`` would prefer)."""
     plan = Plan.load(plan_path)
     data = plan.model_dump(mode="json", exclude={"store", "scratch", "notify"})
     data["migration"].update(migration)
     data["source"] = {"secret_arn": f"arn:aws:secretsmanager:{REGION}:123456789012:secret:app-db",
                       "tables": TABLES}
+    data["scratch"] = scratch if scratch is not None else {"instance_identifier": SOURCE_INSTANCE}
     return {"plan": data, "bundle_sha256": sha256}
 
 
@@ -97,6 +101,17 @@ def fingerprints(conninfo: str) -> dict[str, tuple[int, str]]:
 
 def chatbot(message: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(message["Message"]))
+
+
+def sdk_error_name(service: str, operation: str, code: str) -> str:
+    """``<Service>.<Java v2 exception>`` of the error shape ``operation`` models for ``code``."""
+    import awscheck
+
+    model = awscheck.service_model(service)
+    shapes = [e for e in model.operation_model(operation).error_shapes if e.error_code == code]
+    assert len(shapes) == 1, f"{operation} models no error with code {code}"
+    prefix = awscheck.pascal(model.metadata["serviceId"])
+    return f"{prefix}.{awscheck.java_exception(shapes[0].name)}"
 
 
 # --- pre-migration --------------------------------------------------------------------------------
@@ -126,7 +141,7 @@ def test_passing_plan_succeeds_publishes_pass_and_cleans_up(harness: Harness, tm
     assert "PASS" in messages[0]["Subject"]
     assert "PASS" in chatbot(messages[0])["content"]["title"]
     # the scratch instance and its cluster are gone; only the source is left
-    assert harness.rds_instances() == [SOURCE_INSTANCE]
+    assert harness.rds_instances() == SOURCE_INSTANCES
     assert harness.scratches == {}
     # the backup (dumps + manifest) and the results are in the bucket
     keys = harness.keys()
@@ -172,24 +187,25 @@ def test_failing_migration_fails_publishes_fail_and_deletes_the_scratch(harness:
     assert 'null value in column \"email\"' in json.dumps(content) or 'null value in column "email"' in content[
         "description"]
     # the scratch instance was deleted, the source left as it was
-    assert harness.rds_instances() == [SOURCE_INSTANCE]
+    assert harness.rds_instances() == SOURCE_INSTANCES
     assert harness.scratches == {}
     assert source.scalar("select version_num from alembic_version") == seed.BASELINE
 
 
 def test_scratch_restore_fault_fails_publishes_fail_and_leaves_nothing_running(
         harness: Harness, tmp_path: Path, runtime_dir: Path) -> None:
-    # Given RDS refusing to restore the scratch instance (no capacity: not a retried error)
+    # Given RDS refusing to restore the scratch instance (no capacity: not a retried error), answered
+    # on the wire: an HTTP 400 with RDS's XML error body, parsed by botocore (the harness names no error)
     plan_path = project(tmp_path)
     sha = push_bundle(harness, plan_path)
     machine = harness.create_state_machine("PreMigration")
-    harness.fail_next("rds", "restore_db_instance_from_db_snapshot", client_error(
-        "InsufficientDBInstanceCapacity", "no db.t4g.medium capacity in us-east-1a", "RestoreDBInstanceFromDBSnapshot"))
     clusters_before = sorted(p.name for p in runtime_dir.iterdir())
 
     # When the pipeline starts an execution
-    arn = harness.start(machine, execution_input(plan_path, sha), name="us-6-no-capacity")
-    described = harness.wait(arn)
+    with raw_rds_error("RestoreDBInstanceFromDBSnapshot", "InsufficientDBInstanceCapacity",
+                       "no db.t4g.medium capacity in us-east-1a (raw)"):
+        arn = harness.start(machine, execution_input(plan_path, sha), name="us-6-no-capacity")
+        described = harness.wait(arn)
 
     # Then it failed through the failure path, not retried (the error is not a transient one)
     assert described["status"] == "FAILED", harness.explain(arn)
@@ -207,10 +223,14 @@ def test_scratch_restore_fault_fails_publishes_fail_and_leaves_nothing_running(
     assert messages[0]["MessageAttributes"]["verdict"]["Value"] == "FAIL"
     context = chatbot(messages[0])["metadata"]["additionalContext"]
     assert context["state"] == workflows.PREPARE
+    # the name Step Functions' SDK integration gives that error: the Java v2 exception class of the
+    # error shape botocore's model declares for the code (tests/infra/awscheck.py's rule)
+    assert context["error"] == sdk_error_name("rds", "RestoreDBInstanceFromDBSnapshot", "InsufficientDBInstanceCapacity")
     assert context["error"] == "Rds.InsufficientDbInstanceCapacityException"
+    assert "no db.t4g.medium capacity in us-east-1a (raw)" in messages[0]["Message"]  # RDS's own message
     assert "the scratch deletion also failed" not in messages[0]["Message"]  # nothing existed to delete
     # and nothing is left running: no scratch instance, no cluster behind one
-    assert harness.rds_instances() == [SOURCE_INSTANCE]
+    assert harness.rds_instances() == SOURCE_INSTANCES
     assert harness.scratches == {}
     assert sorted(p.name for p in runtime_dir.iterdir()) == clusters_before
 
@@ -252,7 +272,7 @@ def test_transient_fault_is_retried_per_the_definition_then_succeeds(harness: Ha
     assert slowed and details["error"] == TransientAwsError.__name__
     messages = harness.messages()
     assert [m["MessageAttributes"]["verdict"]["Value"] for m in messages] == ["PASS"]
-    assert harness.rds_instances() == [SOURCE_INSTANCE]
+    assert harness.rds_instances() == SOURCE_INSTANCES
 
 
 # --- restore --------------------------------------------------------------------------------------
@@ -379,7 +399,7 @@ def test_a_scratch_at_another_revision_than_the_source_fails_naming_both(harness
     assert "0000_before_the_last_deploy" in text and seed.BASELINE in text and "create_snapshot" in text
     assert "result.json" not in " ".join(harness.keys("results/i8-stale/"))  # nothing was rehearsed
     # and the scratch and its secret are gone
-    assert harness.rds_instances() == [SOURCE_INSTANCE] and harness.scratches == {}
+    assert harness.rds_instances() == SOURCE_INSTANCES and harness.scratches == {}
     assert _secrets(harness) == []
 
 
@@ -405,7 +425,7 @@ def test_a_snapshot_the_run_created_is_deleted_with_the_scratch(harness: Harness
     created = harness.called("rds", "create_db_snapshot")
     assert len(created) == 1
     assert _snapshots(harness) == before  # the nightly snapshot stays, the run's is gone
-    assert harness.rds_instances() == [SOURCE_INSTANCE]
+    assert harness.rds_instances() == SOURCE_INSTANCES
 
 
 def test_a_snapshot_the_run_created_is_deleted_when_the_rehearsal_fails(harness: Harness, tmp_path: Path) -> None:
@@ -424,7 +444,7 @@ def test_a_snapshot_the_run_created_is_deleted_when_the_rehearsal_fails(harness:
     assert described["status"] == "FAILED", harness.explain(arn)
     assert workflows.DELETE_SNAPSHOT_AFTER_FAILURE in harness.entered(arn)
     assert _snapshots(harness) == before
-    assert harness.rds_instances() == [SOURCE_INSTANCE]
+    assert harness.rds_instances() == SOURCE_INSTANCES
 
 
 def test_a_plan_of_200_tables_and_50_checks_reaches_the_worker(harness: Harness, tmp_path: Path) -> None:
@@ -633,7 +653,7 @@ def test_a_stale_scratch_is_replaced_by_a_fresh_copy_when_the_input_allows_it(ha
     assert entered.count(workflows.REHEARSE) == 2
     assert [m["MessageAttributes"]["verdict"]["Value"] for m in harness.messages()] == ["PASS"]
     # and nothing is left: no scratch, no run snapshot, no secret
-    assert harness.rds_instances() == [SOURCE_INSTANCE] and harness.scratches == {}
+    assert harness.rds_instances() == SOURCE_INSTANCES and harness.scratches == {}
     assert _snapshots(harness) == before and _secrets(harness) == []
 
 

@@ -604,7 +604,11 @@ ECS_SYNC_RULE = "arn:aws:events:us-east-1:123456789012:rule/StepFunctionsGetEven
 # RDS parameters that name a resource the action is authorized on (Service Authorization Reference)
 RDS_RESOURCES = {"DbInstanceIdentifier": "db", "DbSnapshotIdentifier": "snapshot", "TargetDbSnapshotIdentifier": "snapshot",
                  "SourceDbSnapshotIdentifier": "snapshot", "DbSubnetGroupName": "subgrp",
-                 "DbParameterGroupName": "pg", "OptionGroupName": "og", "DbClusterIdentifier": "cluster"}
+                 "DbParameterGroupName": "pg", "OptionGroupName": "og", "DbClusterIdentifier": "cluster",
+                 "SourceDBClusterIdentifier": "cluster", "DbClusterParameterGroupName": "cluster-pg",
+                 "DbClusterSnapshotIdentifier": "cluster-snapshot"}
+# RestoreDBClusterFromSnapshot names its cluster snapshot SnapshotIdentifier (a cluster-snapshot resource)
+RDS_OPERATION_RESOURCES = {"RestoreDBClusterFromSnapshot": {"SnapshotIdentifier": "cluster-snapshot"}}
 
 
 def _rds_arn(kind: str, name: str) -> str:
@@ -681,11 +685,13 @@ def required_calls(task: Task, template: Template, samples: Mapping[str, list[st
         if it.service != "rds":
             return [(action, "")], problems  # resources modeled for RDS, S3, Secrets Manager; "" = any statement
         calls = []
-        for key, kind in RDS_RESOURCES.items():
+        for key, kind in {**RDS_RESOURCES, **RDS_OPERATION_RESOURCES.get(op.name, {})}.items():
             calls += [(action, _rds_arn(kind, v)) for v in values(key)]
         if "Tags" in params:  # tagging on create is authorized separately, on the created resource
             created = [c for c in calls if ":db:" in c[1] or ":snapshot:" in c[1]]
-            if op.name.startswith("Create") and "DbSnapshotIdentifier" in {_strip(k) for k in params}:
+            if op.name.startswith("RestoreDBCluster"):  # the new cluster (not its source)
+                created = [(action, _rds_arn("cluster", v)) for v in values("DbClusterIdentifier")]
+            elif op.name.startswith("Create") and "DbSnapshotIdentifier" in {_strip(k) for k in params}:
                 created = [c for c in calls if ":snapshot:" in c[1]]
             elif op.name.startswith("Restore") or op.name.startswith("Create"):
                 created = [c for c in calls if ":db:" in c[1]]

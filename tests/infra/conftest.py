@@ -16,7 +16,7 @@ os.environ.setdefault("JSII_SILENCE_WARNING_UNTESTED_NODE_VERSION", "1")
 import aws_cdk as cdk
 import awscheck
 from aws_cdk.assertions import Template
-from infra_support import Synth
+from infra_support import SOURCE_CLUSTER, Synth
 
 import app as cdk_app
 
@@ -32,7 +32,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Synth]:
     outdir = tmp_path_factory.mktemp("cdk.out")
-    app = cdk.App(context=cdk_app.cdk_json_context(), outdir=str(outdir))
+    # an Aurora source cluster as well as the default instance: both scratch paths are checked
+    app = cdk.App(context={**cdk_app.cdk_json_context(), "sourceClusterId": SOURCE_CLUSTER}, outdir=str(outdir))
     app, stack = cdk_app.build(app)
     assembly = app.synth()
     template_json = json.loads((outdir / f"{stack.artifact_id}.template.json").read_text())

@@ -11,6 +11,9 @@ from aws_cdk.assertions import Template
 from infra.definitions import find
 from infra.stack import MigsafeStack
 
+# the sourceClusterId the tests synthesize with (beside the default instance): both scratch paths are checked
+SOURCE_CLUSTER = "migsafe-aurora-source"
+
 
 @dataclass
 class Synth:

@@ -7,6 +7,7 @@ import json
 
 import awscheck
 import pytest
+from infra_support import SOURCE_CLUSTER
 
 # Representative values for the JSONPaths the Tasks read (what the validate Lambda produces): the
 # actions must be allowed for each of them. A new path needs a sample here.
@@ -24,6 +25,14 @@ SAMPLES: dict[str, list[str]] = {
     "$.source.parameter_group": ["app-postgres15", "default.postgres15"],
     "$.source.option_group": ["app-postgres15", "default:postgres-15"],
     "$.scratch.secret_name": [f"migsafe-scratch/{SCRATCH}"],
+    # Aurora: the scratch cluster is named like its instance; the source is the deploy's cluster
+    "$.scratch.cluster_id": [SCRATCH],
+    "$.source_cluster_id": [SOURCE_CLUSTER],
+    "$.source.subnet_group": ["app-db-subnets", "default"],
+    "$.source.cluster_parameter_group": ["app-aurora-postgresql16", "default.aurora-postgresql16"],
+    # an automated or a manual cluster snapshot of the source
+    "Restore scratch cluster|$.snapshot.snapshot_id": [f"rds:{SOURCE_CLUSTER}-2026-12-01-03-05", "nightly"],
+    "Restore scratch cluster (Serverless v2)|$.snapshot.snapshot_id": [f"rds:{SOURCE_CLUSTER}-2026-12-01-03-05"],
 }
 
 

@@ -64,7 +64,8 @@ def test_pre_migration_runs_in_the_documented_order(pre: dict[str, Any]) -> None
     path = _reachable(states, pre["StartAt"])
     # Then it validates, prepares (backup | scratch), rehearses, evaluates, publishes, deletes, decides
     main = [wf.VALIDATE_PLAN, wf.PREPARE, wf.REHEARSE, wf.EVALUATE, wf.FORMAT_RESULT, wf.PUBLISH_RESULT,
-            wf.DELETE_SCRATCH, f"{wf.DELETE_SNAPSHOT}?", wf.DELETE_SNAPSHOT, wf.DELETE_SECRET]
+            wf.DELETE_SCRATCH, f"{wf.DELETE_CLUSTER}?", wf.DELETE_CLUSTER, f"{wf.DELETE_SNAPSHOT}?",
+            wf.DELETE_SNAPSHOT, wf.DELETE_SECRET]
     assert path[: len(main)] == main
     assert states[wf.DELETE_SECRET]["Next"] == "Verdict?"
     assert states[wf.PREPARE]["Type"] == "Parallel"
@@ -84,7 +85,7 @@ def test_every_state_after_the_scratch_restore_starts_catches_into_the_scratch_d
     states = pre["States"]
     after = [n for n in _reachable(states, wf.PREPARE) if states[n]["Type"] in CATCHING]
     assert after == [wf.PREPARE, wf.REHEARSE, wf.EVALUATE, wf.FORMAT_RESULT, wf.PUBLISH_RESULT, wf.DELETE_SCRATCH,
-                     wf.DELETE_SNAPSHOT, wf.DELETE_SECRET]
+                     wf.DELETE_CLUSTER, wf.DELETE_SNAPSHOT, wf.DELETE_SECRET]
     for name in after:
         # When we follow each state's States.ALL catch
         catch = _catch_all(states[name])
@@ -122,7 +123,8 @@ def test_no_state_after_the_scratch_exists_can_fail_with_an_uncatchable_runtime_
                 for choice in state["Choices"]:
                     text = str(choice)
                     if "_status." in text and "IsPresent" not in text:
-                        assert name.startswith(("Scratch available?", "Snapshot available?")), name
+                        assert name.startswith(("Scratch available?", "Snapshot available?",
+                                                "Scratch cluster available?")), name
     # and the Choices that compare a status are reached only through an IsPresent test
     branch = pre["States"][wf.PREPARE]["Branches"][1]["States"]
     assert branch["Describe scratch"]["Next"] == "Scratch described?"
@@ -133,6 +135,9 @@ def test_no_state_after_the_scratch_exists_can_fail_with_an_uncatchable_runtime_
     assert all(c["IsPresent"] is True for c in known["And"]) and known["Next"] == "Scratch endpoint"
     snapshot = branch["Snapshot described?"]["Choices"][0]
     assert snapshot["IsPresent"] is True and snapshot["Next"] == "Snapshot available?"
+    assert branch[wf.DESCRIBE_CLUSTER]["Next"] == "Scratch cluster described?"
+    cluster = branch["Scratch cluster described?"]["Choices"][0]
+    assert cluster["IsPresent"] is True and cluster["Next"] == "Scratch cluster available?"
 
 
 def test_states_inside_prepare_let_errors_reach_the_parallel_catch(pre: dict[str, Any]) -> None:
@@ -144,12 +149,13 @@ def test_states_inside_prepare_let_errors_reach_the_parallel_catch(pre: dict[str
             assert _catch_all(state) is None, name
             # and the only in-branch catch continues the branch (a retried restore that already went through)
             for catch in state.get("Catch", []):
-                assert catch["ErrorEquals"] == [wf.RDS_ALREADY_EXISTS] and catch["Next"] in branch["States"]
+                assert catch["ErrorEquals"] in ([wf.RDS_ALREADY_EXISTS], [wf.RDS_CLUSTER_ALREADY_EXISTS])
+                assert catch["Next"] in branch["States"]
     scratch = branches[1]["States"]
     # and the deadlines fail with the package's ScratchFailed
     fails = {n: s for n, s in scratch.items() if s["Type"] == "Fail"}
     assert set(fails) == {"Scratch instance failed", "Scratch deadline passed", "Snapshot deadline passed",
-                          "Snapshot failed"}
+                          "Snapshot failed", "Scratch cluster failed", "Scratch cluster deadline passed"}
     assert {s["Error"] for s in fails.values()} == {"ScratchFailed"}
 
 
@@ -223,9 +229,19 @@ def test_scratch_deletion_after_failure_tolerates_a_missing_instance_and_always_
     assert delete["Resource"].endswith(":states:::aws-sdk:rds:deleteDBInstance")
     assert any(r["ErrorEquals"] == [wf.RDS_BUSY] for r in delete["Retry"])
     assert [c["ErrorEquals"] for c in delete["Catch"]] == [[wf.RDS_NOT_FOUND], ["States.ALL"]]
-    # whatever happens, the run's snapshot (when it made one) and the scratch secret are deleted next
+    # whatever happens, the scratch cluster (Aurora), the run's snapshot (when it made one) and the
+    # scratch secret are deleted next
+    has_cluster = f"{wf.DELETE_CLUSTER_AFTER_FAILURE}?"
+    assert {c["Next"] for c in delete["Catch"]} == {has_cluster} and delete["Next"] == has_cluster
     taken = f"{wf.DELETE_SNAPSHOT_AFTER_FAILURE}?"
-    assert {c["Next"] for c in delete["Catch"]} == {taken} and delete["Next"] == taken
+    assert states[has_cluster]["Default"] == taken
+    assert states[has_cluster]["Choices"][0]["Next"] == wf.DELETE_CLUSTER_AFTER_FAILURE
+    cluster = states[wf.DELETE_CLUSTER_AFTER_FAILURE]
+    assert cluster["Resource"].endswith(":states:::aws-sdk:rds:deleteDBCluster")
+    assert cluster["Parameters"] == {"DbClusterIdentifier.$": "$.scratch.cluster_id", "SkipFinalSnapshot": True}
+    assert any(r["ErrorEquals"] == [wf.RDS_CLUSTER_BUSY] for r in cluster["Retry"])
+    assert [c["ErrorEquals"] for c in cluster["Catch"]] == [[wf.RDS_CLUSTER_NOT_FOUND], ["States.ALL"]]
+    assert {c["Next"] for c in cluster["Catch"]} == {taken} and cluster["Next"] == taken
     assert states[taken]["Default"] == wf.DELETE_SECRET_AFTER_FAILURE
     assert states[taken]["Choices"][0]["Next"] == wf.DELETE_SNAPSHOT_AFTER_FAILURE
     snapshot = states[wf.DELETE_SNAPSHOT_AFTER_FAILURE]
@@ -404,3 +420,56 @@ def test_a_stale_scratch_is_replaced_once_and_every_step_of_that_path_reaches_th
     for name in ("Check for a stale scratch", "Delete stale scratch", "Prepare a fresh scratch"):
         catch = _catch_all(states[name])
         assert catch is not None and list(_through_passes(states, catch["Next"]))[-1] == wf.DELETE_AFTER_FAILURE, name
+
+
+def test_the_scratch_kind_chooses_a_clone_a_cluster_snapshot_or_an_instance_snapshot(pre: dict[str, Any]) -> None:
+    # Given the scratch branch of Prepare
+    branch = pre["States"][wf.PREPARE]["Branches"][1]["States"]
+    # Then after the source settings the kind the validation resolved chooses the path
+    assert branch[wf.SOURCE_SETTINGS]["Next"] == wf.SCRATCH_KIND
+    kind = branch[wf.SCRATCH_KIND]
+    assert [(c["Variable"], c["StringEquals"]) for c in kind["Choices"]] == [
+        ("$.scratch.kind", "aurora-clone"), ("$.scratch.kind", "aurora-snapshot")]
+    assert kind["Default"] == "Snapshot requested?"
+    # a clone is copy-on-write at the latest restorable time, with the source's groups, security groups
+    # and port, never deletion-protected, tagged; a Serverless v2 source's scaling is copied
+    choose = branch[kind["Choices"][0]["Next"]]
+    provisioned, serverless = branch[choose["Default"]], branch[choose["Choices"][0]["Next"]]
+    for clone in (provisioned, serverless):
+        params = clone["Parameters"]
+        assert clone["Resource"].endswith(":states:::aws-sdk:rds:restoreDBClusterToPointInTime")
+        assert (params["RestoreType"], params["UseLatestRestorableTime"]) == ("copy-on-write", True)
+        assert params["SourceDBClusterIdentifier.$"] == "$.source_cluster_id"
+        assert params["DbClusterIdentifier.$"] == "$.scratch.cluster_id"
+        assert params["VpcSecurityGroupIds.$"] == "$.source.security_groups"
+        assert params["DbClusterParameterGroupName.$"] == "$.source.cluster_parameter_group"
+        assert params["DbSubnetGroupName.$"] == "$.source.subnet_group" and params["Port.$"] == "$.source.port"
+        assert params["DeletionProtection"] is False
+        assert {t["Key"] for t in params["Tags"]} == {"migsafe:scratch", "migsafe:execution"}
+        assert clone["Next"] == "Wait for scratch cluster"
+    assert "ServerlessV2ScalingConfiguration.$" not in provisioned["Parameters"]
+    assert serverless["Parameters"]["ServerlessV2ScalingConfiguration.$"] == "$.source.scaling"
+    # the cluster snapshot path finds the latest snapshot first
+    assert branch[kind["Choices"][1]["Next"]]["Parameters"]["action"] == "latest_cluster_snapshot"
+    # once the cluster is available, one instance of the chosen class joins it, then the instance wait
+    available = branch["Scratch cluster available?"]
+    assert available["Choices"][0] == {"Variable": "$.cluster_status.DbClusters[0].Status",
+                                       "StringEquals": "available", "Next": wf.CREATE_CLUSTER_INSTANCE}
+    failed = {c["StringEquals"] for c in available["Choices"][1]["Or"]}
+    assert failed == set(wf.CLUSTER_FAILED_STATUSES) and "cloning-failed" in failed
+    create = branch[wf.CREATE_CLUSTER_INSTANCE]
+    assert create["Parameters"]["DbClusterIdentifier.$"] == "$.scratch.cluster_id"
+    assert create["Parameters"]["DbInstanceClass.$"] == "$.source.instance_class"
+    assert create["Parameters"]["PubliclyAccessible"] is False
+    assert create["Next"] == "Wait for scratch"
+
+
+def test_the_cluster_wait_is_bounded(pre: dict[str, Any]) -> None:
+    # Given the cluster poll
+    branch = pre["States"][wf.PREPARE]["Branches"][1]["States"]
+    deadline = branch["Scratch cluster deadline?"]
+    # Then it counts its polls and fails with ScratchFailed past scratchWaitMinutes
+    assert deadline["Choices"][0]["Variable"] == "$.cluster_wait.count"
+    assert deadline["Choices"][0]["NumericGreaterThan"] == 90 * 60 // wf.POLL_SECONDS
+    assert branch[deadline["Choices"][0]["Next"]]["Error"] == "ScratchFailed"
+    assert deadline["Default"] == "Wait for scratch cluster"
