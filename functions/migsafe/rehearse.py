@@ -31,6 +31,7 @@ from .config import Settings
 from .dsn import Dsn, mask
 from .exceptions import (
     BackupIncomplete,
+    DatabaseError,
     EnvironmentFault,
     MigsafeError,
     RestoreVerificationFailed,
@@ -244,10 +245,27 @@ def rehearse(
         )
     if isinstance(fault, KeyboardInterrupt | _Terminated):
         raise KeyboardInterrupt
+    if isinstance(fault, psycopg.Error):  # unwrapped, it read "database: ..." -- which one?
+        fault = _database_fault(run, fault)
     if fault is not None:
         setattr(fault, "result", result)  # noqa: B010 - the CLI reports it and exits 3
         raise fault
     return result
+
+
+_SCRATCH_STEPS = ("baseline", "upgrade", "verify_upgrade", "downgrade", "verify_downgrade", "destroy_scratch")
+
+
+def _database_fault(run: _Run, exc: psycopg.Error) -> EnvironmentFault:
+    """A database error, named by the step it stopped and the server that step works on."""
+    step = run.failed_step or (run.steps[-1].name if run.steps else "start")
+    on_scratch = step in _SCRATCH_STEPS or step.startswith("after_")
+    server = "the scratch server" if on_scratch else "the source" if step == "backup" else "a database"
+    kind = ScratchFailed if on_scratch else DatabaseError
+    fault = kind(f"rehearsal stopped at step {step}: {server} failed"
+                 + (" (the source was not changed)" if on_scratch else "") + f": {mask(str(exc)).strip()}")
+    fault.__cause__ = exc
+    return fault
 
 
 def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup_id: str | None) -> None:
