@@ -713,7 +713,8 @@ def run_trials(lab: Lab, seed_value: int, per_kind: int, flips: int, phases: int
             trials.append(t)
             status = ("NOT RUN " + t.unavailable if t.unavailable else
                       "ok" if not t.broken else "BROKEN " + "; ".join(t.notes))
-            say(f"  {t.fault:<32} seed {trial_seed:<10} {time.monotonic() - started:5.1f}s {status}")
+            say(f"  {t.fault:<32} seed {trial_seed:<10} {time.monotonic() - started:5.1f}s "
+                f"held {len(t.held)} broken {len(t.broken)} {status}")
     finally:
         lab.close()
     return trials
