@@ -409,9 +409,8 @@ def _staging_schemas(db: Database) -> list[str]:
 
 
 def _sessions_on(db: Database, seconds: float = 10.0) -> int:
-    """migsafe's sessions on ``db``, once the closed ones had time to exit."""
-    q = ("select count(*) from pg_stat_activity where datname = %s and pid <> pg_backend_pid() "
-         "and application_name like 'migsafe%%'")
+    """Sessions on ``db`` once the closed ones had time to exit (only migsafe connects to a target)."""
+    q = "select count(*) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()"
     deadline = time.monotonic() + seconds
     while True:
         with psycopg.connect(db.dsn.with_db("postgres").conninfo(), autocommit=True) as conn:
