@@ -99,6 +99,7 @@ class Trial:
     broken: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unavailable: str = ""  # the host cannot inject this fault: not run, counted neither held nor broken
+    outcome: str = ""  # where the fault landed, when a trial can tell (printed on its line)
 
     def check(self, name: str, ok: bool, note: str = "") -> None:
         (self.held if ok else self.broken).append(name)
@@ -476,6 +477,7 @@ def trial_restore(lab: Lab, rng: random.Random, origin: Origin, into: str, sig: 
     after = target_state(target)
     whole = after[0] == origin.restored
     ok = whole if code == 0 else (after == before or whole)  # exit 0 means restored
+    t.outcome = "finished" if code == 0 else "restored" if whole else "untouched" if after == before else "mixed"
     invalid = _invalid_constraints(target)
     t.check("target_all_or_nothing", ok and invalid == 0,
             f"exit {code}, untouched={after == before}, restored={whole}, {invalid} invalid constraint(s)")
@@ -555,7 +557,9 @@ def trial_source_stopped(lab: Lab, rng: random.Random, trial_seed: int) -> Trial
     stderr = _drain(lines)
     if proc.returncode == 0:
         t.notes.append("finished before the stop")
+        t.outcome = "finished"
     else:
+        t.outcome = "stopped"
         _one_clear_line(t, proc.returncode, stderr, SOURCE_GONE)
     t.check("no_child_left", _settle(lambda: not _children_of_lab(lab), 5.0), "; ".join(_children_of_lab(lab)))
     _killed_backups_incomplete(lab, t, store)
@@ -601,6 +605,8 @@ def trial_scratch_killed(lab: Lab, rng: random.Random, trial_seed: int) -> Trial
         t.check("exits_promptly", False)
     stderr = _drain(lines)
     t.notes.append(how)
+    step = [ln for ln in stderr.splitlines() if "rehearsal stopped at step" in ln]
+    t.outcome = how + (": " + step[-1].split("at step ", 1)[1].split(":", 1)[0] if step else "")
     _one_clear_line(t, proc.returncode, stderr, SCRATCH_GONE)
     t.check("no_child_left", _settle(lambda: not _children_of_lab(lab), 5.0), "; ".join(_children_of_lab(lab)))
     left = [p.name for p in lab.runtime_dir.glob(f"*-{proc.pid}-*")]
@@ -651,8 +657,11 @@ def trial_disk_full(lab: Lab, rng: random.Random, origin: Origin, trial_seed: in
         run = lab.cli("backup", "--plan", str(plan))
         if run.returncode == 0:
             t.notes.append(f"{pages} pages were enough")
+            t.outcome = "fit"
         else:
             _one_clear_line(t, run.returncode, run.stderr, DISK_FULL)
+            full_in = [w.rstrip(":") for w in run.stderr.split() if w.startswith(str(store))]
+            t.outcome = "full in " + (full_in[-1].rsplit("/", 1)[-1] if full_in else "?")
         _killed_backups_incomplete(lab, t, store)
         partials = [p.name for p in store.rglob("*.migsafe-partial")]
         listed = lab.cli("backups", "list", "--store", f"file://{store}", "--json")
@@ -712,6 +721,7 @@ def run_trials(lab: Lab, seed_value: int, per_kind: int, flips: int, phases: int
             trials.append(t)
             status = ("NOT RUN " + t.unavailable if t.unavailable else
                       "ok" if not t.broken else "BROKEN " + "; ".join(t.notes))
+            status += f" ({t.outcome})" if t.outcome else ""
             say(f"  {t.fault:<32} seed {trial_seed:<10} {time.monotonic() - started:5.1f}s "
                 f"held {len(t.held)} broken {len(t.broken)} {status}")
     finally:
