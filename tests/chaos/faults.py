@@ -584,7 +584,8 @@ def trial_scratch_killed(lab: Lab, rng: random.Random, trial_seed: int) -> Trial
     before = source_state(lab.source)
     proc = lab.start("rehearse", "--plan", str(plan), "--report-dir", str(lab.work / f"report-{trial_seed}"))
     lines = _lines(proc)
-    if not _wait_line(lines, PHASES["upgrade"], 180):
+    # "upgrade ..." is said when alembic starts (after the restore test, which the upgrade waits for)
+    if not _wait_line(lines, "upgrade ...", 180):
         t.notes.append(f"upgrade never started (exit {proc.poll()})")
     time.sleep(rng.uniform(0.0, 2.5))
     how = rng.choice(["kill -9 postmaster", "pg_ctl stop -m immediate"])

@@ -322,9 +322,13 @@ def _read_until(proc: subprocess.Popen[str], start: str, seconds: float) -> list
     return seen
 
 
-@pytest.mark.parametrize("how", ["kill -9", "pg_ctl stop -m immediate"])
+@pytest.mark.parametrize(("how", "when"), [
+    ("kill -9", "upgrade ..."),  # alembic is running its statement
+    ("pg_ctl stop -m immediate", "upgrade ..."),
+    ("kill -9", "baseline: ok"),  # before alembic starts: the error comes outside any step
+])
 def test_a_scratch_server_dying_mid_upgrade_is_an_environment_fault_naming_the_scratch(
-    how: str, tmp_path: Path, source: Database, runtime_dir: Path, migsafe: Callable[..., CliResult],
+    how: str, when: str, tmp_path: Path, source: Database, runtime_dir: Path, migsafe: Callable[..., CliResult],
 ) -> None:
     # Given: a rehearsal whose upgrade runs for a minute on its scratch copy
     ini = write_project(tmp_path / "proj", upgrade=["SELECT pg_sleep(60)"], downgrade=["SELECT 1"])
@@ -337,10 +341,11 @@ def test_a_scratch_server_dying_mid_upgrade_is_an_environment_fault_naming_the_s
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        seen = _read_until(proc, "upgrade ...", 180)
-        assert seen and seen[-1].startswith("upgrade ..."), seen
+        seen = _read_until(proc, when, 180)
+        assert seen and seen[-1].startswith(when), seen
         (scratch,) = runtime_dir.glob(f"scratch-{proc.pid}-*")
-        time.sleep(1.0)  # the upgrade's statement is running
+        if when == "upgrade ...":
+            time.sleep(1.0)  # the upgrade's statement is running
         # When: the scratch server dies under it
         if how == "kill -9":
             os.kill(int((scratch / "data" / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)
@@ -353,7 +358,8 @@ def test_a_scratch_server_dying_mid_upgrade_is_an_environment_fault_naming_the_s
             proc.wait()
             migsafe("scratch", "sweep")
     # Then: exit 3 (an environment fault, not a FAIL of the migration), in one line that says the
-    # scratch server failed -- not a bare "database: ..." an operator would read as the source
+    # scratch server failed, and where it stopped -- not a bare "database: ..." an operator would read
+    # as the source, nor the last step that ran (destroy_scratch)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert proc.returncode == 3, err
     assert lines[-1].startswith("migsafe: error: rehearsal stopped at step upgrade: the scratch server failed"), err
