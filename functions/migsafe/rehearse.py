@@ -117,6 +117,7 @@ class _Run:
         self.backup: BackupInfo | None = None
         self.scratch: Scratch | None = None
         self.failed_step: str | None = None
+        self.at = "start"  # the step (or migration phase) running now: what a database error stopped
         self.error: str | None = None
         self.warnings: list[str] = []
         self.restore_cluster: LocalCluster | None = None
@@ -146,6 +147,7 @@ class _Run:
     def step(self, name: str) -> Iterator[None]:
         started = datetime.now(UTC)
         t = time.monotonic()
+        self.at = name
         self.say(f"{name} ...")
         try:
             yield
@@ -221,11 +223,13 @@ def rehearse(
             say(f"removed {len(removed)} scratch cluster(s) left by killed runs: {', '.join(removed)}")
     run = _Run(plan, settings, say)
     fault: BaseException | None = None
+    stopped_at = "start"
     try:
         with _sigterm_unwinds():
             _pipeline(run, source, pr, scratch_dsn, backup_id)
     except (EnvironmentFault, psycopg.Error) as exc:
         fault = exc
+        stopped_at = run.failed_step or run.at  # before destroy_scratch becomes the last step
     except MigsafeError:
         pass  # a step found a problem (e.g. the restore test): recorded as a failed step, so FAIL
     except (KeyboardInterrupt, _Terminated) as exc:
@@ -250,10 +254,26 @@ def rehearse(
         )
     if isinstance(fault, KeyboardInterrupt | _Terminated):
         raise KeyboardInterrupt
+    if isinstance(fault, psycopg.Error):  # unwrapped, it read "database: ..." -- which one?
+        fault = _database_fault(stopped_at, fault)
     if fault is not None:
         setattr(fault, "result", result)  # noqa: B010 - the CLI reports it and exits 3
         raise fault
     return result
+
+
+_SCRATCH_STEPS = ("baseline", "upgrade", "verify_upgrade", "downgrade", "verify_downgrade", "destroy_scratch")
+
+
+def _database_fault(step: str, exc: psycopg.Error) -> EnvironmentFault:
+    """A database error, named by the step it stopped and the server that step works on."""
+    on_scratch = step in _SCRATCH_STEPS or step.startswith("after_")
+    server = "the scratch server" if on_scratch else "the source" if step == "backup" else "a database"
+    kind = ScratchFailed if on_scratch else DatabaseError
+    fault = kind(f"rehearsal stopped at step {step}: {server} failed"
+                 + (" (the source was not changed)" if on_scratch else "") + f": {mask(str(exc)).strip()}")
+    fault.__cause__ = exc
+    return fault
 
 
 def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup_id: str | None) -> None:
@@ -369,6 +389,7 @@ def _phase(
     """Run one direction of the migration, observed, then verify; the relfilenodes after, or None."""
     plan = run.plan
     assert run.scratch is not None
+    run.at = phase
     traffic = _start_traffic(run, conn, phase)
     run.say(f"{phase} ...")  # add_step says its end
     began, clock = datetime.now(UTC), time.monotonic()

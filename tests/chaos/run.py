@@ -1,6 +1,6 @@
 """``make chaos``: the full fault-injection run on a throw-away PostgreSQL; prints the seed and a table.
 
-    python tests/chaos/run.py [--seed N] [--per-kind 20] [--flips 50]
+    python tests/chaos/run.py [--seed N] [--per-kind 20] [--flips 50] [--faults N] [--only KINDS]
 
 Exit 0 when no invariant broke, 1 otherwise. Reproduce a run with its seed.
 """
@@ -28,6 +28,11 @@ def main() -> int:
     ap.add_argument("--per-kind", type=int, default=20, help="trials per kill fault (per signal and phase)")
     ap.add_argument("--flips", type=int, default=50)
     ap.add_argument("--phases", type=int, default=None, help="rehearse phases per signal (default: all)")
+    ap.add_argument("--faults", type=int, default=None,
+                    help="trials per server and disk fault (default: --per-kind)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated kinds to run (backup, rehearse, restore, source_stopped, "
+                         "scratch_killed, disk_full, byteflip): replays one kind with its seed")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else secrets.randbelow(1 << 31)
     runtime = Path(tempfile.mkdtemp(prefix="migsafe-chaos-"))
@@ -49,7 +54,8 @@ def main() -> int:
         source = make_db("source")
         faults.prepare_source(source)
         lab = faults.Lab(source=source, runtime_dir=runtime, work=work, make_target=lambda: make_db("target"))
-        trials = faults.run_trials(lab, seed, args.per_kind, args.flips, args.phases)
+        trials = faults.run_trials(lab, seed, args.per_kind, args.flips, args.phases, args.faults,
+                                   only=set(args.only.split(",")) if args.only else None)
     finally:
         cluster.destroy()
         shutil.rmtree(runtime, ignore_errors=True)

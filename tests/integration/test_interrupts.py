@@ -307,3 +307,65 @@ def test_a_rehearsal_leaves_no_lock_report_in_tmp(
     # Then
     assert proc.returncode == (130 if interrupted else 0), err
     assert not list(tmp.glob("migsafe-locks-*")) and not list(tmp.glob("migsafe-alembic-*")), list(tmp.iterdir())
+
+
+# --- server faults ----------------------------------------------------------------------------------
+def _read_until(proc: subprocess.Popen[str], start: str, seconds: float) -> list[str]:
+    """Stderr lines up to (and with) the first that starts with ``start``."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + seconds
+    for line in proc.stderr:
+        seen.append(line.rstrip("\n"))
+        if line.startswith(start) or time.monotonic() > deadline:
+            break
+    return seen
+
+
+@pytest.mark.parametrize(("how", "when"), [
+    ("kill -9", "upgrade ..."),  # alembic is running its statement
+    ("pg_ctl stop -m immediate", "upgrade ..."),
+    ("kill -9", "baseline: ok"),  # before alembic starts: the error comes outside any step
+])
+def test_a_scratch_server_dying_mid_upgrade_is_an_environment_fault_naming_the_scratch(
+    how: str, when: str, tmp_path: Path, source: Database, runtime_dir: Path, migsafe: Callable[..., CliResult],
+) -> None:
+    # Given: a rehearsal whose upgrade runs for a minute on its scratch copy
+    ini = write_project(tmp_path / "proj", upgrade=["SELECT pg_sleep(60)"], downgrade=["SELECT 1"])
+    plan = write_plan(tmp_path / "plan.toml", source, f"file://{tmp_path / 'store'}",
+                      extra=f'[migration]\nalembic_ini = "{ini}"\nurl_env = "DATABASE_URL"\n')
+    fingerprint = source.scalar("select md5(string_agg(u::text, ',' order by id)) from public.users u")
+    env = {**os.environ, "MIGSAFE_RUNTIME_DIR": str(runtime_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "migsafe", "rehearse", "--plan", str(plan), "--report-dir", str(tmp_path / "r")],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        seen = _read_until(proc, when, 180)
+        assert seen and seen[-1].startswith(when), seen
+        (scratch,) = runtime_dir.glob(f"scratch-{proc.pid}-*")
+        if when == "upgrade ...":
+            time.sleep(1.0)  # the upgrade's statement is running
+        # When: the scratch server dies under it
+        if how == "kill -9":
+            os.kill(int((scratch / "data" / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)
+        else:
+            LocalCluster(root=scratch, port=0).stop("immediate")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            migsafe("scratch", "sweep")
+    # Then: exit 3 (an environment fault, not a FAIL of the migration), in one line that says the
+    # scratch server failed, and where it stopped -- not a bare "database: ..." an operator would read
+    # as the source, nor the last step that ran (destroy_scratch)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 3, err
+    assert lines[-1].startswith("migsafe: error: rehearsal stopped at step upgrade: the scratch server failed"), err
+    assert len([ln for ln in lines if ln.startswith("migsafe: error:")]) == 1 and "Traceback" not in err
+    # the scratch is removed by the rehearsal itself (no sweep), nothing of it runs, the source is as it was
+    assert not list(runtime_dir.glob(f"*-{proc.pid}-*"))
+    assert _wait_for(lambda: not _processes_mentioning(str(scratch)), 5, 0.05), _processes_mentioning(str(scratch))
+    assert _settled_burden(source) == {"pg_stat_replication": 0, "pg_replication_slots": 0, "sessions": 0}
+    assert source.scalar("select md5(string_agg(u::text, ',' order by id)) from public.users u") == fingerprint

@@ -240,3 +240,48 @@ def test_a_backup_refuses_to_seal_a_manifest_over_objects_that_disappeared(sourc
     with pytest.raises(BackupFailed, match="disappeared"):
         inventory.write_manifest(store, prefix, manifest)
     assert not store.exists(prefix + "manifest.json")
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from migsafe.store import FileStore
+writer = FileStore(sys.argv[1]).open_writer(sys.argv[2])
+writer.write(b"x" * int(sys.argv[3]))
+writer._fh.flush()
+os.kill(os.getpid(), signal.SIGKILL)  # as a backup killed mid-dump: neither committed nor aborted
+"""
+
+
+def test_the_cli_lists_a_folder_of_only_a_killed_writers_partial_file_as_incomplete_and_prune_removes_it(
+    migsafe: Cli, tmp_path: Path
+) -> None:
+    # Given: a store whose only backup folder holds what a writer killed with SIGKILL left: one
+    # hidden partial file (12,288 bytes), from a backup started two days ago
+    import subprocess
+    import sys
+
+    root = tmp_path / "store"
+    root.mkdir()
+    backup_id = new_backup_id(datetime.now(UTC) - timedelta(days=2))
+    killed = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(root),
+                             backup_prefix(backup_id) + "public.users.dump.zst", "12288"], capture_output=True)
+    assert killed.returncode == -9, killed.stderr
+    partials = [p for p in root.rglob("*") if p.is_file()]
+    assert [p.name.endswith(".migsafe-partial") for p in partials] == [True]
+    # When: listed by the CLI, as text and as JSON
+    text = migsafe("backups", "list", "--store", file_url(root))
+    listed = migsafe("backups", "list", "--store", file_url(root), "--json")
+    # Then: it is there, incomplete, with the bytes it really holds
+    assert text.code == 0 and listed.code == 0, text.output + listed.output
+    (row,) = [ln for ln in text.stdout.splitlines() if backup_id in ln]
+    assert "incomplete" in row and "12.0 KiB" in row, text.stdout
+    assert [(r["backup_id"], r["complete"], r["bytes"]) for r in json.loads(listed.stdout)] == [
+        (backup_id, False, 12288)]
+    # When: pruned by the CLI (incomplete and older than a day, no live writer)
+    pruned = migsafe("prune", "--store", file_url(root), "--older-than", "30d")
+    # Then: reported as deleted with its bytes, and every byte of it is gone
+    assert pruned.code == 0, pruned.output
+    assert f"deleted {backup_id} (incomplete, 12.0 KiB)" in pruned.stdout, pruned.output
+    assert not [p for p in root.rglob("*") if p.is_file()]
+    again = migsafe("backups", "list", "--store", file_url(root), "--json")
+    assert again.code == 0 and json.loads(again.stdout) == [], again.output
