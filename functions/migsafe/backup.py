@@ -397,6 +397,10 @@ def _dump_types(
         tconn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         tconn.read_only = True
         tconn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
+        # format_type and pg_get_expr leave out the schema of a type on the search path: an empty one
+        # makes them qualify every name (a domain over public.colour must not say "AS colour", which
+        # a restore, run with an empty search path, cannot resolve)
+        tconn.execute("set local search_path = ''")
         types = catalog.user_types(tconn, list(oids.values()))
         ddls = {int(t["oid"]): catalog.type_ddl(tconn, int(t["oid"]), t["kind"]) for t in types}
         tconn.rollback()

@@ -54,7 +54,8 @@ class TableEntry(_Model):
     partitions: list[str] = Field(default_factory=list)  # dumped in the same archive as the parent
     seconds: float = 0.0
     # order-independent content digest (catalog.fingerprint), taken in the dump's snapshot; None in
-    # manifests written before it existed (their restores skip the comparison)
+    # manifests written before it existed (their restores skip the comparison). Its text marks its
+    # method: "rec:<rows>:<hex>" (record hash), or "<rows>:<hex>" (text hash, manifests before it)
     fingerprint: str | None = None
     schema_name: str | None = None  # the schema, verbatim (``name`` is ambiguous when it holds a dot)
 

@@ -120,7 +120,7 @@ class Staged:
     types: dict[str, QualifiedName] = field(default_factory=dict)  # manifest type name -> staged name
     checks: list[TableRestoreCheck] = field(default_factory=list)
     type_checks: list[TypeRestoreCheck] = field(default_factory=list)
-    measured: dict[str, tuple[int, str]] = field(default_factory=dict)  # rows and fingerprint, once loaded
+    measured: dict[str, tuple[int, str | None]] = field(default_factory=dict)  # rows and fingerprint, once loaded
 
     def staged(self, real: QualifiedName) -> QualifiedName:
         return QualifiedName(self.schemas[real.schema], real.name)
@@ -132,7 +132,8 @@ class _Measure:
 
     entry: str
     name: QualifiedName
-    result: tuple[int, str] | None = None
+    method: catalog.FingerprintMethod | None  # the manifest's (None: an old manifest without one, count only)
+    result: tuple[int, str | None] | None = None
 
 
 class _Rewriter:
@@ -267,7 +268,8 @@ class Loader:
         built = [(kind, body) for e in entries for kind, body in later[e.name]]
         # the count and fingerprint scan (ACCESS SHARE) runs beside the index builds (SHARE): both
         # only read the rows, and the scan fills a core an index build leaves idle
-        measure = [_Measure(e.name, staged.tables[e.name]) for e in entries]
+        measure = [_Measure(e.name, staged.tables[e.name],
+                            catalog.fingerprint_method(e.fingerprint) if e.fingerprint else None) for e in entries]
         self._run_sql([rewrite_block(rewrite, b) for k, b in built if k in _BUILD], "index", extra=measure)
         staged.measured = {m.entry: m.result for m in measure if m.result is not None}
         # triggers, policies, row security, grants, comments: quick, and run one after another --
@@ -314,7 +316,7 @@ class Loader:
         def run(block: bytes | _Measure) -> None:
             if isinstance(block, _Measure):
                 with catalog.connect(self.target, application_name="migsafe restore verify") as c:
-                    block.result = catalog.count_and_fingerprint(c, block.name)
+                    block.result = _measure(c, block.name, block.method)
                 return
             try:
                 self._exec(block.decode())
@@ -512,7 +514,8 @@ class Loader:
         def check(entry: TableEntry) -> None:
             name = staged.tables[entry.name]
             with catalog.connect(self.target, application_name="migsafe restore verify") as c:
-                rows, fingerprint = staged.measured.get(entry.name) or catalog.count_and_fingerprint(c, name)
+                method = catalog.fingerprint_method(entry.fingerprint) if entry.fingerprint else None
+                rows, fingerprint = staged.measured.get(entry.name) or _measure(c, name, method)
                 oid = catalog.resolve_tables(c, [name])[name]
                 columns = [r[0] for r in c.execute(
                     "select attname from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped "
@@ -554,6 +557,14 @@ class Loader:
             for t in staged.type_checks if not t.ok]
         if problems:
             raise RestoreVerificationFailed("verification failed in staging, nothing swapped: " + "; ".join(problems))
+
+
+def _measure(conn: psycopg.Connection[Any], table: QualifiedName, method: catalog.FingerprintMethod | None
+             ) -> tuple[int, str | None]:
+    """Rows and fingerprint, taken with the manifest's method (a manifest without one: rows only)."""
+    if method is None:
+        return catalog.count_rows(conn, table), None
+    return catalog.count_and_fingerprint(conn, table, method)
 
 
 def rewrite_block(rewrite: _Rewriter, block: bytes) -> bytes:
