@@ -25,6 +25,9 @@ VARIANTS: dict[str, list[str]] = {
     "migsafe readahead=8": ["--readahead", "8"],
     "migsafe zstd-3": ["--level", "3"],
     "migsafe threads=1": ["--threads", "1"],
+    # the content fingerprint's cost: the old text method, and none at all (row count only)
+    "migsafe fingerprint=text": ["--fingerprint", "text"],
+    "migsafe fingerprint=off": ["--fingerprint", "off"],
 }
 SMOKE_VARIANTS = [DEFAULT]
 # the floor of one pg_dump archive per table: the largest table's dump alone, uncompressed

@@ -39,7 +39,8 @@ def backup_options(args: argparse.Namespace) -> Any:
     kw: dict[str, Any] = {"compression": args.compression, "jobs": args.jobs}
     if args.level is not None:
         kw["zstd_level"] = args.level
-    for option, value in (("zstd_threads", args.threads), ("readahead", args.readahead)):
+    for option, value in (("zstd_threads", args.threads), ("readahead", args.readahead),
+                          ("fingerprint", args.fingerprint)):
         if value is not None:
             if option not in fields:
                 raise LookupError(f"BackupOptions.{option}")
@@ -221,6 +222,7 @@ def main(argv: list[str]) -> None:
         p.add_argument("--jobs", type=int, default=None)
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--readahead", type=int, default=None)
+        p.add_argument("--fingerprint", default=None)
     c = sub.add_parser("_cli")
     c.add_argument("--report", required=True)
     c.add_argument("argv", nargs=argparse.REMAINDER)
