@@ -301,6 +301,14 @@ def _record_hash(conn: psycopg.Connection[Any], table: QualifiedName) -> sql.Com
     return sql.SQL("hash_record_extended(row({}), 0)").format(sql.SQL(", ").join(parts))
 
 
+def copy_columns(conn: psycopg.Connection[Any], oid: int) -> list[str]:
+    """The columns a table's COPY holds, in order, as pg_dump writes them (generated columns left out)."""
+    rows = conn.execute(
+        "select attname from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped "
+        "and attgenerated = '' order by attnum", (oid,)).fetchall()
+    return [r[0] for r in rows]
+
+
 def foreign_keys(conn: psycopg.Connection[Any], rel_oids: Sequence[int]) -> list[dict[str, Any]]:
     """FK constraints on the relations, with whether each is validated."""
     cur = conn.cursor(row_factory=dict_row)

@@ -46,7 +46,7 @@ from . import catalog, pgtools
 from .dsn import Dsn, mask
 from .exceptions import ChecksumMismatch, DatabaseError, RestoreFailed, RestoreVerificationFailed, ToolFailed
 from .identifiers import QualifiedName
-from .models import Manifest, TableEntry, TableRestoreCheck, TypeInfo, TypeRestoreCheck
+from .models import Manifest, ObjectEntry, TableEntry, TableRestoreCheck, TypeInfo, TypeRestoreCheck
 from .pgtools import tool
 from .store import Store
 from .streams import decompressed, hashed_chunks
@@ -424,6 +424,9 @@ class Loader:
                     preamble.append(line)
                 pending.append(rewrite(line))
             flush()
+            if entry.parts:  # a split table: its archive held no rows; they are in the parts
+                real = entry_name(entry)
+                moved = self._load_parts(entry, QualifiedName(schemas[real.schema], real.name), moved)
         except psycopg.Error as exc:
             failure = RestoreFailed(f"loading {entry.name} into staging failed: {mask(str(exc)).strip()}")
         except BaseException as exc:
@@ -448,6 +451,51 @@ class Loader:
             raise ToolFailed(f"pg_restore failed on {key}: {restore_msg[-1500:]}")
         self.notify("loaded", entry.name, {"rows": entry.rows})
         return found, kept
+
+    def _load_parts(self, entry: TableEntry, staged: QualifiedName, moved: int) -> int:
+        """A split table's parts, in parallel, one COPY session each; ChecksumMismatch if one differs.
+
+        Each part is the text COPY output of a ctid range, in UTF8 (see TableEntry.parts): it streams
+        from the store through sha256 and zstd straight into its session, so the parts load side by
+        side, as they were dumped.
+        """
+        statement = sql.SQL("copy {} ({}) from stdin").format(
+            staged.ident, sql.SQL(", ").join(sql.Identifier(c) for c in entry.copy_columns))
+        lock = threading.Lock()
+
+        def load(part: ObjectEntry) -> None:
+            nonlocal moved
+            digest = hashlib.sha256()
+            size = [0]
+            stored = _counted(hashed_chunks(self.store.read(self.prefix + part.key), digest), size)
+            try:
+                with catalog.connect(self.target, application_name="migsafe restore staging") as c:
+                    c.execute("set client_encoding = 'UTF8'; set datestyle = 'ISO'; set intervalstyle = 'postgres'")
+                    with c.cursor() as cur, cur.copy(statement) as copy:
+                        for chunk in decompressed(stored, self.manifest.compression):
+                            copy.write(chunk)
+                            with lock:
+                                moved += len(chunk)
+                                self.notify("bytes", entry.name, {"bytes": moved})
+            except psycopg.Error as exc:
+                for _ in stored:  # hash the rest: a changed part is reported as such
+                    pass
+                if digest.hexdigest() != part.sha256 or size[0] != part.bytes:
+                    raise ChecksumMismatch(f"checksum mismatch: {self.prefix + part.key} differs from the "
+                                           "manifest; nothing was swapped") from exc
+                raise RestoreFailed(f"loading {entry.name} into staging failed: {mask(str(exc)).strip()}") from exc
+            if digest.hexdigest() != part.sha256 or size[0] != part.bytes:
+                # the session has committed its rows into staging, which is dropped: nothing is swapped
+                raise ChecksumMismatch(f"checksum mismatch: {self.prefix + part.key} differs from the manifest; "
+                                       "nothing was swapped")
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.jobs, len(entry.parts))),
+                                thread_name_prefix="migsafe-stage-part") as pool:
+            futures = [pool.submit(load, part) for part in entry.parts]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise next((e for e in errors if isinstance(e, ChecksumMismatch)), errors[0])  # type: ignore[misc]
+        return moved
 
     def _copy(self, preamble: bytes, statement: bytes, source: _Lines, name: str, moved: int) -> int:
         """One table's rows, spread chunk by chunk over ``streams`` COPY sessions; returns bytes moved.
