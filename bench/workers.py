@@ -40,7 +40,7 @@ def backup_options(args: argparse.Namespace) -> Any:
     if args.level is not None:
         kw["zstd_level"] = args.level
     for option, value in (("zstd_threads", args.threads), ("readahead", args.readahead),
-                          ("fingerprint", args.fingerprint)):
+                          ("fingerprint", args.fingerprint), ("split_bytes", args.split_bytes)):
         if value is not None:
             if option not in fields:
                 raise LookupError(f"BackupOptions.{option}")
@@ -223,6 +223,7 @@ def main(argv: list[str]) -> None:
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--readahead", type=int, default=None)
         p.add_argument("--fingerprint", default=None)
+        p.add_argument("--split-bytes", type=int, default=None)
     c = sub.add_parser("_cli")
     c.add_argument("--report", required=True)
     c.add_argument("argv", nargs=argparse.REMAINDER)
