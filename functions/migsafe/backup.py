@@ -53,6 +53,13 @@ _RESTORE_HINT = {
     "none": "pg_restore -d TARGET TABLE.dump   (types first: psql -d TARGET -f types.sql)",
 }
 
+# a table with ``parts`` (docs/benchmarks.md, "Split tables with stock tools"), all tables' steps in this order
+_SPLIT_HINT = (
+    "; a table with parts: zstd -dc TABLE.dump.zst | pg_restore -d TARGET --section=pre-data, then per part "
+    "zstd -dc PART | PGCLIENTENCODING=UTF8 psql -d TARGET -c 'COPY TABLE (copy_columns) FROM STDIN', then "
+    "zstd -dc TABLE.dump.zst | pg_restore -d TARGET --section=data --section=post-data"
+)
+
 
 @dataclass(frozen=True)
 class BackupOptions:
@@ -412,7 +419,7 @@ def _dump_all(
         types_object=ObjectEntry(key=types_obj.key[len(prefix):], bytes=types_obj.bytes, sha256=types_obj.sha256)
         if types_obj
         else None,
-        restore_hint=_RESTORE_HINT[opts.compression],
+        restore_hint=_RESTORE_HINT[opts.compression] + (_SPLIT_HINT if any(e.parts for e in entries) else ""),
     )
 
 

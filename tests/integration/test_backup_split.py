@@ -45,6 +45,7 @@ def test_a_split_backup_lists_its_parts_and_restores_equal(
     assert users.copy_columns == ["id", "email", "full_name", "role", "created_at"]
     assert [p.key for p in users.parts] == [f"public.users.part{i}.copy.zst" for i in (1, 2, 3)]
     assert verify_backup(store, backup_id).ok
+    assert "--section=pre-data" in manifest.restore_hint
     target = make_database()
 
     # When it is restored into an empty database
