@@ -194,6 +194,9 @@ class Loader:
         self.no_owner = no_owner
         self.pg_bindir = pg_bindir
         self.notify = notify
+        # staged tables whose autovacuum is off while they load and build (reset before the swap)
+        self.autovacuum_off: list[QualifiedName] = []
+        self._av_lock = threading.Lock()
 
     # -- naming ------------------------------------------------------------------------------
     def plan_schemas(self, entries: Sequence[TableEntry], types: Sequence[TypeInfo]) -> dict[str, str]:
@@ -292,7 +295,30 @@ class Loader:
             "foreign key")
         if self.analyze:  # statistics travel with the table: the planner knows it from the first query
             self._parallel(lambda e: self._exec(sql.SQL("analyze {}").format(staged.tables[e.name].ident)), entries)
+        for n in self.autovacuum_off:  # the tables go live as the backup defined them
+            conn.execute(sql.SQL("alter table {} reset (autovacuum_enabled)").format(n.ident))
         return staged
+
+    def _autovacuum_off(self, conn: psycopg.Connection[Any], entry: TableEntry, schemas: dict[str, str]) -> None:
+        """Keep autovacuum off the staged tables while they load, build and verify.
+
+        A freshly loaded table crosses autovacuum's insert threshold at once: its vacuum then burns a
+        core beside our index builds, and a ``CREATE INDEX`` or ``VALIDATE`` waits up to
+        ``deadlock_timeout`` for it to be cancelled (the server log shows "canceling autovacuum
+        task" on staging tables). The setting is reset before the swap; a table whose definition
+        sets ``autovacuum_enabled`` itself is left alone.
+        """
+        for real in (entry_name(entry), *partition_names(entry)):
+            if real.schema not in schemas:
+                continue
+            n = QualifiedName(schemas[real.schema], real.name)
+            row = conn.execute(
+                "select c.relkind, coalesce(c.reloptions, '{}') from pg_class c join pg_namespace s "
+                "on s.oid = c.relnamespace where s.nspname = %s and c.relname = %s", (n.schema, n.name)).fetchone()
+            if row and row[0] == "r" and not any(o.startswith("autovacuum_enabled=") for o in row[1]):
+                conn.execute(sql.SQL("alter table {} set (autovacuum_enabled = false)").format(n.ident))
+                with self._av_lock:
+                    self.autovacuum_off.append(n)
 
     def _parallel(self, fn: Callable[[Any], None], items: Sequence[Any]) -> None:
         if not items:
@@ -373,6 +399,7 @@ class Loader:
         pending: list[bytes] = []  # SQL of the entries loaded now, run before each COPY and at the end
         preamble: list[bytes] = []  # pg_restore's session settings (encoding, ...): every COPY session's too
         seen_header = False
+        quiet = False  # autovacuum turned off on the entry's staged tables
         moved = 0
         failure: BaseException | None = None
 
@@ -417,6 +444,9 @@ class Loader:
                     continue
                 if line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
                     flush()  # the table exists, committed, before any COPY session starts
+                    if not quiet:
+                        self._autovacuum_off(conn, entry, schemas)
+                        quiet = True
                     moved = self._copy(b"".join(preamble), rewrite(line).rstrip().rstrip(b";"), source,
                                        entry.name, moved)
                     continue
@@ -425,6 +455,8 @@ class Loader:
                 pending.append(rewrite(line))
             flush()
             if entry.parts:  # a split table: its archive held no rows; they are in the parts
+                if not quiet:
+                    self._autovacuum_off(conn, entry, schemas)
                 real = entry_name(entry)
                 moved = self._load_parts(entry, QualifiedName(schemas[real.schema], real.name), moved)
         except psycopg.Error as exc:

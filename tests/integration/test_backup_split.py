@@ -125,3 +125,25 @@ def test_small_tables_and_split_off_keep_one_archive_per_table(seeded: Database,
     # Then neither has parts: a manifest like those written before parts existed
     assert [t.parts for t in default.tables] == [[], [], []]
     assert [t.parts for t in off.tables] == [[], [], []]
+
+
+def test_restored_tables_keep_their_own_storage_options(
+    seeded: Database, make_database: Callable[..., Database], tmp_path: Path
+) -> None:
+    # Given a backup where one table turns autovacuum off itself, and the others set nothing
+    # (staging turns autovacuum off while it loads them, split or not)
+    with seeded.connect() as conn:
+        conn.execute("alter table user_invitations set (autovacuum_enabled = false, fillfactor = 90)")
+    store = FileStore(tmp_path / "store")
+    backup = run_backup(seeded.dsn, store, NAMES, BackupOptions(split_bytes=SPLIT))
+    target = make_database()
+
+    # When it is restored
+    report = run_restore(store, backup.backup_id, target.dsn, RestoreOptions())
+
+    # Then each table has the storage options of the source, no more
+    assert report.ok, report.problems()
+    options = "select relname, reloptions from pg_class where relname = any(%s) order by relname"
+    assert target.connect().execute(options, (["users", "user_application_access", "user_invitations"],)).fetchall() == [
+        ("user_application_access", None), ("user_invitations", ["autovacuum_enabled=false", "fillfactor=90"]),
+        ("users", None)]
