@@ -7,7 +7,8 @@ postmaster) -- is what competes for the cores, and moves far less with the load.
     .venv/bin/python bench/ab_cpu.py --dsn postgresql://postgres@127.0.0.1:PORT/app --rounds 5 \\
         --variant 'record=fingerprint=record' --variant 'off=fingerprint=off' ...
 
-A variant is ``name=field=value[,field=value]`` over BackupOptions fields (ints parsed).
+A variant is ``name=field=value[,field=value]`` over BackupOptions fields (ints parsed); with
+``--restore``, ``x_autovacuum=on`` leaves autovacuum on the staged tables (the code before it was off).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def main() -> None:
     tables = [QualifiedName.parse(t) for t in TABLES]
     samples: dict[str, list[dict[str, float]]] = {n: [] for n in variants}
     backups: dict[str, str] = {}
+    extra = {n: {k: v for k, v in o.items() if k.startswith("x_")} for n, o in variants.items()}
+    variants = {n: {k: v for k, v in o.items() if not k.startswith("x_")} for n, o in variants.items()}
     if args.restore:
         for name, opts in variants.items():
             backups[name] = run_backup(dsn, store, tables, BackupOptions(**opts)).backup_id
@@ -98,12 +101,18 @@ def main() -> None:
                 with psycopg.connect(dsn.conninfo(), autocommit=True) as c:
                     c.execute(f'create database "{target}"')
             srv0, me0, t0 = server_cpu(postmaster), own_cpu(), time.monotonic()
+            from migsafe import staging
+
+            off = staging.Loader._autovacuum_off
+            if extra[name].get("x_autovacuum") == "on":
+                staging.Loader._autovacuum_off = lambda *a, **k: None  # type: ignore[method-assign]
             if args.restore:
                 report = run_restore(store, backups[name], Dsn.parse(args.dsn.rsplit("/", 1)[0] + "/" + target),
                                      RestoreOptions())
                 assert report.ok, report.problems()
             else:
                 run_backup(dsn, store, tables, BackupOptions(**variants[name]))
+            staging.Loader._autovacuum_off = off  # type: ignore[method-assign]
             wall, me, srv = time.monotonic() - t0, own_cpu() - me0, server_cpu(postmaster) - srv0
             samples[name].append({"wall_s": wall, "client_cpu_s": me, "server_cpu_s": srv, "cpu_s": me + srv,
                                   "load1": os.getloadavg()[0]})
