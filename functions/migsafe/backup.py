@@ -8,7 +8,10 @@ Order of events, and why:
    snapshot (a rewrite or TRUNCATE cannot commit between the snapshot and the dumps); every
    ``pg_dump --snapshot`` and every row count reads that same snapshot, so the counts match the dumps
    and tables agree with each other.
-3. Table dumps run in parallel, streamed through zstd and sha256 straight into the store.
+3. Table dumps run in parallel, streamed through zstd and sha256 straight into the store. A table
+   larger than ``split_bytes`` is dumped as parts: its schema by pg_dump (without its rows), its rows
+   by one ``COPY`` per ctid range, in parallel, in the same snapshot -- one pg_dump streams a table
+   through one server backend, which bounded the backup by its largest table (docs/benchmarks.md).
 4. ``manifest.json`` is written last. A backup without one is incomplete and never restored from;
    a failed backup deletes what it wrote.
 """
