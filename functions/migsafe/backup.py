@@ -352,6 +352,21 @@ def _dump_all(
                 written.append(obj.key)  # so a backup that fails later removes it too
         return infos, obj
 
+    def measure(table: QualifiedName) -> tuple[int, str | None]:
+        """Row count and fingerprint of ``table`` in the backup's snapshot, on a session of its own."""
+        with catalog.connect(dsn, autocommit=False, application_name="migsafe backup count") as c:
+            c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            c.read_only = True
+            c.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
+            # a DDL queued behind the backup's lock would queue this one behind it: fail, not wait forever
+            c.execute(sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{int(opts.lock_timeout_s * 1000)}ms")))
+            try:
+                if opts.fingerprint == "off":
+                    return catalog.count_rows(c, table), None
+                return catalog.count_and_fingerprint(c, table, opts.fingerprint)
+            finally:
+                c.rollback()
+
     copy_columns = {t: catalog.copy_columns(conn, oids[t]) for t in splits}
     with ThreadPoolExecutor(max_workers=jobs + 1, thread_name_prefix="migsafe-dump") as pool:
         # the types first, so they get the extra worker instead of queueing behind the table dumps;
@@ -362,25 +377,29 @@ def _dump_all(
         futures.update({f: str(t) for t, fs in part_futures.items() for f in fs})
         table_futures = {t: pool.submit(dump_table, t) for t in tables}
         futures.update({f: str(t) for t, f in table_futures.items()})
+        # count and fingerprint each table in one scan of the same snapshot, one session per table, the
+        # split (largest) tables first: on one connection, one after another, these scans outlasted
+        # the split dumps and became the backup's critical path (docs/benchmarks.md)
+        scans = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="migsafe-count")
+        measured = {t: scans.submit(measure, t) for t in sorted(tables, key=lambda t: t not in splits)}
         try:
-            # while the dumps stream, count rows and read the catalog in the same snapshot
+            # while the dumps and the scans run, read the catalog in the same snapshot
             details = {t: catalog.describe(conn, oids[t]) for t in tables}
-            counts: dict[QualifiedName, int] = {}
-            prints: dict[QualifiedName, str | None] = {}
-            for t in tables:  # count and fingerprint in one scan of the same snapshot
-                if opts.fingerprint == "off":
-                    counts[t], prints[t] = catalog.count_rows(conn, t), None
-                else:
-                    counts[t], prints[t] = catalog.count_and_fingerprint(conn, t, opts.fingerprint)
-                notify("rows", str(t), {"rows": counts[t]})
             revision = catalog.alembic_revision(conn)
             version = catalog.server_version(conn)
+            counts: dict[QualifiedName, int] = {}
+            prints: dict[QualifiedName, str | None] = {}
+            for t in tables:
+                counts[t], prints[t] = measured[t].result()
+                notify("rows", str(t), {"rows": counts[t]})
         except psycopg.Error as exc:
             stop_all()
             raise DatabaseError(f"reading the source catalog failed: {mask(str(exc)).strip()}") from exc
         except BaseException:
             stop_all()
             raise
+        finally:
+            scans.shutdown(wait=True, cancel_futures=True)
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]
         if failed:
