@@ -25,6 +25,13 @@ VARIANTS: dict[str, list[str]] = {
     "migsafe readahead=8": ["--readahead", "8"],
     "migsafe zstd-3": ["--level", "3"],
     "migsafe threads=1": ["--threads", "1"],
+    # the content fingerprint's cost: the old text method, and none at all (row count only)
+    "migsafe fingerprint=text": ["--fingerprint", "text"],
+    "migsafe fingerprint=off": ["--fingerprint", "off"],
+    # tables over BackupOptions.split_bytes as parallel COPY parts (the default) against whole pg_dumps
+    "migsafe split=off": ["--split-bytes", "0"],
+    "migsafe split=off fingerprint=off": ["--split-bytes", "0", "--fingerprint", "off"],
+    "migsafe split=off fingerprint=text": ["--split-bytes", "0", "--fingerprint", "text"],
 }
 SMOKE_VARIANTS = [DEFAULT]
 # the floor of one pg_dump archive per table: the largest table's dump alone, uncompressed

@@ -39,7 +39,8 @@ def backup_options(args: argparse.Namespace) -> Any:
     kw: dict[str, Any] = {"compression": args.compression, "jobs": args.jobs}
     if args.level is not None:
         kw["zstd_level"] = args.level
-    for option, value in (("zstd_threads", args.threads), ("readahead", args.readahead)):
+    for option, value in (("zstd_threads", args.threads), ("readahead", args.readahead),
+                          ("fingerprint", args.fingerprint), ("split_bytes", args.split_bytes)):
         if value is not None:
             if option not in fields:
                 raise LookupError(f"BackupOptions.{option}")
@@ -116,14 +117,38 @@ def worker_profile_restore(args: argparse.Namespace) -> None:
     from migsafe.store import open_store
 
     spent: dict[str, list[float]] = {}
+    spans: dict[str, list[float]] = {}  # name -> [first start, last end], since the offset t0
+    t0 = time.monotonic()
+
+    def spanned(name: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            start = time.monotonic() - t0
+            try:
+                return fn(*a, **kw)
+            finally:
+                end = time.monotonic() - t0
+                span = spans.setdefault(name, [start, end])
+                span[0], span[1] = min(span[0], start), max(span[1], end)
+                spent.setdefault(name, []).append(end - start)
+        return wrapper
+
     for name in ("verify_objects", "_decide", "_execute", "_toc", "_pipe_archive", "check_restored"):
         if callable(getattr(restore, name, None)):
-            setattr(restore, name, timed(spent, name, getattr(restore, name)))
-    t0 = time.monotonic()
+            setattr(restore, name, spanned(name, getattr(restore, name)))
+    # the staging restore's phases (they run in threads: the span is the phase's wall time)
+    staging = getattr(restore, "staging", None) or __import__("migsafe.staging", fromlist=["Loader"])
+    loader = getattr(staging, "Loader", None)
+    for name in ("load", "_load_table", "_load_parts", "_copy", "_run_sql", "verify"):
+        if loader is not None and callable(getattr(loader, name, None)):
+            setattr(loader, name, spanned(f"Loader.{name}", getattr(loader, name)))
+    for mod, name in ((staging, "_measure"), (getattr(restore, "swap", None), "swap")):
+        if mod is not None and callable(getattr(mod, name, None)):
+            setattr(mod, name, spanned(name, getattr(mod, name)))
     report = restore.run_restore(open_store(args.store), args.backup_id, Dsn.parse(args.dsn), restore.RestoreOptions())
     total = time.monotonic() - t0
     assert report.ok, report.problems()
     _emit({"total_s": round(total, 3), "phases_s": {k: round(sum(v), 3) for k, v in spent.items()},
+           "spans_s": {k: [round(a, 3), round(b, 3)] for k, (a, b) in spans.items()},
            "calls": {k: len(v) for k, v in spent.items()}, **usage()})  # fmt: skip
 
 
@@ -221,6 +246,8 @@ def main(argv: list[str]) -> None:
         p.add_argument("--jobs", type=int, default=None)
         p.add_argument("--threads", type=int, default=None)
         p.add_argument("--readahead", type=int, default=None)
+        p.add_argument("--fingerprint", default=None)
+        p.add_argument("--split-bytes", type=int, default=None)
     c = sub.add_parser("_cli")
     c.add_argument("--report", required=True)
     c.add_argument("argv", nargs=argparse.REMAINDER)

@@ -8,7 +8,10 @@ Order of events, and why:
    snapshot (a rewrite or TRUNCATE cannot commit between the snapshot and the dumps); every
    ``pg_dump --snapshot`` and every row count reads that same snapshot, so the counts match the dumps
    and tables agree with each other.
-3. Table dumps run in parallel, streamed through zstd and sha256 straight into the store.
+3. Table dumps run in parallel, streamed through zstd and sha256 straight into the store. A table
+   larger than ``split_bytes`` is dumped as parts: its schema by pg_dump (without its rows), its rows
+   by one ``COPY`` per ctid range, in parallel, in the same snapshot -- one pg_dump streams a table
+   through one server backend, which bounded the backup by its largest table (docs/benchmarks.md).
 4. ``manifest.json`` is written last. A backup without one is incomplete and never restored from;
    a failed backup deletes what it wrote.
 """
@@ -29,7 +32,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -53,6 +56,13 @@ _RESTORE_HINT = {
     "none": "pg_restore -d TARGET TABLE.dump   (types first: psql -d TARGET -f types.sql)",
 }
 
+# a table with ``parts`` (docs/benchmarks.md, "Split tables with stock tools"), all tables' steps in this order
+_SPLIT_HINT = (
+    "; a table with parts: zstd -dc TABLE.dump.zst | pg_restore -d TARGET --section=pre-data, then per part "
+    "zstd -dc PART | PGCLIENTENCODING=UTF8 psql -d TARGET -c 'COPY TABLE (copy_columns) FROM STDIN', then "
+    "zstd -dc TABLE.dump.zst | pg_restore -d TARGET --section=data --section=post-data"
+)
+
 
 @dataclass(frozen=True)
 class BackupOptions:
@@ -66,6 +76,13 @@ class BackupOptions:
     plan_sha256: str | None = None
     pg_bindir: str | None = None
     lock_timeout_s: float = 30.0  # to lock the tables before the snapshot; exit 3 if not had in time
+    # the per-table content fingerprint's method (catalog.FingerprintMethod); "off" counts rows only,
+    # and the restore then checks the counts alone -- for measuring what the fingerprint costs
+    fingerprint: Literal["record", "text", "off"] = "record"
+    # a plain table whose heap is at least this large is dumped as parallel parts (one per CPU): its
+    # schema by pg_dump, its rows by COPY over ctid ranges of the same snapshot; 0 never splits.
+    # zstd and none only (the gzip setting keeps plain pg_dump files)
+    split_bytes: int = 64 << 20
 
 
 def new_backup_id(now: datetime) -> str:
@@ -255,7 +272,9 @@ def _dump_all(
     suffix = _SUFFIX[opts.compression]
     zlevel = ["--compress=0"] if opts.compression in ("zstd", "none") else ["--compress=6"]
 
-    jobs = max(1, min(opts.jobs or os.cpu_count() or 2, len(tables)))
+    cpus = max(1, opts.jobs or os.cpu_count() or 2)
+    splits = _plan_splits(conn, tables, oids, children, cpus, opts)  # table -> ctid block ranges
+    jobs = max(1, min(cpus, len(tables) + sum(len(r) - 1 for r in splits.values())))
     slots = threading.Semaphore(jobs)  # the pool has one more worker, for the types dump
 
     def dump_table(table: QualifiedName) -> tuple[str, int, str, float]:
@@ -264,16 +283,34 @@ def _dump_all(
                 raise Cancelled("cancelled")
             return dump_one(table)
 
+    def dump_part(table: QualifiedName, index: int) -> tuple[str, int, str, float]:
+        with slots:
+            if cancel.is_set():
+                raise Cancelled("cancelled")
+            return copy_part(table, index)
+
     def dump_one(table: QualifiedName) -> tuple[str, int, str, float]:
         key = prefix + object_name(table, suffix)
-        t0 = time.monotonic()
-        notify("start", str(table), {})
         selected = [f"--table={t.pattern}" for t in (table, *children[table])]
+        if table in splits:  # its rows go into the parts; its sequences' values stay in the archive
+            selected.append(f"--exclude-table-data={table.pattern}")
         # a rewrite queued behind the backup's lock would queue pg_dump's own lock behind it, and wait
         # for the backup to end: the timeout turns that wait-for-each-other into a failed backup (exit 3)
         wait_lock = f"--lock-wait-timeout={int(opts.lock_timeout_s * 1000)}"
-        proc = Tool(_pg_dump_argv(dsn, snapshot, [*zlevel, *selected, "--strict-names", wait_lock],
-                                  opts.pg_bindir), env)
+        argv = _pg_dump_argv(dsn, snapshot, [*zlevel, *selected, "--strict-names", wait_lock], opts.pg_bindir)
+        return stream_tool(table, key, argv, env, f"dump {table}")
+
+    def copy_part(table: QualifiedName, index: int) -> tuple[str, int, str, float]:
+        first, end = splits[table][index]
+        key = prefix + object_name(table, _part_suffix(index, opts.compression))
+        argv = _copy_part_argv(dsn, snapshot, table, copy_columns[table], first, end, opts)
+        return stream_tool(table, key, argv, {**env, "PGCLIENTENCODING": "UTF8"}, f"part {index + 1} of {table}")
+
+    def stream_tool(table: QualifiedName, key: str, argv: list[str], tool_env_: dict[str, str],
+                    what: str) -> tuple[str, int, str, float]:
+        t0 = time.monotonic()
+        notify("start", str(table), {})
+        proc = Tool(argv, tool_env_)
         with lock:
             running.add(proc)
         sent = 0
@@ -286,7 +323,8 @@ def _dump_all(
         try:
             assert proc.proc.stdout is not None
             out = stream_to_store(proc.proc.stdout, store, key, opts.compression, zstd_level=opts.zstd_level,
-                                  zstd_threads=opts.zstd_threads, readahead=opts.readahead, cancel=cancel, on_bytes=on_bytes, finish=lambda: proc.finish(f"dump {table}"))
+                                  zstd_threads=opts.zstd_threads, readahead=opts.readahead, cancel=cancel,
+                                  on_bytes=on_bytes, finish=lambda: proc.finish(what))
         except BaseException as exc:
             proc.kill()
             if cancel.is_set() and not isinstance(exc, Cancelled):
@@ -314,27 +352,55 @@ def _dump_all(
                 written.append(obj.key)  # so a backup that fails later removes it too
         return infos, obj
 
+    def measure(table: QualifiedName) -> tuple[int, str | None]:
+        """Row count and fingerprint of ``table`` in the backup's snapshot, on a session of its own."""
+        with catalog.connect(dsn, autocommit=False, application_name="migsafe backup count") as c:
+            c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            c.read_only = True
+            c.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
+            # a DDL queued behind the backup's lock would queue this one behind it: fail, not wait forever
+            c.execute(sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{int(opts.lock_timeout_s * 1000)}ms")))
+            try:
+                if opts.fingerprint == "off":
+                    return catalog.count_rows(c, table), None
+                return catalog.count_and_fingerprint(c, table, opts.fingerprint)
+            finally:
+                c.rollback()
+
+    copy_columns = {t: catalog.copy_columns(conn, oids[t]) for t in splits}
     with ThreadPoolExecutor(max_workers=jobs + 1, thread_name_prefix="migsafe-dump") as pool:
-        # the types first, so they get the extra worker instead of queueing behind the table dumps
+        # the types first, so they get the extra worker instead of queueing behind the table dumps;
+        # then the parts of split tables (the longest work), then the archives
         types_future = pool.submit(dump_types)
         futures: dict[Future[Any], str] = {types_future: "types"}
-        futures.update({pool.submit(dump_table, t): str(t) for t in tables})
+        part_futures = {t: [pool.submit(dump_part, t, i) for i in range(len(r))] for t, r in splits.items()}
+        futures.update({f: str(t) for t, fs in part_futures.items() for f in fs})
+        table_futures = {t: pool.submit(dump_table, t) for t in tables}
+        futures.update({f: str(t) for t, f in table_futures.items()})
+        # count and fingerprint each table in one scan of the same snapshot, one session per table, the
+        # split (largest) tables first: on one connection, one after another, these scans outlasted
+        # the split dumps and became the backup's critical path (docs/benchmarks.md)
+        scans = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="migsafe-count")
+        measured = {t: scans.submit(measure, t) for t in sorted(tables, key=lambda t: t not in splits)}
         try:
-            # while the dumps stream, count rows and read the catalog in the same snapshot
+            # while the dumps and the scans run, read the catalog in the same snapshot
             details = {t: catalog.describe(conn, oids[t]) for t in tables}
-            counts, prints = {}, {}
-            for t in tables:  # count and fingerprint in one scan of the same snapshot
-                counts[t], prints[t] = catalog.count_and_fingerprint(conn, t)
-                notify("rows", str(t), {"rows": counts[t]})
             revision = catalog.alembic_revision(conn)
             version = catalog.server_version(conn)
             needs = extensions.required(conn, {str(t): oids[t] for t in tables})
+            counts: dict[QualifiedName, int] = {}
+            prints: dict[QualifiedName, str | None] = {}
+            for t in tables:
+                counts[t], prints[t] = measured[t].result()
+                notify("rows", str(t), {"rows": counts[t]})
         except psycopg.Error as exc:
             stop_all()
             raise DatabaseError(f"reading the source catalog failed: {mask(str(exc)).strip()}") from exc
         except BaseException:
             stop_all()
             raise
+        finally:
+            scans.shutdown(wait=True, cancel_futures=True)
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]
         if failed:
@@ -346,16 +412,21 @@ def _dump_all(
             raise (first or later or [failed[0].exception()])[0]  # type: ignore[misc]
         types_info, types_obj = types_future.result()
     entries = []
-    for t, f in zip(tables, [f for f, n in futures.items() if n != "types"], strict=True):
-        key, size, sha, seconds = f.result()
+    for t in tables:
+        key, size, sha, seconds = table_futures[t].result()
+        parts = [f.result() for f in part_futures.get(t, [])]
         d = details[t]
         entries.append(
             TableEntry(name=str(t), key=key[len(prefix):], bytes=size, sha256=sha, rows=counts[t],
                        relation_bytes=d["relation_bytes"], owner=d["owner"], columns=d["columns"],
                        indexes=d["indexes"], constraints=d["constraints"], types=d["types"],
                        partitions=[str(c) for c in children[t]],
-                       seconds=round(seconds, 3), fingerprint=prints[t], schema_name=t.schema)
+                       seconds=round(max([seconds, *(p[3] for p in parts)]), 3), fingerprint=prints[t],
+                       schema_name=t.schema,
+                       parts=[ObjectEntry(key=k[len(prefix):], bytes=b, sha256=h) for k, b, h, _ in parts],
+                       copy_columns=copy_columns.get(t, []))
         )
+        size += sum(p[1] for p in parts)
         notify("done", str(t), {"bytes": size, "rows": counts[t]})
     return Manifest(
         backup_id=backup_id,
@@ -371,9 +442,72 @@ def _dump_all(
         types_object=ObjectEntry(key=types_obj.key[len(prefix):], bytes=types_obj.bytes, sha256=types_obj.sha256)
         if types_obj
         else None,
-        restore_hint=_RESTORE_HINT[opts.compression],
+        restore_hint=_RESTORE_HINT[opts.compression] + (_SPLIT_HINT if any(e.parts for e in entries) else ""),
         extensions=needs,
     )
+
+
+def _part_suffix(index: int, compression: Compression) -> str:
+    """``.part1.copy.zst``: the rows of a split table's part ``index`` (0-based), numbered from 1."""
+    return f".part{index + 1}.copy" + (".zst" if compression == "zstd" else "")
+
+
+def _plan_splits(
+    conn: psycopg.Connection[Any], tables: Sequence[QualifiedName], oids: dict[QualifiedName, int],
+    children: dict[QualifiedName, list[QualifiedName]], cpus: int, opts: BackupOptions,
+) -> dict[QualifiedName, list[tuple[int, int | None]]]:
+    """The tables to dump as parallel parts, each as ``[first, end)`` heap block ranges.
+
+    A plain table whose heap is at least ``split_bytes`` is split into one part per CPU (at least two,
+    and at most one per ``split_bytes``): one pg_dump streams one table through one server backend,
+    so the largest table bounds a backup of one archive per table (docs/benchmarks.md). The last
+    range is open-ended: the heap can only grow after the snapshot, and rows written since are not
+    in the snapshot anyway.
+    """
+    if opts.split_bytes <= 0 or opts.compression == "gzip" or cpus < 2:
+        return {}
+    rows = conn.execute(
+        "select c.oid, pg_relation_size(c.oid), current_setting('block_size')::int from pg_class c "
+        "where c.oid = any(%s) and c.relkind = 'r'", ([oids[t] for t in tables if not children[t]],)).fetchall()
+    heap = {int(r[0]): (int(r[1]), int(r[2])) for r in rows}
+    splits: dict[QualifiedName, list[tuple[int, int | None]]] = {}
+    for t in tables:
+        size, block = heap.get(oids[t], (0, 8192))
+        if size < opts.split_bytes:
+            continue
+        n = max(2, min(cpus, size // opts.split_bytes))
+        blocks = size // block
+        step = -(-blocks // n)
+        splits[t] = [(i * step, (i + 1) * step if i < n - 1 else None) for i in range(n)]
+    return splits
+
+
+def _copy_part_argv(dsn: Dsn, snapshot: str, table: QualifiedName, columns: Sequence[str], first: int,
+                    end: int | None, opts: BackupOptions) -> list[str]:
+    """``psql`` running one part's ``COPY (select ... where ctid in [first, end)) TO STDOUT`` in the snapshot.
+
+    ``row_security = off`` makes a table with row-level security that would hide rows from the backup's
+    role fail instead of losing them silently (as pg_dump does). The output settings are pg_dump's.
+    """
+    where = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({first},0)"))
+    if end is not None:
+        where = sql.SQL("{} and ctid < {}::tid").format(where, sql.Literal(f"({end},0)"))
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns) if columns else sql.SQL("")
+    copy = sql.SQL("copy (select {} from {} where {}) to stdout").format(cols, table.ident, where)
+    setup = sql.SQL(
+        "set transaction snapshot {}; set local row_security = off; set local datestyle = 'ISO'; "
+        "set local intervalstyle = 'postgres'; set local extra_float_digits = 3; set local bytea_output = 'hex'"
+    ).format(sql.Literal(snapshot))
+    wait = sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{int(opts.lock_timeout_s * 1000)}ms"))
+    return [tool("psql", opts.pg_bindir), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            f"--dbname={dsn.conninfo(with_password=False)}",
+            "-c", "begin isolation level repeatable read read only",
+            "-c", _text(setup), "-c", _text(wait), "-c", _text(copy), "-c", "commit"]
+
+
+def _text(stmt: sql.Composable) -> str:
+    """A composed statement as text, without a connection (identifiers and literals are quoted alike)."""
+    return stmt.as_string(None)
 
 
 _TOC_LINE = re.compile(r"^(\d+);\s+(\d+)\s+(\d+)\s+(\S+)\s")
@@ -399,9 +533,10 @@ def _dump_types(
         tconn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         tconn.read_only = True
         tconn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
-        # format_type qualifies every name not in pg_catalog (a domain over public.citext): the DDL
-        # runs on restore with an empty search_path
-        tconn.execute("set local search_path = pg_catalog")
+        # format_type and pg_get_expr leave out the schema of a type on the search path: an empty one
+        # makes them qualify every name (a domain over public.colour or public.citext must not say "AS colour", which
+        # a restore, run with an empty search path, cannot resolve)
+        tconn.execute("set local search_path = ''")
         types = catalog.user_types(tconn, list(oids.values()))
         ddls = {int(t["oid"]): catalog.type_ddl(tconn, int(t["oid"]), t["kind"]) for t in types}
         tconn.rollback()

@@ -7,7 +7,7 @@ formatted into SQL text.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
@@ -203,18 +203,67 @@ def count_rows(conn: psycopg.Connection[Any], table: QualifiedName) -> int:
     return int(row[0])
 
 
-def count_and_fingerprint(conn: psycopg.Connection[Any], table: QualifiedName) -> tuple[int, str]:
+# How a fingerprint was taken, marked in its text (the manifest's ``fingerprint`` field):
+# - "record" (``rec:<rows>:<hex>``, the default): the sum of ``hash_record_extended`` over a row of
+#   the columns, where every column whose hash is not exact is cast to text first (see _HASHED_AS_IS);
+# - "text" (``<rows>:<hex>``, manifests written before): the sum of ``hashtextextended(row::text)``.
+# Both sums are of 64-bit hashes, so they do not depend on the physical order of the rows.
+FingerprintMethod = Literal["record", "text"]
+_RECORD_MARK = "rec:"
+
+# Base types whose hash function tells apart every two values their text forms tell apart, and
+# does not depend on the database (an enum hashes its OID, a numeric 1.0 and 1.00 alike, a float
+# 0 and -0 alike, an interval '1 day' and '24 hours' alike, a nondeterministic collation 'a' and 'A'
+# alike): these are hashed as they are, which skips their output function -- the bulk of the
+# text method's cost. Everything else (enums, numerics, arrays of them, composites, ranges,
+# domains over them, types without a hash function) is hashed through its text form.
+_HASHED_AS_IS = ("int2", "int4", "int8", "bool", "text", "varchar", "uuid", "date", "timestamp",
+                 "timestamptz", "bytea", "oid", "name", "time", "char")
+
+_COLUMNS_TO_HASH = """
+select a.attname,
+       (bt.typnamespace = 'pg_catalog'::regnamespace and bt.typname = any(%(as_is)s)
+        and coalesce(coll.collisdeterministic, true)) as as_is,
+       case when t.typtype = 'd' then format_type(t.typbasetype, t.typtypmod) end as base
+from pg_attribute a
+join pg_type t on t.oid = a.atttypid
+-- a domain is judged by its base type, an array by its element type (an array of domains too)
+join pg_type bt on bt.oid = (
+    select coalesce(nullif(e.typbasetype, 0), e.oid) from pg_type e
+    where e.oid = coalesce(nullif((select b.typelem from pg_type b
+                                  where b.oid = coalesce(nullif(t.typbasetype, 0), t.oid) and b.typlen = -1
+                                    and b.typcategory = 'A'), 0),
+                           coalesce(nullif(t.typbasetype, 0), t.oid)))
+left join pg_collation coll on coll.oid = a.attcollation
+where a.attrelid = %(rel)s and a.attnum > 0 and not a.attisdropped
+order by a.attnum
+"""
+
+
+def count_and_fingerprint(
+    conn: psycopg.Connection[Any], table: QualifiedName, method: FingerprintMethod = "record"
+) -> tuple[int, str]:
     """Row count and content fingerprint in one scan of the table."""
-    digest = fingerprint(conn, table)
-    return int(digest.split(":", 1)[0]), digest
+    digest = fingerprint(conn, table, method)
+    return fingerprint_rows(digest), digest
 
 
-def fingerprint(conn: psycopg.Connection[Any], table: QualifiedName) -> str:
+def fingerprint_method(digest: str) -> FingerprintMethod:
+    """The method a fingerprint was taken with (manifests before the record method: text)."""
+    return "record" if digest.startswith(_RECORD_MARK) else "text"
+
+
+def fingerprint_rows(digest: str) -> int:
+    return int(digest.removeprefix(_RECORD_MARK).split(":", 1)[0])
+
+
+def fingerprint(conn: psycopg.Connection[Any], table: QualifiedName, method: FingerprintMethod = "record") -> str:
     """An order-independent digest of a table's content, computed inside the database.
 
-    The sum of a 64-bit hash of every row's text form (plus the row count) does not depend on the
-    physical order, so a table rewritten by a migration and back compares equal when its data is
-    unchanged.
+    The sum of a 64-bit hash of every row (plus the row count) does not depend on the physical
+    order, so a table rewritten by a migration and back compares equal when its data is unchanged,
+    and so do the same rows in another database (where an enum has other OIDs). ``method`` says how
+    a row is hashed (see FingerprintMethod); a digest is only ever compared with one of its method.
     """
     with conn.transaction():
         # a row's text form depends on session settings (a timestamptz on TimeZone, ...): fix them,
@@ -224,13 +273,40 @@ def fingerprint(conn: psycopg.Connection[Any], table: QualifiedName) -> str:
             "set_config('IntervalStyle', 'postgres', true), set_config('extra_float_digits', '1', true), "
             "set_config('bytea_output', 'hex', true)"
         )
+        row_hash = _record_hash(conn, table) if method == "record" else sql.SQL("hashtextextended(t::text, 0)")
+        # sum(bigint) accumulates in 128-bit integers: exact, and cheaper than summing numerics
         row = conn.execute(
-            sql.SQL(
-                "select count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0) from {} as t"
-            ).format(table.ident)
+            sql.SQL("select count(*), coalesce(sum({}), 0) from {} as t").format(row_hash, table.ident)
         ).fetchone()
     assert row is not None
-    return f"{int(row[0])}:{int(row[1]):x}".replace("-", "n")
+    digest = f"{int(row[0])}:{int(row[1]):x}".replace("-", "n")
+    return _RECORD_MARK + digest if method == "record" else digest
+
+
+def _record_hash(conn: psycopg.Connection[Any], table: QualifiedName) -> sql.Composable:
+    """``hash_record_extended(row(<columns>), 0)``, each column as it is or as text (see _HASHED_AS_IS)."""
+    oid = resolve_tables(conn, [table])[table]
+    columns = conn.execute(_COLUMNS_TO_HASH, {"rel": oid, "as_is": list(_HASHED_AS_IS)}).fetchall()
+    if not columns:
+        return sql.SQL("0::bigint")
+    parts: list[sql.Composable] = []
+    for name, as_is, base in columns:
+        col = sql.SQL("t.{}").format(sql.Identifier(name))
+        if not as_is:
+            parts.append(sql.SQL('({}::text collate "C")').format(col))
+        elif base is not None:  # a domain over a type hashed as it is: hash its base value
+            parts.append(sql.SQL("({}::{})").format(col, sql.SQL(base)))
+        else:
+            parts.append(col)
+    return sql.SQL("hash_record_extended(row({}), 0)").format(sql.SQL(", ").join(parts))
+
+
+def copy_columns(conn: psycopg.Connection[Any], oid: int) -> list[str]:
+    """The columns a table's COPY holds, in order, as pg_dump writes them (generated columns left out)."""
+    rows = conn.execute(
+        "select attname from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped "
+        "and attgenerated = '' order by attnum", (oid,)).fetchall()
+    return [r[0] for r in rows]
 
 
 def foreign_keys(conn: psycopg.Connection[Any], rel_oids: Sequence[int]) -> list[dict[str, Any]]:

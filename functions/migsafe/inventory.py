@@ -113,9 +113,7 @@ def write_manifest(store: Store, prefix: str, manifest: Manifest) -> None:
     manifest is never written over missing objects.
     """
     present = {o.key: o.size for o in store.list(prefix)}
-    listed = [(e.key, e.bytes) for e in manifest.tables]
-    if manifest.types_object:
-        listed.append((manifest.types_object.key, manifest.types_object.bytes))
+    listed = [(o.key, o.bytes) for o in manifest.objects()]  # dumps, table parts, types
     gone = [key for key, size in listed if present.get(prefix + key) != size]
     if gone:
         raise BackupFailed(
@@ -235,6 +233,7 @@ def verify_objects(store: Store, prefix: str, manifest: Manifest, tables: list[s
     for entry in manifest.tables:
         if wanted is None or entry.name in wanted:
             checks.append(check_object(store, prefix + entry.key, entry.sha256, entry.bytes))
+            checks.extend(check_object(store, prefix + p.key, p.sha256, p.bytes) for p in entry.parts)
     if manifest.types_object:
         o = manifest.types_object
         checks.append(check_object(store, prefix + o.key, o.sha256, o.bytes))

@@ -49,6 +49,12 @@ class ExtensionInfo(_Model):
     used_by: list[str] = Field(default_factory=list)  # the backed-up tables that need it
 
 
+class ObjectEntry(_Model):
+    key: str
+    bytes: int
+    sha256: str
+
+
 class TableEntry(_Model):
     name: str  # schema.name
     key: str  # object key, relative to the backup folder
@@ -64,19 +70,20 @@ class TableEntry(_Model):
     partitions: list[str] = Field(default_factory=list)  # dumped in the same archive as the parent
     seconds: float = 0.0
     # order-independent content digest (catalog.fingerprint), taken in the dump's snapshot; None in
-    # manifests written before it existed (their restores skip the comparison)
+    # manifests written before it existed (their restores skip the comparison). Its text marks its
+    # method: "rec:<rows>:<hex>" (record hash), or "<rows>:<hex>" (text hash, manifests before it)
     fingerprint: str | None = None
     schema_name: str | None = None  # the schema, verbatim (``name`` is ambiguous when it holds a dot)
+    # a large table split into parallel parts (issue 11): ``key`` is then pg_dump's archive of its
+    # schema (and its sequences' values) without rows, and its rows are in ``parts``, each the
+    # text-format COPY output (UTF8) of a ctid range of the same snapshot, holding ``copy_columns``.
+    # Empty in manifests written before, and for tables dumped whole.
+    parts: list[ObjectEntry] = Field(default_factory=list)
+    copy_columns: list[str] = Field(default_factory=list)
 
     @property
     def foreign_keys(self) -> list[ConstraintInfo]:
         return [c for c in self.constraints if c.type == "f"]
-
-
-class ObjectEntry(_Model):
-    key: str
-    bytes: int
-    sha256: str
 
 
 class SourceInfo(_Model):
@@ -115,10 +122,11 @@ class Manifest(_Model):
 
     @property
     def total_bytes(self) -> int:
-        return sum(t.bytes for t in self.tables) + (self.types_object.bytes if self.types_object else 0)
+        return sum(t.bytes + sum(p.bytes for p in t.parts) for t in self.tables) + (
+            self.types_object.bytes if self.types_object else 0)
 
     def objects(self) -> list[ObjectEntry]:
-        out = [ObjectEntry(key=t.key, bytes=t.bytes, sha256=t.sha256) for t in self.tables]
+        out = [o for t in self.tables for o in (ObjectEntry(key=t.key, bytes=t.bytes, sha256=t.sha256), *t.parts)]
         if self.types_object:
             out.append(self.types_object)
         return out

@@ -46,7 +46,7 @@ from . import catalog, pgtools
 from .dsn import Dsn, mask
 from .exceptions import ChecksumMismatch, DatabaseError, RestoreFailed, RestoreVerificationFailed, ToolFailed
 from .identifiers import QualifiedName
-from .models import Manifest, TableEntry, TableRestoreCheck, TypeInfo, TypeRestoreCheck
+from .models import Manifest, ObjectEntry, TableEntry, TableRestoreCheck, TypeInfo, TypeRestoreCheck
 from .pgtools import tool
 from .store import Store
 from .streams import decompressed, hashed_chunks
@@ -120,7 +120,7 @@ class Staged:
     types: dict[str, QualifiedName] = field(default_factory=dict)  # manifest type name -> staged name
     checks: list[TableRestoreCheck] = field(default_factory=list)
     type_checks: list[TypeRestoreCheck] = field(default_factory=list)
-    measured: dict[str, tuple[int, str]] = field(default_factory=dict)  # rows and fingerprint, once loaded
+    measured: dict[str, tuple[int, str | None]] = field(default_factory=dict)  # rows and fingerprint, once loaded
 
     def staged(self, real: QualifiedName) -> QualifiedName:
         return QualifiedName(self.schemas[real.schema], real.name)
@@ -132,7 +132,8 @@ class _Measure:
 
     entry: str
     name: QualifiedName
-    result: tuple[int, str] | None = None
+    method: catalog.FingerprintMethod | None  # the manifest's (None: an old manifest without one, count only)
+    result: tuple[int, str | None] | None = None
 
 
 class _Rewriter:
@@ -193,6 +194,9 @@ class Loader:
         self.no_owner = no_owner
         self.pg_bindir = pg_bindir
         self.notify = notify
+        # staged tables whose autovacuum is off while they load and build (reset before the swap)
+        self.autovacuum_off: list[QualifiedName] = []
+        self._av_lock = threading.Lock()
 
     # -- naming ------------------------------------------------------------------------------
     def plan_schemas(self, entries: Sequence[TableEntry], types: Sequence[TypeInfo]) -> dict[str, str]:
@@ -267,7 +271,8 @@ class Loader:
         built = [(kind, body) for e in entries for kind, body in later[e.name]]
         # the count and fingerprint scan (ACCESS SHARE) runs beside the index builds (SHARE): both
         # only read the rows, and the scan fills a core an index build leaves idle
-        measure = [_Measure(e.name, staged.tables[e.name]) for e in entries]
+        measure = [_Measure(e.name, staged.tables[e.name],
+                            catalog.fingerprint_method(e.fingerprint) if e.fingerprint else None) for e in entries]
         self._run_sql([rewrite_block(rewrite, b) for k, b in built if k in _BUILD], "index", extra=measure)
         staged.measured = {m.entry: m.result for m in measure if m.result is not None}
         # triggers, policies, row security, grants, comments: quick, and run one after another --
@@ -290,7 +295,30 @@ class Loader:
             "foreign key")
         if self.analyze:  # statistics travel with the table: the planner knows it from the first query
             self._parallel(lambda e: self._exec(sql.SQL("analyze {}").format(staged.tables[e.name].ident)), entries)
+        for n in self.autovacuum_off:  # the tables go live as the backup defined them
+            conn.execute(sql.SQL("alter table {} reset (autovacuum_enabled)").format(n.ident))
         return staged
+
+    def _autovacuum_off(self, conn: psycopg.Connection[Any], entry: TableEntry, schemas: dict[str, str]) -> None:
+        """Keep autovacuum off the staged tables while they load, build and verify.
+
+        A freshly loaded table crosses autovacuum's insert threshold at once: its vacuum then burns a
+        core beside our index builds, and a ``CREATE INDEX`` or ``VALIDATE`` waits up to
+        ``deadlock_timeout`` for it to be cancelled (the server log shows "canceling autovacuum
+        task" on staging tables). The setting is reset before the swap; a table whose definition
+        sets ``autovacuum_enabled`` itself is left alone.
+        """
+        for real in (entry_name(entry), *partition_names(entry)):
+            if real.schema not in schemas:
+                continue
+            n = QualifiedName(schemas[real.schema], real.name)
+            row = conn.execute(
+                "select c.relkind, coalesce(c.reloptions, '{}') from pg_class c join pg_namespace s "
+                "on s.oid = c.relnamespace where s.nspname = %s and c.relname = %s", (n.schema, n.name)).fetchone()
+            if row and row[0] == "r" and not any(o.startswith("autovacuum_enabled=") for o in row[1]):
+                conn.execute(sql.SQL("alter table {} set (autovacuum_enabled = false)").format(n.ident))
+                with self._av_lock:
+                    self.autovacuum_off.append(n)
 
     def _parallel(self, fn: Callable[[Any], None], items: Sequence[Any]) -> None:
         if not items:
@@ -314,7 +342,7 @@ class Loader:
         def run(block: bytes | _Measure) -> None:
             if isinstance(block, _Measure):
                 with catalog.connect(self.target, application_name="migsafe restore verify") as c:
-                    block.result = catalog.count_and_fingerprint(c, block.name)
+                    block.result = _measure(c, block.name, block.method)
                 return
             try:
                 self._exec(block.decode())
@@ -371,6 +399,7 @@ class Loader:
         pending: list[bytes] = []  # SQL of the entries loaded now, run before each COPY and at the end
         preamble: list[bytes] = []  # pg_restore's session settings (encoding, ...): every COPY session's too
         seen_header = False
+        quiet = False  # autovacuum turned off on the entry's staged tables
         moved = 0
         failure: BaseException | None = None
 
@@ -415,6 +444,9 @@ class Loader:
                     continue
                 if line.startswith(b"COPY ") and line.rstrip().endswith(b"FROM stdin;"):
                     flush()  # the table exists, committed, before any COPY session starts
+                    if not quiet:
+                        self._autovacuum_off(conn, entry, schemas)
+                        quiet = True
                     moved = self._copy(b"".join(preamble), rewrite(line).rstrip().rstrip(b";"), source,
                                        entry.name, moved)
                     continue
@@ -422,6 +454,11 @@ class Loader:
                     preamble.append(line)
                 pending.append(rewrite(line))
             flush()
+            if entry.parts:  # a split table: its archive held no rows; they are in the parts
+                if not quiet:
+                    self._autovacuum_off(conn, entry, schemas)
+                real = entry_name(entry)
+                moved = self._load_parts(entry, QualifiedName(schemas[real.schema], real.name), moved)
         except psycopg.Error as exc:
             failure = RestoreFailed(f"loading {entry.name} into staging failed: {mask(str(exc)).strip()}")
             failure.__cause__ = exc  # its SQLSTATE tells a restore test's FAIL from a fault
@@ -447,6 +484,51 @@ class Loader:
             raise ToolFailed(f"pg_restore failed on {key}: {restore_msg[-1500:]}")
         self.notify("loaded", entry.name, {"rows": entry.rows})
         return found, kept
+
+    def _load_parts(self, entry: TableEntry, staged: QualifiedName, moved: int) -> int:
+        """A split table's parts, in parallel, one COPY session each; ChecksumMismatch if one differs.
+
+        Each part is the text COPY output of a ctid range, in UTF8 (see TableEntry.parts): it streams
+        from the store through sha256 and zstd straight into its session, so the parts load side by
+        side, as they were dumped.
+        """
+        statement = sql.SQL("copy {} ({}) from stdin").format(
+            staged.ident, sql.SQL(", ").join(sql.Identifier(c) for c in entry.copy_columns))
+        lock = threading.Lock()
+
+        def load(part: ObjectEntry) -> None:
+            nonlocal moved
+            digest = hashlib.sha256()
+            size = [0]
+            stored = _counted(hashed_chunks(self.store.read(self.prefix + part.key), digest), size)
+            try:
+                with catalog.connect(self.target, application_name="migsafe restore staging") as c:
+                    c.execute("set client_encoding = 'UTF8'; set datestyle = 'ISO'; set intervalstyle = 'postgres'")
+                    with c.cursor() as cur, cur.copy(statement) as copy:
+                        for chunk in decompressed(stored, self.manifest.compression):
+                            copy.write(chunk)
+                            with lock:
+                                moved += len(chunk)
+                                self.notify("bytes", entry.name, {"bytes": moved})
+            except psycopg.Error as exc:
+                for _ in stored:  # hash the rest: a changed part is reported as such
+                    pass
+                if digest.hexdigest() != part.sha256 or size[0] != part.bytes:
+                    raise ChecksumMismatch(f"checksum mismatch: {self.prefix + part.key} differs from the "
+                                           "manifest; nothing was swapped") from exc
+                raise RestoreFailed(f"loading {entry.name} into staging failed: {mask(str(exc)).strip()}") from exc
+            if digest.hexdigest() != part.sha256 or size[0] != part.bytes:
+                # the session has committed its rows into staging, which is dropped: nothing is swapped
+                raise ChecksumMismatch(f"checksum mismatch: {self.prefix + part.key} differs from the manifest; "
+                                       "nothing was swapped")
+
+        with ThreadPoolExecutor(max_workers=max(1, min(self.jobs, len(entry.parts))),
+                                thread_name_prefix="migsafe-stage-part") as pool:
+            futures = [pool.submit(load, part) for part in entry.parts]
+            errors = [f.exception() for f in futures if f.exception() is not None]
+        if errors:
+            raise next((e for e in errors if isinstance(e, ChecksumMismatch)), errors[0])  # type: ignore[misc]
+        return moved
 
     def _copy(self, preamble: bytes, statement: bytes, source: _Lines, name: str, moved: int) -> int:
         """One table's rows, spread chunk by chunk over ``streams`` COPY sessions; returns bytes moved.
@@ -513,7 +595,8 @@ class Loader:
         def check(entry: TableEntry) -> None:
             name = staged.tables[entry.name]
             with catalog.connect(self.target, application_name="migsafe restore verify") as c:
-                rows, fingerprint = staged.measured.get(entry.name) or catalog.count_and_fingerprint(c, name)
+                method = catalog.fingerprint_method(entry.fingerprint) if entry.fingerprint else None
+                rows, fingerprint = staged.measured.get(entry.name) or _measure(c, name, method)
                 oid = catalog.resolve_tables(c, [name])[name]
                 columns = [r[0] for r in c.execute(
                     "select attname from pg_attribute where attrelid = %s and attnum > 0 and not attisdropped "
@@ -555,6 +638,14 @@ class Loader:
             for t in staged.type_checks if not t.ok]
         if problems:
             raise RestoreVerificationFailed("verification failed in staging, nothing swapped: " + "; ".join(problems))
+
+
+def _measure(conn: psycopg.Connection[Any], table: QualifiedName, method: catalog.FingerprintMethod | None
+             ) -> tuple[int, str | None]:
+    """Rows and fingerprint, taken with the manifest's method (a manifest without one: rows only)."""
+    if method is None:
+        return catalog.count_rows(conn, table), None
+    return catalog.count_and_fingerprint(conn, table, method)
 
 
 def rewrite_block(rewrite: _Rewriter, block: bytes) -> bytes:
