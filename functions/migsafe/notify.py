@@ -208,7 +208,7 @@ def chatbot_message(result: Result, report_url: str | None = None, state: str | 
     if command:
         steps.append(f"Rollback: {command}")
     elif r.rollback == "downgrade":
-        steps.append(f"Rollback: alembic downgrade {rev.downgrade_to} (restores the data exactly)")
+        steps.append(f"Rollback: {r.rollback_downgrade()} (restores the data exactly)")
     steps += r.next_steps
     if report_url:
         steps.append(f"Full report: {report_url}")

@@ -733,4 +733,5 @@ def _result(run: _Run, source: Dsn, source_rev: str | None, pr: Probe) -> Result
         error=run.error,
         warnings=run.warnings,
         observation=observation(bool(run.plan.migration.command), run.server_log is not None),
+        downgrade_command=run.plan.migration.downgrade_command,
     )

@@ -125,7 +125,7 @@ def rollback_advice(result: Result) -> tuple[str, str | None]:
     if result.rollback == "downgrade" and not lossy:
         return (
             f"The downgrade restores the data exactly (fingerprints of all {len(result.tables)} tables match "
-            f"after the downgrade): roll back with `alembic downgrade {result.revisions.downgrade_to}`.",
+            f"after the downgrade): roll back with `{result.rollback_downgrade()}`.",
             None,
         )
     if result.rollback == "restore" or lossy:
@@ -140,10 +140,9 @@ def rollback_advice(result: Result) -> tuple[str, str | None]:
             return sentence + ": no backup was taken - take one with `migsafe backup` before migrating.", None
         # the downgrade first: restore refuses tables whose schema the upgrade changed (enum labels,
         # column types, revision), so the sequence followed literally ends at the pre-upgrade state
-        downgrade = result.revisions.downgrade_to
-        if downgrade:
+        if result.revisions.downgrade_to:
             return (sentence + ": the downgrade first, then the restore of its data:",
-                    f"alembic downgrade {_shell_quote(downgrade)} && {command}")
+                    f"{result.rollback_downgrade()} && {command}")
         return sentence + ":", command
     command = restore_command(result)
     sentence = (

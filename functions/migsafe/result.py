@@ -5,6 +5,7 @@ Fields here are a public contract (deploy pipelines parse ``result.json``): add,
 
 from __future__ import annotations
 
+import shlex
 from datetime import datetime
 from typing import Any, Literal
 
@@ -209,6 +210,16 @@ class Result(_Model):
     failed_step: str | None = None
     error: str | None = None
     observation: Observation | None = None
+    # the plan's [migration] downgrade_command ({revision} unreplaced): a rollback runs the project's own
+    # tooling then, not `alembic downgrade`
+    downgrade_command: list[str] | None = None
+
+    def rollback_downgrade(self) -> str:
+        """The shell command that downgrades production to ``revisions.downgrade_to``."""
+        revision = self.revisions.downgrade_to or "base"
+        if self.downgrade_command:
+            return shlex.join(arg.replace("{revision}", revision) for arg in self.downgrade_command)
+        return shlex.join(["alembic", "downgrade", revision])
 
     def step(self, name: str) -> StepResult | None:
         return next((s for s in self.steps if s.name == name), None)

@@ -275,13 +275,13 @@ def _next_steps(result: Result, lossy: list[str]) -> list[str]:
         )
     if lossy and backup:
         steps.append(
-            f"Rollback needs the backup for {', '.join(lossy)}: alembic downgrade, then "
+            f"Rollback needs the backup for {', '.join(lossy)}: `{result.rollback_downgrade()}`, then "
             f"`migsafe restore --store {backup.store_url or backup.url.rsplit('/', 3)[0]} --backup-id {backup.id} "
             f"--tables {','.join(lossy)} --replace`."
         )
     elif result.rollback == "downgrade":
         steps.append(
-            f"Rollback: `alembic downgrade {result.revisions.downgrade_to}` restores the data exactly."
+            f"Rollback: `{result.rollback_downgrade()}` restores the data exactly."
         )
     steps.extend(_advice(result))
     return steps

@@ -493,3 +493,28 @@ def test_reading_results_needs_no_jinja2() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     # Then
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_plan_that_migrates_through_its_own_tool_rolls_back_through_it(passed: Result, failed: Result) -> None:
+    # Given: plans whose [migration] runs `myapp db downgrade {revision}` (alembic is not on its PATH)
+    from migsafe.notify import chatbot_message
+    from migsafe.plan import Thresholds
+    from migsafe.verdict import decide
+
+    tool = ["myapp", "db", "downgrade", "{revision}", "--yes, really"]
+    ok = passed.model_copy(update={"downgrade_command": tool})
+    lossy = failed.model_copy(update={"downgrade_command": tool})
+    # When
+    texts = {
+        "pass report": render_markdown(ok),
+        "fail report": render_markdown(lossy),
+        "pass slack": json.dumps(chatbot_message(ok)),
+        "fail slack": json.dumps(chatbot_message(lossy)),
+        "next steps": "\n".join(decide(lossy, Thresholds()).next_steps),
+    }
+    # Then: every rollback is the project's own command, revision in place, quoted for the shell
+    for name, text in texts.items():
+        assert "alembic downgrade" not in text, name
+        assert "myapp db downgrade" in text, name
+    assert "myapp db downgrade -1 '--yes, really'" in texts["pass report"]
+    assert f"myapp db downgrade {failed.revisions.downgrade_to} '--yes, really' && migsafe restore" in texts["fail report"]
