@@ -449,19 +449,8 @@ def latest_cluster_snapshot(cluster_id: str, rds: Any) -> dict[str, str]:
 # --- snapshots --------------------------------------------------------------------------------
 def latest_snapshot(instance_id: str, rds: Any) -> dict[str, str]:
     """The newest *available* snapshot (automated or manual) of ``instance_id``."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    snapshots: list[dict[str, Any]] = []
-    try:
-        for page in rds.get_paginator("describe_db_snapshots").paginate(DBInstanceIdentifier=instance_id):
-            snapshots += page["DBSnapshots"]
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        if code in _THROTTLED:
-            raise TransientAwsError(f"RDS DescribeDBSnapshots: {code} (retry)") from exc
-        raise ScratchFailed(f"cannot list the snapshots of {instance_id}: {code}") from exc
-    except BotoCoreError as exc:
-        raise TransientAwsError(f"RDS DescribeDBSnapshots: {type(exc).__name__} (retry)") from exc
+    snapshots = _pages(rds.get_paginator("describe_db_snapshots"), "DBSnapshots",
+                       f"DescribeDBSnapshots {instance_id}", DBInstanceIdentifier=instance_id)
     ready = [s for s in snapshots if s.get("Status") == "available" and s.get("SnapshotCreateTime")]
     if not ready:
         raise ScratchFailed(f"{instance_id} has no available snapshot: start with \"create_snapshot\": true")

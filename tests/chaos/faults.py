@@ -317,17 +317,23 @@ def trial_backup(lab: Lab, rng: random.Random, sig: signal.Signals, trial_seed: 
     return t
 
 
-def trial_rehearse(lab: Lab, rng: random.Random, phase: str, sig: signal.Signals, trial_seed: int) -> Trial:
-    t = Trial(f"rehearse/{phase}/{sig.name}", trial_seed)
-    proj = lab.work / f"proj-{trial_seed}"
-    ini = write_project(proj, upgrade=["SELECT pg_sleep(0.4)"], downgrade=["SELECT pg_sleep(0.4)"])
+def _start_rehearsal(lab: Lab, trial_seed: int, upgrade_sleep: float, downgrade_sleep: float) -> tuple[
+        Path, object, subprocess.Popen[str], queue.Queue[str | None]]:
+    """A trial's own project, store and plan, and ``migsafe rehearse`` started on them."""
+    ini = write_project(lab.work / f"proj-{trial_seed}", upgrade=[f"SELECT pg_sleep({upgrade_sleep})"],
+                        downgrade=[f"SELECT pg_sleep({downgrade_sleep})"])
     store = lab.work / f"store-{trial_seed}"
     store.mkdir()
     plan = write_plan(lab.work / f"plan-{trial_seed}.toml", lab.source, f"file://{store}",
                       extra=f'[migration]\nalembic_ini = "{ini}"\nurl_env = "DATABASE_URL"\n')
     before = source_state(lab.source)
     proc = lab.start("rehearse", "--plan", str(plan), "--report-dir", str(lab.work / f"report-{trial_seed}"))
-    lines = _lines(proc)
+    return store, before, proc, _lines(proc)
+
+
+def trial_rehearse(lab: Lab, rng: random.Random, phase: str, sig: signal.Signals, trial_seed: int) -> Trial:
+    t = Trial(f"rehearse/{phase}/{sig.name}", trial_seed)
+    store, before, proc, lines = _start_rehearsal(lab, trial_seed, upgrade_sleep=0.4, downgrade_sleep=0.4)
     if not _wait_line(lines, PHASES[phase], 180):
         t.notes.append(f"phase {phase} never started (exit {proc.poll()})")
     time.sleep(rng.uniform(0.0, 0.4))
@@ -575,15 +581,7 @@ SCRATCH_GONE = ("scratch",)  # not "database: ...", which an operator reads as t
 
 def trial_scratch_killed(lab: Lab, rng: random.Random, trial_seed: int) -> Trial:
     t = Trial("server/scratch-killed", trial_seed)
-    proj = lab.work / f"proj-{trial_seed}"
-    ini = write_project(proj, upgrade=["SELECT pg_sleep(3)"], downgrade=["SELECT pg_sleep(0.2)"])
-    store = lab.work / f"store-{trial_seed}"
-    store.mkdir()
-    plan = write_plan(lab.work / f"plan-{trial_seed}.toml", lab.source, f"file://{store}",
-                      extra=f'[migration]\nalembic_ini = "{ini}"\nurl_env = "DATABASE_URL"\n')
-    before = source_state(lab.source)
-    proc = lab.start("rehearse", "--plan", str(plan), "--report-dir", str(lab.work / f"report-{trial_seed}"))
-    lines = _lines(proc)
+    _store, before, proc, lines = _start_rehearsal(lab, trial_seed, upgrade_sleep=3, downgrade_sleep=0.2)
     # "upgrade ..." is said when alembic starts (after the restore test, which the upgrade waits for)
     if not _wait_line(lines, "upgrade ...", 180):
         t.notes.append(f"upgrade never started (exit {proc.poll()})")
