@@ -300,12 +300,7 @@ def trial_backup(lab: Lab, rng: random.Random, sig: signal.Signals, trial_seed: 
     _wait_line(lines, "backup ", 60)  # the first dump started (before that, Python is still starting)
     time.sleep(rng.uniform(0.0, 1.0))  # a backup of the seed takes about a second
     proc.send_signal(sig)
-    try:
-        proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        t.check("exits_promptly", False)
+    _await_exit(proc, t, 60)
     code = proc.returncode
     if sig == signal.SIGTERM and code == 0:
         # the backup finished before the signal (or the signal came after the work was done): its
@@ -315,6 +310,16 @@ def trial_backup(lab: Lab, rng: random.Random, sig: signal.Signals, trial_seed: 
     _common_after_kill(lab, t, sig, code, before)
     _killed_backups_incomplete(lab, t, store)
     return t
+
+
+def _await_exit(proc: subprocess.Popen[str], t: Trial, seconds: float) -> None:
+    """Wait for the faulted command to end; one that outlives ``seconds`` is killed and breaks exits_promptly."""
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        t.check("exits_promptly", False)
 
 
 def _start_rehearsal(lab: Lab, trial_seed: int, upgrade_sleep: float, downgrade_sleep: float) -> tuple[
@@ -338,12 +343,7 @@ def trial_rehearse(lab: Lab, rng: random.Random, phase: str, sig: signal.Signals
         t.notes.append(f"phase {phase} never started (exit {proc.poll()})")
     time.sleep(rng.uniform(0.0, 0.4))
     proc.send_signal(sig)
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        t.check("exits_promptly", False)
+    _await_exit(proc, t, 90)
     if sig == signal.SIGTERM and proc.returncode in (0, 1):
         t.notes.append("finished before the signal")  # the reports phase may end first
     code = 130 if (sig == signal.SIGTERM and proc.returncode in (0, 1)) else proc.returncode
@@ -466,12 +466,7 @@ def trial_restore(lab: Lab, rng: random.Random, origin: Origin, into: str, sig: 
     _wait_line(lines, "", 120)  # its first line: the load started
     time.sleep(rng.uniform(0.0, origin.restore_seconds * 1.1))  # anywhere up to just after its end
     proc.send_signal(sig)
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        t.check("exits_promptly", False)
+    _await_exit(proc, t, 90)
     code = proc.returncode
     if code == 0:
         t.notes.append("finished before the signal")
@@ -554,12 +549,7 @@ def trial_source_stopped(lab: Lab, rng: random.Random, trial_seed: int) -> Trial
     _wait_line(lines, "backup ", 60)
     time.sleep(rng.uniform(0.0, lab.timings["source_backup"] * 0.8))  # pg_ctl takes a moment too
     cluster.stop("immediate")  # pg_ctl stop -m immediate: the server is gone at once
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        t.check("exits_promptly", False)
+    _await_exit(proc, t, 90)
     stderr = _drain(lines)
     if proc.returncode == 0:
         t.notes.append("finished before the stop")
@@ -596,12 +586,7 @@ def trial_scratch_killed(lab: Lab, rng: random.Random, trial_seed: int) -> Trial
                 os.kill(int((d / "data" / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)
         else:
             LocalCluster(root=d, port=0).stop("immediate")
-    try:
-        proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        t.check("exits_promptly", False)
+    _await_exit(proc, t, 120)
     stderr = _drain(lines)
     t.notes.append(how)
     step = [ln for ln in stderr.splitlines() if "rehearsal stopped at step" in ln]
