@@ -8,7 +8,11 @@ postmaster) -- is what competes for the cores, and moves far less with the load.
         --variant 'record=fingerprint=record' --variant 'off=fingerprint=off' ...
 
 A variant is ``name=field=value[,field=value]`` over BackupOptions fields (ints parsed); with
-``--restore``, ``x_autovacuum=on`` leaves autovacuum on the staged tables (the code before it was off).
+``--restore``, ``x_autovacuum=on`` leaves autovacuum on the staged tables (the code before it was off),
+``r_<field>=value`` sets a RestoreOptions field (``r_analyze=0``, ``r_jobs=1``), and ``x_raw=1`` or
+``x_raw=2`` restores stock ``pg_dump -Fc`` archives of the same tables with ``pg_restore`` (serial, or
+``-j2``) instead: the baseline, measured by the same wall and CPU clocks in the same rounds;
+``x_pgoptions=-c name=value`` runs the variant with those server settings in every session (PGOPTIONS).
 """
 
 from __future__ import annotations
@@ -87,10 +91,25 @@ def main() -> None:
     samples: dict[str, list[dict[str, float]]] = {n: [] for n in variants}
     backups: dict[str, str] = {}
     extra = {n: {k: v for k, v in o.items() if k.startswith("x_")} for n, o in variants.items()}
-    variants = {n: {k: v for k, v in o.items() if not k.startswith("x_")} for n, o in variants.items()}
+    restore_opts = {n: {k[2:]: v for k, v in o.items() if k.startswith("r_")} for n, o in variants.items()}
+    variants = {n: {k: v for k, v in o.items() if not k.startswith(("x_", "r_"))} for n, o in variants.items()}
+    bindir = Path(subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True).stdout.strip())
+    raw = work / "raw"
     if args.restore:
         for name, opts in variants.items():
-            backups[name] = run_backup(dsn, store, tables, BackupOptions(**opts)).backup_id
+            if "x_raw" not in extra[name]:
+                backups[name] = run_backup(dsn, store, tables, BackupOptions(**opts)).backup_id
+        if any("x_raw" in e for e in extra.values()):  # the seed kit's backup: one pg_dump -Fc per table
+            raw.mkdir()
+            types = "\n".join(r[0] for r in psycopg.connect(dsn.conninfo()).execute(
+                "select format('create type %I.%I as enum (%s);', n.nspname, t.typname, "
+                "(select string_agg(quote_literal(e.enumlabel), ', ' order by e.enumsortorder) "
+                "from pg_enum e where e.enumtypid = t.oid)) from pg_type t join pg_namespace n "
+                "on n.oid = t.typnamespace where t.typtype = 'e' and n.nspname = 'public'").fetchall())
+            (raw / "types.sql").write_text(types + "\n")
+            for t in TABLES:
+                subprocess.run([str(bindir / "pg_dump"), "-Fc", f"--table={t}", f"--file={raw / t}.dump",
+                                f"--dbname={dsn.conninfo()}"], check=True)
     names = list(variants)
     for rnd in range(args.rounds):
         order = names[rnd % len(names):] + names[:rnd % len(names)]
@@ -100,15 +119,26 @@ def main() -> None:
                 target = f"ab_{rnd}_{name.replace('-', '_').replace(' ', '_')}"
                 with psycopg.connect(dsn.conninfo(), autocommit=True) as c:
                     c.execute(f'create database "{target}"')
+            os.environ.pop("PGOPTIONS", None)
+            if "x_pgoptions" in extra[name]:  # server settings for every session of the run (libpq reads it)
+                os.environ["PGOPTIONS"] = str(extra[name]["x_pgoptions"])
             srv0, me0, t0 = server_cpu(postmaster), own_cpu(), time.monotonic()
             from migsafe import staging
 
             off = staging.Loader._autovacuum_off
             if extra[name].get("x_autovacuum") == "on":
                 staging.Loader._autovacuum_off = lambda *a, **k: None  # type: ignore[method-assign]
-            if args.restore:
-                report = run_restore(store, backups[name], Dsn.parse(args.dsn.rsplit("/", 1)[0] + "/" + target),
-                                     RestoreOptions())
+            target_dsn = Dsn.parse(args.dsn.rsplit("/", 1)[0] + "/" + target) if target else None
+            if target_dsn and "x_raw" in extra[name]:
+                jobs = int(extra[name]["x_raw"])
+                steps = [[str(bindir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", str(raw / "types.sql"),
+                          "-d", target_dsn.conninfo()]]
+                steps += [[str(bindir / "pg_restore"), *([f"-j{jobs}"] if jobs > 1 else []), "--exit-on-error",
+                           f"--dbname={target_dsn.conninfo()}", f"{raw / t}.dump"] for t in TABLES]
+                for argv in steps:
+                    subprocess.run(argv, check=True)
+            elif target_dsn:
+                report = run_restore(store, backups[name], target_dsn, RestoreOptions(**restore_opts[name]))
                 assert report.ok, report.problems()
             else:
                 run_backup(dsn, store, tables, BackupOptions(**variants[name]))
