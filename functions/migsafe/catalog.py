@@ -283,6 +283,17 @@ def fingerprint(conn: psycopg.Connection[Any], table: QualifiedName, method: Fin
     return _RECORD_MARK + digest if method == "record" else digest
 
 
+def exact_columns(conn: psycopg.Connection[Any], table: QualifiedName) -> set[str]:
+    """Columns whose equality tells apart every two values their text forms tell apart (_HASHED_AS_IS).
+
+    Comparing them as they are gives the same answer as comparing their text, without the output
+    function: what diff and merge compare changed rows with.
+    """
+    oid = resolve_tables(conn, [table])[table]
+    return {r[0] for r in conn.execute(_COLUMNS_TO_HASH, {"rel": oid, "as_is": list(_HASHED_AS_IS)}).fetchall()
+            if r[1]}
+
+
 def _record_hash(conn: psycopg.Connection[Any], table: QualifiedName) -> sql.Composable:
     """``hash_record_extended(row(<columns>), 0)``, each column as it is or as text (see _HASHED_AS_IS)."""
     oid = resolve_tables(conn, [table])[table]

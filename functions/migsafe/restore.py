@@ -145,7 +145,7 @@ def staged_backup(
 
                 raise ChecksumMismatch(f"backup {backup_id} failed verification: {o.key}: {check.problem}")
         loader = Loader(store, ref.prefix, manifest, target, restore_id, jobs=opts.jobs, no_owner=opts.no_owner,
-                        pg_bindir=opts.pg_bindir, notify=notify, analyze=opts.analyze)
+                        pg_bindir=opts.pg_bindir, notify=notify, analyze=opts.analyze, build=not opts.merge)
         schemas = list(loader.plan_schemas(plan.entries, plan.stage_types).values())
         swapped = False
         created_extensions: list[str] = []
@@ -393,6 +393,7 @@ class Pairing:
     columns: list[str]  # shared, not generated, in live order
     same_type: dict[str, bool]
     live_types: dict[str, str]
+    exact: set[str] = field(default_factory=set)  # same type on both sides, compared as it is (not as text)
 
     def value(self, alias: str, column: str) -> sql.Composable:
         """A staged column as the live column's type (through text when the types differ)."""
@@ -413,8 +414,12 @@ class Pairing:
         if not rest:
             return sql.SQL("false")
         return sql.SQL("row({}) is distinct from row({})").format(
-            sql.SQL(", ").join(self.as_text(live, c) for c in rest),
-            sql.SQL(", ").join(self.as_text(stage, c) for c in rest))
+            sql.SQL(", ").join(self.compared(live, c) for c in rest),
+            sql.SQL(", ").join(self.compared(stage, c) for c in rest))
+
+    def compared(self, alias: str, column: str) -> sql.Composable:
+        """A column as changed rows are told apart: as it is where that equals its text's answer."""
+        return sql.Identifier(alias, column) if column in self.exact else self.as_text(alias, column)
 
 
 def pair(conn: psycopg.Connection[Any], live: QualifiedName, stage: QualifiedName) -> Pairing:
@@ -427,8 +432,10 @@ def pair(conn: psycopg.Connection[Any], live: QualifiedName, stage: QualifiedNam
     missing_key = [k for k in key if k not in shared]
     if missing_key:
         raise InputError(f"{live}: key column(s) {', '.join(missing_key)} are not in the backup")
-    return Pairing(live=live, stage=stage, key=key, columns=shared,
-                   same_type={c: lc[c][0] == sc[c][0] for c in shared}, live_types={c: lc[c][1] for c in shared})
+    same_type = {c: lc[c][0] == sc[c][0] for c in shared}
+    exact = catalog.exact_columns(conn, live) & {c for c in shared if same_type[c]}
+    return Pairing(live=live, stage=stage, key=key, columns=shared, same_type=same_type,
+                   live_types={c: lc[c][1] for c in shared}, exact=exact)
 
 
 def merge(conn: psycopg.Connection[Any], manifest: Manifest, entries: Sequence[TableEntry], staged: Staged, *,
@@ -455,9 +462,13 @@ def merge(conn: psycopg.Connection[Any], manifest: Manifest, entries: Sequence[T
                             vals=sql.SQL(", ").join(p.value("s", c) for c in rest),
                             match=p.key_match("t", "s"), differs=p.differs("t", "s")))
                         count.updated = max(cur.rowcount, 0)
+                # the rows the live table lacks, found by one anti-join, rather than an index probe
+                # and a refused insert for each of the (mostly present) staged rows; ON CONFLICT
+                # still keeps a row written meanwhile
                 cur = conn.execute(sql.SQL("insert into {live} ({cols}) overriding system value "
-                                           "select {vals} from {stage} as s on conflict do nothing").format(
-                    live=p.live.ident, cols=cols, stage=p.stage.ident,
+                                           "select {vals} from {stage} as s where not exists "
+                                           "(select 1 from {live} as t where {match}) on conflict do nothing").format(
+                    live=p.live.ident, cols=cols, stage=p.stage.ident, match=p.key_match("t", "s"),
                     vals=sql.SQL(", ").join(p.value("s", c) for c in p.columns)))
                 count.inserted = max(cur.rowcount, 0)
                 counts.append(count)

@@ -77,6 +77,40 @@ def test_diff_finds_exactly_the_seeded_changes(
     assert target.scalar("select count(*) from pg_namespace where starts_with(nspname, 'migsafe_')") == 0
 
 
+def test_diff_tells_values_apart_as_their_text_does(
+    make_database: Callable[..., Database], migsafe: Cli, tmp_path: Path
+) -> None:
+    # Given a backup of a table with columns compared as they are (int, text, timestamptz) and
+    # columns compared through their text (numeric, interval, jsonb, an array of numerics)
+    db = make_database()
+    with db.connect() as conn:
+        conn.execute("create table public.m (id int primary key, n numeric, i interval, j jsonb, a numeric[], "
+                     "t text, ts timestamptz, k int)")
+        conn.execute("""insert into public.m select g, 1.0, '1 day', '{"a": 1}', '{1.5}', 'x', '2026-01-01', 7 """
+                     "from generate_series(1, 20) g")
+    store, backup_id = _backup(migsafe, tmp_path, db, ["public.m"])
+    # and values changed since: some only in their text form (equal as numbers or as intervals)
+    with db.connect() as conn:
+        conn.execute("update public.m set n = 1.00 where id = 1")
+        conn.execute("update public.m set i = '24 hours' where id = 2")
+        conn.execute("""update public.m set j = '{"a": 2}' where id = 3""")
+        conn.execute("update public.m set a = '{1.50}' where id = 4")
+        conn.execute("update public.m set t = 'y' where id = 5")
+        conn.execute("update public.m set ts = ts + interval '1 microsecond' where id = 6")
+        conn.execute("update public.m set k = 8, t = 'z' where id = 7")
+        conn.execute("update public.m set n = 1.0, ts = '2026-01-01' where id = 8")  # rewritten, same values
+
+    # When the table is diffed against its backup
+    result = _diff(migsafe, store, backup_id, db, "--json")
+
+    # Then every changed row is found, naming exactly its changed columns, and no other
+    assert result.code == 1, result.output
+    m = json.loads(result.stdout)["tables"][0]
+    assert (m["only_in_backup"], m["only_in_target"], m["changed"]) == (0, 0, 7)
+    assert {c["key"]["id"]: c["columns"] for c in m["sample"]["changed"]} == {
+        1: ["n"], 2: ["i"], 3: ["j"], 4: ["a"], 5: ["t"], 6: ["ts"], 7: ["t", "k"]}
+
+
 def test_merge_brings_back_deleted_rows_and_keeps_new_ones(
     seeded: Database, make_database: Callable[..., Database], migsafe: Cli, tmp_path: Path
 ) -> None:
