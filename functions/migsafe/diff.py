@@ -6,7 +6,11 @@ the backup is loaded into a staging schema, exactly as a restore does (checksums
 fingerprints), and each table is compared with its live table by primary key -- rows only in the
 backup (deleted since), only in the target (written since), and changed (with a sample of keys and
 the columns that differ). Values are compared as text, so a column whose type a migration changed
-(an enum relabelled, say) still compares. Nothing in the target changes; the staging is dropped.
+(an enum relabelled, say) still compares, and 1.0 and 1.00 differ as they do in a dump; a column
+of the same type on both sides whose equality already tells apart what its text does (integers,
+text, uuid, timestamps: ``catalog.exact_columns``) is compared as it is, which skips the output
+function. One full join by key counts the three kinds of difference; the samples are queried only
+for the kinds found. Nothing in the target changes; the staging is dropped.
 """
 
 from __future__ import annotations
