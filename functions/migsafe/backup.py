@@ -442,7 +442,8 @@ def _dump_all(
         types_object=ObjectEntry(key=types_obj.key[len(prefix):], bytes=types_obj.bytes, sha256=types_obj.sha256)
         if types_obj
         else None,
-        restore_hint=_RESTORE_HINT[opts.compression] + (_SPLIT_HINT if any(e.parts for e in entries) else ""),
+        restore_hint=(f"extensions first, as SQL: {extensions.stock_sql(needs)} then: " if needs else "")
+        + _RESTORE_HINT[opts.compression] + (_SPLIT_HINT if any(e.parts for e in entries) else ""),
         extensions=needs,
     )
 

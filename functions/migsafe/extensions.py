@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -271,15 +271,27 @@ def for_tables(needed: Sequence[ExtensionInfo], tables: Sequence[str]) -> list[E
     return [e for e in needed if e.name in want]
 
 
-def install(conn: psycopg.Connection[Any], installs: Sequence[Install], created: list[str]) -> None:
-    """Run the ``CREATE EXTENSION`` statements; ``created`` gets the name of each one this call made."""
+@dataclass
+class Created:
+    """What one restore's ``install`` made, for ``drop`` to take back when the restore does not swap."""
+
+    extensions: list[str] = field(default_factory=list)
+    schemas: list[str] = field(default_factory=list)  # made for an extension that lives in its own
+
+
+def install(conn: psycopg.Connection[Any], installs: Sequence[Install], created: Created) -> None:
+    """Run the ``CREATE EXTENSION`` statements; ``created`` gets each extension (and schema) this call made."""
     for i in installs:
         with conn.transaction():
             exists = conn.execute("select 1 from pg_extension where extname = %s", (i.name,)).fetchone()
             if exists:
                 continue
+            new_schema = i.create_schema and conn.execute(
+                "select 1 from pg_namespace where nspname = %s", (i.schema,)).fetchone() is None
             _create(conn, i)
-        created.append(i.name)
+        created.extensions.append(i.name)
+        if new_schema:
+            created.schemas.append(i.schema)
 
 
 def _create(conn: psycopg.Connection[Any], i: Install) -> None:
@@ -292,8 +304,29 @@ def _create(conn: psycopg.Connection[Any], i: Install) -> None:
     conn.execute(stmt)
 
 
-def drop(conn: psycopg.Connection[Any], names: Sequence[str]) -> None:
-    """Drop extensions a failed restore created, newest first (best effort; never CASCADE)."""
-    for name in reversed(names):
+def drop(conn: psycopg.Connection[Any], created: Created) -> None:
+    """Drop what a failed restore created: extensions newest first, then their schemas (best effort;
+    never CASCADE, so a schema someone has put an object in since is left alone)."""
+    for name in reversed(created.extensions):
         with contextlib.suppress(psycopg.Error):
             conn.execute(sql.SQL("drop extension if exists {}").format(sql.Identifier(name)))
+    for schema in reversed(created.schemas):
+        with contextlib.suppress(psycopg.Error):
+            conn.execute(sql.SQL("drop schema if exists {}").format(sql.Identifier(schema)))
+
+
+def stock_sql(needs: Sequence[ExtensionInfo]) -> str:
+    """The ``CREATE EXTENSION`` statements a restore with stock tools runs first (the manifest's hint).
+
+    In the manifest's order (an extension after those it requires), each in its recorded schema at
+    its recorded version; identifiers and versions are quoted as SQL, so the text runs as it is.
+    """
+
+    def ident(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    return " ".join(
+        f"CREATE EXTENSION IF NOT EXISTS {ident(e.name)} WITH SCHEMA {ident(e.schema_name)} "
+        f"VERSION '{e.version.replace(chr(39), chr(39) * 2)}';"
+        for e in needs
+    )

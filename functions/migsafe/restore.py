@@ -148,7 +148,7 @@ def staged_backup(
                         pg_bindir=opts.pg_bindir, notify=notify, analyze=opts.analyze, build=not opts.merge)
         schemas = list(loader.plan_schemas(plan.entries, plan.stage_types).values())
         swapped = False
-        created_extensions: list[str] = []
+        created_extensions = extensions.Created()
         try:
             try:
                 extensions.install(conn, plan.extensions, created_extensions)

@@ -6,14 +6,17 @@ and uuid-ossp (a default): all in PostgreSQL's contrib package.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
-from backup_helpers import file_url, user_relations
-from migsafe.backup import run_backup
+from backup_helpers import backup_dir, file_url, user_relations
+from migsafe import pgtools
+from migsafe.backup import BackupOptions, run_backup
 from migsafe.dsn import Dsn
+from migsafe.exceptions import ChecksumMismatch
 from migsafe.identifiers import QualifiedName
 from migsafe.inventory import load_manifest
 from migsafe.restore import RestoreOptions, run_restore
@@ -110,6 +113,36 @@ def test_tables_using_extensions_round_trip_into_an_empty_database(
     with target.connect() as conn:
         conn.execute("insert into public.tokens (article_id) values (1)")  # the default still works
     assert target.scalar("select count(*) from public.tokens") == 51
+
+
+def test_the_restore_hint_s_extension_sql_lets_stock_tools_restore_into_an_empty_database(
+    tmp_path: Path, with_extensions: Database, make_database: Callable[..., Database]
+) -> None:
+    # Given a backup of tables that need extensions, uncompressed so pg_restore reads its archives
+    store = FileStore(tmp_path / "store")
+    backup_id = run_backup(with_extensions.dsn, store, [QualifiedName.parse(t) for t in TABLES],
+                           BackupOptions(compression="none")).backup_id
+    _, manifest = load_manifest(store, backup_id)
+    target = make_database()
+    bindir = Path(str(pgtools.bindir()))
+    folder = backup_dir(tmp_path / "store", backup_id)
+
+    def run(*argv: object) -> None:
+        done = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+    # When the hint is followed with psql and pg_restore alone: its SQL, the types, each table's archive
+    extension_sql = manifest.restore_hint.split("extensions first, as SQL: ", 1)[1].split(" then: ", 1)[0]
+    psql = [bindir / "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", target.conninfo]
+    run(*psql, "-c", extension_sql)
+    assert manifest.types_object is not None
+    run(*psql, "-f", folder / manifest.types_object.key)
+    for entry in sorted(manifest.tables, key=lambda e: e.name):  # articles before the tokens that refer to it
+        run(bindir / "pg_restore", "--exit-on-error", "-d", target.conninfo, folder / entry.key)
+
+    # Then the tables are the source's, and the extensions are the recorded ones
+    assert table_fingerprints(target, TABLES) == table_fingerprints(with_extensions, TABLES)
+    assert _extensions(target) == {e.name: e.version for e in manifest.extensions} | {"plpgsql": "1.0"}
 
 
 def test_a_target_role_that_cannot_install_an_extension_is_refused_and_nothing_changes(
@@ -226,6 +259,35 @@ def test_an_extension_in_its_own_schema_is_installed_there_schema_and_all(
     assert target.scalar("select n.nspname from pg_extension e join pg_namespace n on n.oid = e.extnamespace "
                          "where e.extname = 'pg_trgm'") == "Ext Schema"
     assert table_fingerprints(target, ["public.docs"]) == table_fingerprints(source, ["public.docs"])
+
+
+def test_a_failed_restore_takes_back_the_extension_and_the_schema_it_created(
+    tmp_path: Path, make_database: Callable[..., Database]
+) -> None:
+    # Given a backup whose table needs pg_trgm from a schema of its own, and its dump then tampered with
+    source = make_database()
+    with source.connect() as conn:
+        conn.execute('create schema "Ext Schema"; create extension pg_trgm schema "Ext Schema"; '
+                     'create table public.docs (id int primary key, body text); '
+                     'create index docs_body on public.docs using gist (body "Ext Schema".gist_trgm_ops); '
+                     "insert into public.docs select g, 'doc ' || g from generate_series(1, 100) g")
+    store = FileStore(tmp_path / "store")
+    backup_id = _backup(source, store, ["public.docs"])
+    dump = backup_dir(tmp_path / "store", backup_id) / "public.docs.dump.zst"
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dump.write_bytes(bytes(data))
+    target = make_database()
+    before = user_relations(target)
+
+    # When the restore fails on the changed dump
+    with pytest.raises(ChecksumMismatch):
+        run_restore(store, backup_id, target.dsn, RestoreOptions())
+
+    # Then neither the extension nor the schema made for it is left in the target
+    assert set(_extensions(target)) == {"plpgsql"}
+    assert target.scalar("select count(*) from pg_namespace where nspname = 'Ext Schema'") == 0
+    assert user_relations(target) == before
 
 
 def test_the_version_rule_installs_the_recorded_or_the_lowest_newer_version_and_refuses_older_ones(
