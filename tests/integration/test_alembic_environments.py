@@ -104,6 +104,10 @@ def test_a_failing_observer_leaves_the_migration_identical_and_says_so(
 
 
 RAISING_ENV_PY = ENV_PY.replace("config = context.config", "raise RuntimeError('env.py needs APP_SETTINGS')")
+# a project whose env.py reaches its settings through its AnyIO worker thread (the orchestrator of issue 13)
+ANYIO_ENV_PY = ENV_PY.replace(
+    "config = context.config",
+    "import anyio.from_thread\nanyio.from_thread.run_sync(lambda: None)\nconfig = context.config")
 
 
 @pytest.mark.parametrize(
@@ -111,8 +115,9 @@ RAISING_ENV_PY = ENV_PY.replace("config = context.config", "raise RuntimeError('
     [
         (RAISING_ENV_PY, "", "migration.alembic_ini", "RuntimeError: env.py needs APP_SETTINGS"),
         (ENV_PY, 'sqlalchemy_driver = "postgresql+psycopg2"\n', "migration.python", "No module named 'psycopg2'"),
+        (ANYIO_ENV_PY, "", "migration.alembic_ini", "NoEventLoopError"),
     ],
-    ids=["env-py-raises", "missing-driver"],
+    ids=["env-py-raises", "missing-driver", "anyio-no-event-loop"],
 )
 def test_an_environment_that_cannot_run_is_bad_input_and_nothing_is_backed_up(
     tmp_path: Path,
