@@ -42,7 +42,9 @@ SOURCE_BURDEN = """
               and (application_name like 'migsafe%%' or application_name in ('pg_dump', 'pg_basebackup', 'psql')
                    or backend_type = 'walsender')),
            (select count(*) from pg_stat_replication),
-           (select count(*) from pg_replication_slots)
+           (select count(*) from pg_replication_slots),
+           (select count(*) from pg_locks l join pg_class c on c.oid = l.relation
+            where l.pid <> pg_backend_pid() and c.relname in ('users', 'wide', 'blob'))
 """
 
 
@@ -94,15 +96,16 @@ def _wait_for(predicate: Callable[[], bool], seconds: float, step: float = 0.01)
     return False
 
 
-def _burden(db: Database, seconds: float = 15.0) -> tuple[int, int, int]:
-    """Sessions, walsenders and slots of migsafe's on the source, once resumed backends noticed their
-    client is gone (a backend stopped mid-send sees the closed socket when it runs again)."""
+def _burden(db: Database, seconds: float = 15.0) -> tuple[int, int, int, int]:
+    """Sessions, walsenders, slots and table locks of migsafe's on the source (its snapshot dies with
+    its session), once resumed backends noticed their client is gone (a backend stopped mid-send sees
+    the closed socket when it runs again)."""
     deadline = time.monotonic() + seconds
     while True:
         with db.connect() as conn:
             row = conn.execute(SOURCE_BURDEN).fetchone()
         assert row is not None
-        now = (int(row[0]), int(row[1]), int(row[2]))
+        now = (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
         if not any(now) or time.monotonic() > deadline:
             return now
         time.sleep(0.1)
@@ -171,7 +174,7 @@ def test_a_backup_from_a_source_that_hangs_mid_copy_ends_as_stalled_and_leaves_n
             proc.kill()
             proc.wait()
     # once the server runs again, no session (its snapshot, its locks) of migsafe's is left on it
-    assert _burden(db) == (0, 0, 0)
+    assert _burden(db) == (0, 0, 0, 0)
 
 
 def test_a_rehearsal_whose_source_hangs_during_the_scratch_copy_ends_as_stalled_and_leaves_no_walsender(
@@ -208,7 +211,7 @@ def test_a_rehearsal_whose_source_hangs_during_the_scratch_copy_ends_as_stalled_
             proc.wait()
             migsafe("scratch", "sweep")
     # once the server runs again: no walsender, no (temporary) replication slot, no session of migsafe's
-    assert _burden(db) == (0, 0, 0)
+    assert _burden(db) == (0, 0, 0, 0)
 
 
 # --- the watchdog itself ------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ def test_a_session_blocked_on_a_hung_source_is_released_and_the_operation_cancel
     finally:
         thaw_server(stopped)
     # and once the server runs again, neither that session nor the heartbeat's is left on it
-    assert _burden(db) == (0, 0, 0)
+    assert _burden(db) == (0, 0, 0, 0)
 
 
 def test_every_session_with_the_source_has_tcp_keepalives(hung_source: tuple[LocalCluster, Database]) -> None:
