@@ -76,3 +76,53 @@ def write_plan(
         f'[source]\ndsn = "{db.url}"\ntables = [{listed}]\n\n[store]\nurl = "{store_url}"\n{extra}'
     )
     return path
+
+
+# --- a server that hangs rather than dies ------------------------------------------------------------
+def server_pids(data_dir: Path) -> list[int]:
+    """The postmaster of the cluster in ``data_dir`` first, then every process it forked (its backends)."""
+    import os
+
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == postmaster and int(entry.name) != os.getpid():
+            children.append(int(entry.name))
+    return [postmaster, *children]
+
+
+def freeze_server(data_dir: Path) -> list[int]:
+    """SIGSTOP the postmaster (so it forks nothing new), then every backend: a server that hangs.
+
+    Two passes, so that a backend forked while the first pass ran is stopped too. The kernel still
+    completes TCP handshakes and answers keepalives for it: only a watchdog can tell it hangs.
+    """
+    import contextlib
+    import os
+    import signal
+
+    stopped: list[int] = []
+    for _ in range(2):
+        for pid in server_pids(data_dir):
+            if pid not in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped.append(pid)
+    return stopped
+
+
+def thaw_server(pids: list[int]) -> None:
+    """SIGCONT what :func:`freeze_server` stopped."""
+    import contextlib
+    import os
+    import signal
+
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)

@@ -14,6 +14,9 @@ Order of events, and why:
    through one server backend, which bounded the backup by its largest table (docs/benchmarks.md).
 4. ``manifest.json`` is written last. A backup without one is incomplete and never restored from;
    a failed backup deletes what it wrote.
+5. Throughout, a watchdog (watchdog.py) watches the source: one that hangs rather than dies (nothing
+   from it, no byte and no answer, for ``stall_timeout_s``) cancels the backup like an interrupt
+   would, and it ends in SourceStalled (exit 3) instead of waiting on a read forever.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,13 +42,22 @@ from psycopg import sql
 
 from . import __version__, catalog, extensions
 from .dsn import Dsn, mask
-from .exceptions import BackupFailed, DatabaseError, EnvironmentFault, InputError, LockNotAcquired, ToolFailed
+from .exceptions import (
+    BackupFailed,
+    DatabaseError,
+    EnvironmentFault,
+    InputError,
+    LockNotAcquired,
+    SourceStalled,
+    ToolFailed,
+)
 from .identifiers import QualifiedName
 from .inventory import WriterLease, write_manifest
 from .models import MANIFEST_NAME, BackupResult, Manifest, ObjectEntry, SourceInfo, TableEntry, TypeInfo
 from .pgtools import tool, tool_env
 from .store import Store
 from .streams import Cancelled, Compression, Tool, stream_to_store
+from .watchdog import DEFAULT_STALL_TIMEOUT, Watchdog
 
 ProgressFn = Callable[[str, str, dict[str, Any]], None]
 
@@ -83,6 +95,9 @@ class BackupOptions:
     # schema by pg_dump, its rows by COPY over ctid ranges of the same snapshot; 0 never splits.
     # zstd and none only (the gzip setting keeps plain pg_dump files)
     split_bytes: int = 64 << 20
+    # the source is stalled (hung, not dead) when nothing comes from it -- no byte on any stream, no
+    # answer to the watchdog's heartbeat -- for this long: the backup stops (SourceStalled, exit 3)
+    stall_timeout_s: float = DEFAULT_STALL_TIMEOUT
 
 
 def new_backup_id(now: datetime) -> str:
@@ -136,7 +151,7 @@ def object_names(tables: Sequence[QualifiedName], suffix: str) -> dict[Qualified
 
 def _pg_dump_argv(dsn: Dsn, snapshot: str, extra: Sequence[str], bindir: str | None) -> list[str]:
     return [tool("pg_dump", bindir), "--format=custom", f"--snapshot={snapshot}", "--no-sync",
-            f"--dbname={dsn.conninfo(with_password=False)}", *extra]
+            f"--dbname={dsn.tool_conninfo()}", *extra]
 
 
 def _refuse_partitions_listed_twice(
@@ -207,7 +222,22 @@ def run_backup(
     notify = progress or (lambda *_: None)
     started = time.monotonic()
     store.check()
-    with catalog.connect(dsn, autocommit=True, application_name="migsafe backup") as conn:
+    with Watchdog(dsn, opts.stall_timeout_s, "the backup") as watch:
+        try:
+            return _backup(dsn, store, tables, opts, notify, started, now, watch)
+        except SourceStalled:
+            raise
+        except BaseException as exc:
+            if watch.stalled is None or isinstance(exc, KeyboardInterrupt):
+                raise
+            raise watch.error("backup failed, nothing was written: ") from exc  # before any object
+
+
+def _backup(
+    dsn: Dsn, store: Store, tables: Sequence[QualifiedName], opts: BackupOptions, notify: ProgressFn,
+    started: float, now: datetime | None, watch: Watchdog,
+) -> BackupResult:
+    with catalog.connect(dsn, autocommit=True, application_name="migsafe backup") as conn, watch.session(conn):
         # names, keys and tools first, outside any snapshot: bad input changes nothing (exit 2)
         oids = catalog.resolve_tables(conn, tables)  # UnknownTable: nothing written yet
         children = {t: catalog.partitions(conn, oids[t]) for t in tables}
@@ -226,11 +256,13 @@ def run_backup(
         lease = WriterLease(store, prefix)  # prune leaves a running backup alone
         try:
             manifest = _dump_all(conn, dsn, store, tables, oids, snapshot, backup_id, prefix, created,
-                                 opts, notify, written, children)
+                                 opts, notify, written, children, watch)
             write_manifest(store, prefix, manifest)  # objects re-checked, then the manifest, then its sha256
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 store.delete(written)
+            if watch.stalled is not None and not isinstance(exc, KeyboardInterrupt):
+                raise watch.error(f"backup {backup_id} failed and was removed: ") from exc
             if isinstance(exc, EnvironmentFault):
                 raise BackupFailed(f"backup {backup_id} failed and was removed: {exc}") from exc
             if isinstance(exc, psycopg.Error):
@@ -264,6 +296,7 @@ def _dump_all(
     notify: ProgressFn,
     written: list[str],
     children: dict[QualifiedName, list[QualifiedName]],
+    watch: Watchdog,
 ) -> Manifest:
     cancel = threading.Event()
     env = tool_env(dsn.tool_env())
@@ -306,33 +339,45 @@ def _dump_all(
         argv = _copy_part_argv(dsn, snapshot, table, copy_columns[table], first, end, opts)
         return stream_tool(table, key, argv, {**env, "PGCLIENTENCODING": "UTF8"}, f"part {index + 1} of {table}")
 
+    @contextlib.contextmanager
+    def tracked(proc: Tool) -> Iterator[None]:
+        """``proc`` is killed by :func:`stop_all` (a cancel that came just before it started, too)."""
+        with lock:
+            running.add(proc)
+            late = cancel.is_set()  # stop_all sets cancel before it takes the running set
+        try:
+            if late:
+                proc.kill()
+                raise Cancelled("cancelled")
+            yield
+        finally:
+            with lock:
+                running.discard(proc)
+
     def stream_tool(table: QualifiedName, key: str, argv: list[str], tool_env_: dict[str, str],
                     what: str) -> tuple[str, int, str, float]:
         t0 = time.monotonic()
         notify("start", str(table), {})
         proc = Tool(argv, tool_env_)
-        with lock:
-            running.add(proc)
         sent = 0
 
         def on_bytes(n: int) -> None:
             nonlocal sent
             sent += n
+            watch.alive()  # a byte from the source: it is not hung
             notify("bytes", str(table), {"bytes": sent})
 
         try:
-            assert proc.proc.stdout is not None
-            out = stream_to_store(proc.proc.stdout, store, key, opts.compression, zstd_level=opts.zstd_level,
-                                  zstd_threads=opts.zstd_threads, readahead=opts.readahead, cancel=cancel,
-                                  on_bytes=on_bytes, finish=lambda: proc.finish(what))
+            with tracked(proc):
+                assert proc.proc.stdout is not None
+                out = stream_to_store(proc.proc.stdout, store, key, opts.compression, zstd_level=opts.zstd_level,
+                                      zstd_threads=opts.zstd_threads, readahead=opts.readahead, cancel=cancel,
+                                      on_bytes=on_bytes, finish=lambda: proc.finish(what))
         except BaseException as exc:
             proc.kill()
             if cancel.is_set() and not isinstance(exc, Cancelled):
                 raise Cancelled("cancelled: another part of the backup failed") from exc
             raise
-        finally:
-            with lock:
-                running.discard(proc)
         with lock:
             written.append(key)
         return key, out.bytes, out.sha256, time.monotonic() - t0
@@ -346,7 +391,7 @@ def _dump_all(
             p.proc.kill()
 
     def dump_types() -> tuple[list[TypeInfo], ObjectEntry | None]:
-        infos, obj = _dump_types(dsn, store, oids, snapshot, prefix, env, opts)
+        infos, obj = _dump_types(dsn, store, oids, snapshot, prefix, env, opts, watch, tracked)
         if obj:
             with lock:
                 written.append(obj.key)  # so a backup that fails later removes it too
@@ -354,7 +399,8 @@ def _dump_all(
 
     def measure(table: QualifiedName) -> tuple[int, str | None]:
         """Row count and fingerprint of ``table`` in the backup's snapshot, on a session of its own."""
-        with catalog.connect(dsn, autocommit=False, application_name="migsafe backup count") as c:
+        with catalog.connect(dsn, autocommit=False, application_name="migsafe backup count") as c, \
+                watch.session(c):  # a scan is silent until it ends: the watchdog's heartbeat says if the source hangs
             c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             c.read_only = True
             c.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
@@ -368,7 +414,8 @@ def _dump_all(
                 c.rollback()
 
     copy_columns = {t: catalog.copy_columns(conn, oids[t]) for t in splits}
-    with ThreadPoolExecutor(max_workers=jobs + 1, thread_name_prefix="migsafe-dump") as pool:
+    with ThreadPoolExecutor(max_workers=jobs + 1, thread_name_prefix="migsafe-dump") as pool, \
+            watch.on_stall(stop_all):  # a stalled source: every tool killed, every worker cancelled
         # the types first, so they get the extra worker instead of queueing behind the table dumps;
         # then the parts of split tables (the longest work), then the archives
         types_future = pool.submit(dump_types)
@@ -501,7 +548,7 @@ def _copy_part_argv(dsn: Dsn, snapshot: str, table: QualifiedName, columns: Sequ
     ).format(sql.Literal(snapshot))
     wait = sql.SQL("set local lock_timeout = {}").format(sql.Literal(f"{int(opts.lock_timeout_s * 1000)}ms"))
     return [tool("psql", opts.pg_bindir), "-X", "-q", "-v", "ON_ERROR_STOP=1",
-            f"--dbname={dsn.conninfo(with_password=False)}",
+            f"--dbname={dsn.tool_conninfo()}",
             "-c", "begin isolation level repeatable read read only",
             "-c", _text(setup), "-c", _text(wait), "-c", _text(copy), "-c", "commit"]
 
@@ -522,6 +569,8 @@ def _dump_types(
     prefix: str,
     env: dict[str, str],
     opts: BackupOptions,
+    watch: Watchdog,
+    tracked: Callable[[Tool], contextlib.AbstractContextManager[None]],
 ) -> tuple[list[TypeInfo], ObjectEntry | None]:
     """The user types the tables use: ``types.sql`` plus per-type DDL in the manifest.
 
@@ -530,7 +579,8 @@ def _dump_types(
     snapshot; anything else falls back to a schema-only pg_dump of that snapshot.
     """
     # a separate connection (the main one is busy counting rows), in the same exported snapshot
-    with catalog.connect(dsn, autocommit=False, application_name="migsafe backup types") as tconn:
+    with catalog.connect(dsn, autocommit=False, application_name="migsafe backup types") as tconn, \
+            watch.session(tconn):
         tconn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         tconn.read_only = True
         tconn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot)))
@@ -549,22 +599,26 @@ def _dump_types(
             for t in types
         ]
     else:  # a range type (or another kind we do not write ourselves): ask pg_dump
-        infos = _types_from_pg_dump(dsn, types, snapshot, env, opts)
+        infos = _types_from_pg_dump(dsn, types, snapshot, env, opts, tracked)
     return infos, _put_types(store, prefix, infos)
 
 
 def _types_from_pg_dump(
-    dsn: Dsn, types: list[dict[str, Any]], snapshot: str, env: dict[str, str], opts: BackupOptions
+    dsn: Dsn, types: list[dict[str, Any]], snapshot: str, env: dict[str, str], opts: BackupOptions,
+    tracked: Callable[[Tool], contextlib.AbstractContextManager[None]],
 ) -> list[TypeInfo]:
     """Per-type DDL as pg_dump writes it, from a schema-only dump of the same snapshot."""
     with tempfile.TemporaryDirectory(prefix="migsafe-types-") as tmp:
         archive = Path(tmp) / "schema.dump"
-        proc = subprocess.run(
-            _pg_dump_argv(dsn, snapshot, ["--schema-only", f"--file={archive}"], opts.pg_bindir),
-            capture_output=True, text=True, env=env,
-        )
-        if proc.returncode != 0:
-            raise ToolFailed(f"pg_dump (schema for types) failed: {mask(proc.stderr.strip())[-2000:]}")
+        # like the table dumps: in its own process group, killed by a cancel (a stalled source, ...)
+        dump = Tool(_pg_dump_argv(dsn, snapshot, ["--schema-only", f"--file={archive}"], opts.pg_bindir), env,
+                    stdout=subprocess.DEVNULL)
+        try:
+            with tracked(dump):
+                dump.finish("schema for types")
+        except BaseException:
+            dump.kill()
+            raise
         listing = subprocess.run([tool("pg_restore", opts.pg_bindir), "--list", str(archive)],
                                  capture_output=True, text=True, check=False)
         if listing.returncode != 0:

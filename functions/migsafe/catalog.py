@@ -13,7 +13,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from .dsn import Dsn, mask
+from .dsn import KEEPALIVES, Dsn, mask
 from .exceptions import DatabaseError, DatabaseUnreachable, UnknownTable
 from .identifiers import QualifiedName
 from .models import ColumnInfo, ConstraintInfo
@@ -22,10 +22,15 @@ from .models import ColumnInfo, ConstraintInfo
 def connect(
     dsn: Dsn, *, autocommit: bool = True, application_name: str = "migsafe", **kw: Any
 ) -> psycopg.Connection[Any]:
-    """Connect, turning libpq failures into DatabaseUnreachable (with any password masked)."""
+    """Connect, turning libpq failures into DatabaseUnreachable (with any password masked).
+
+    TCP keepalives are on (unless the DSN sets them): a session whose server vanished errors out.
+    """
+    keepalives = {k: v for k, v in KEEPALIVES.items() if k not in dsn.params}
     try:
         return psycopg.connect(
-            dsn.conninfo(), autocommit=autocommit, application_name=application_name, connect_timeout=10, **kw
+            dsn.conninfo(), autocommit=autocommit, application_name=application_name, connect_timeout=10,
+            **{**keepalives, **kw},
         )
     except psycopg.OperationalError as exc:
         raise DatabaseUnreachable(

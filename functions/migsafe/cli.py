@@ -177,20 +177,26 @@ PlanOpt = Annotated[Path, typer.Option("--plan", "-p", help="Plan file (TOML or 
 StoreOpt = Annotated[str, typer.Option("--store", help="Store URL: file:///path or s3://bucket/prefix.")]
 IdOpt = Annotated[str, typer.Option("--backup-id", help="Backup id, as printed by `migsafe backup`.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+StallOpt = Annotated[
+    float | None,
+    typer.Option("--stall-timeout", min=0.1, metavar="SECONDS",
+                 help="Give up on a source that sends nothing and answers no query for this long (exit 3); "
+                      "default: the plan's source.stall_timeout_seconds, 120."),
+]
 
 
 @app.command()
-def backup(plan: PlanOpt, json_out: JsonOpt = False) -> None:
+def backup(plan: PlanOpt, json_out: JsonOpt = False, stall_timeout: StallOpt = None) -> None:
     """Back up the plan's tables to its store; prints the backup id on stdout.
 
     \b
     Examples:
       migsafe backup --plan plan.toml
-      migsafe backup --plan plan.toml --json
+      migsafe backup --plan plan.toml --json --stall-timeout 300
     """
     from .backup import BackupOptions, run_backup
 
-    p = Plan.load(plan)
+    p = Plan.load(plan).with_stall_timeout(stall_timeout)
     s = settings()
     dsn = p.source.resolve_dsn(s.environ)
     store = open_store(p.store.url, p.base_dir)
@@ -200,6 +206,7 @@ def backup(plan: PlanOpt, json_out: JsonOpt = False) -> None:
         jobs=p.backup.jobs,
         plan_sha256=p.digest(),
         pg_bindir=s.pg_bindir,
+        stall_timeout_s=p.source.stall_timeout_seconds,
     )
     with _Reporter("backup") as rep:
         result = run_backup(dsn, store, p.source.qualified_tables, opts, progress=rep)
@@ -466,6 +473,7 @@ def rehearse(
             "--backup-id", help="Reuse this complete backup of the plan's tables instead of taking one."
         ),
     ] = None,
+    stall_timeout: StallOpt = None,
 ) -> None:
     """Back up, then rehearse the migration's upgrade and downgrade on a scratch copy; exit 0 PASS, 1 FAIL.
 
@@ -476,7 +484,7 @@ def rehearse(
     """
     from .rehearse import rehearse as run_rehearsal
 
-    p = Plan.load(plan)
+    p = Plan.load(plan).with_stall_timeout(stall_timeout)
     directory = report_dir or default_report_dir()
     _claim_report_dir(directory)
     try:

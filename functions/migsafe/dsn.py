@@ -24,6 +24,11 @@ from typing import Any
 from .exceptions import InputError
 
 SECRET_KEYS = ("password", "sslpassword")  # conninfo keys whose values are secrets
+# TCP keepalives on every session with the source (psycopg's and the tools'): a connection whose peer
+# vanished (a network partition, a host gone) errors out after idle + interval * count = 60 s instead
+# of waiting on a read forever. A hung server's kernel still answers them: that is the watchdog's
+# part (watchdog.py). Values the DSN gives itself win.
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
 _URL_PASSWORD = re.compile(r"(://[^:/?#@]*:)([^@/?#]*)(@)")
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 
@@ -107,6 +112,12 @@ class Dsn:
         import psycopg.conninfo
 
         return psycopg.conninfo.make_conninfo(**params)
+
+    def tool_conninfo(self, **override: str) -> str:
+        """The conninfo a tool's argv carries: no secret, keepalives on, a connect timeout (unless given)."""
+        session = {**KEEPALIVES, "connect_timeout": "10"}
+        return self.conninfo(with_password=False, **{k: v for k, v in session.items() if k not in self.params},
+                             **override)
 
     def with_db(self, dbname: str) -> Dsn:
         return Dsn({**self.params, "dbname": dbname})

@@ -104,6 +104,10 @@ class LockNotAcquired(DatabaseError):
     """A lock migsafe needs was held by another session for longer than the lock timeout."""
 
 
+class SourceStalled(EnvironmentFault):
+    """The source stopped answering mid-operation (hung, not dead); migsafe stopped and removed what it wrote."""
+
+
 class StoreUnreachable(EnvironmentFault):
     """The backup store could not be read or written."""
 

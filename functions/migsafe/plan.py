@@ -37,6 +37,10 @@ class Source(_Strict):
     dsn_env: str | None = None
     secret_arn: str | None = None
     tables: list[str] = Field(min_length=1)
+    # a source that hangs (stopped, frozen, cut off) rather than dies: when nothing comes from it -- no
+    # byte of a dump or copy, no answer to a query -- for this long, the backup or the scratch copy
+    # stops (SourceStalled, exit 3) instead of waiting on it forever (docs/reliability.md)
+    stall_timeout_seconds: float = Field(default=120, gt=0)
 
     @field_validator("tables")
     @classmethod
@@ -349,8 +353,19 @@ class Plan(_Strict):
         data = mask_tree(self.model_dump(mode="json"))
         if not data.get("expect"):
             data.pop("expect", None)  # plans without [[expect]] keep the digest they had before it existed
+        # how long to wait on a hung source says nothing of what is backed up or rehearsed (and
+        # --stall-timeout overrides it): plans keep the digest they had before it existed
+        data["source"].pop("stall_timeout_seconds", None)
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def with_stall_timeout(self, seconds: float | None) -> Plan:
+        """This plan with ``source.stall_timeout_seconds`` overridden (``--stall-timeout``), or itself."""
+        if seconds is None:
+            return self
+        plan = self.model_copy(update={"source": self.source.model_copy(update={"stall_timeout_seconds": seconds})})
+        plan._base_dir = self._base_dir
+        return plan
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], base_dir: Path | None = None) -> Plan:

@@ -297,6 +297,7 @@ def _pipeline(run: _Run, source: Dsn, pr: Probe, scratch_dsn: Dsn | None, backup
                     jobs=plan.backup.jobs,
                     plan_sha256=plan.digest(),
                     pg_bindir=settings.pg_bindir,
+                    stall_timeout_s=plan.source.stall_timeout_seconds,
                 ),
             )
             run.backup = BackupInfo(id=b.backup_id, url=b.url, bytes=b.bytes, store_url=store.url)
@@ -335,6 +336,7 @@ def _on_scratch(
             runtime_dir=settings.runtime_dir,
             scratch_dsn=given,
             pg_bindir=settings.pg_bindir,
+            stall_timeout=plan.source.stall_timeout_seconds,
         )
     scratch = run.scratch.dsn
     if plan.migration.command and run.scratch.cluster is not None:

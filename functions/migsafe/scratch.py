@@ -5,7 +5,10 @@ connection (the local analogue of restoring an RDS snapshot: a physical copy, sa
 relfilenodes, fast), otherwise by a full ``pg_dump | pg_restore`` of the source database.
 ``dsn``: an existing scratch server (on AWS, the instance the state machine restored from a
 snapshot); it is used as is, and the state machine deletes it.
-The source is only ever read.
+The source is only ever read. While it is copied a watchdog watches it (watchdog.py): a source that
+hangs mid-copy (nothing from it, not even an answer to a heartbeat, for ``stall_timeout`` seconds)
+stops the copy's tools -- pg_basebackup's walsenders and temporary slot go with them -- and the
+copy ends in SourceStalled instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .dsn import Dsn, mask
 from .exceptions import InputError, ScratchFailed
 from .localpg import SERVER_USER, LocalCluster, _chown_tree
 from .pgtools import tool, tool_env
+from .watchdog import DEFAULT_STALL_TIMEOUT, Watchdog
 
 COPY_APPLICATION_NAME = "migsafe scratch copy"
 
@@ -50,6 +54,7 @@ def create_scratch(
     runtime_dir: Path | None = None,
     scratch_dsn: Dsn | None = None,
     pg_bindir: str | None = None,
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT,
 ) -> Scratch:
     if kind == "dsn":
         if scratch_dsn is None:
@@ -63,12 +68,13 @@ def create_scratch(
         )
     cluster = LocalCluster.prepare("scratch", runtime_dir)
     try:
-        method = "pg_basebackup" if _try_basebackup(cluster, source, pg_bindir) else "pg_dump"
-        if method == "pg_dump":
-            cluster.initdb()
-            cluster.start()
-            _dump_restore(cluster, source, pg_bindir)
-        else:
+        with Watchdog(source, stall_timeout, "the scratch copy") as watch:
+            method = "pg_basebackup" if _try_basebackup(cluster, source, pg_bindir, watch) else "pg_dump"
+            if method == "pg_dump":
+                cluster.initdb()
+                cluster.start()
+                _dump_restore(cluster, source, pg_bindir, watch)
+        if method == "pg_basebackup":
             cluster.start()
         dsn = Dsn(
             {
@@ -86,11 +92,15 @@ def create_scratch(
         raise
 
 
-def _try_basebackup(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -> bool:
-    """Physical copy of the source cluster; False when the source refuses replication connections."""
+def _try_basebackup(cluster: LocalCluster, source: Dsn, pg_bindir: str | None, watch: Watchdog) -> bool:
+    """Physical copy of the source cluster; False when the source refuses replication connections.
+
+    SourceStalled if the source hangs while it is copied (pg_basebackup is stopped, with its group).
+    """
     # named, so an operator (and our tests) can tell our walsender from anybody else's on the source
-    conninfo = source.conninfo(with_password=False, application_name=COPY_APPLICATION_NAME)
-    proc = pgtools.run(
+    conninfo = source.tool_conninfo(application_name=COPY_APPLICATION_NAME)
+    watch.during = "the scratch copy (pg_basebackup)"
+    copy = pgtools.spawn(
         [
             tool("pg_basebackup", pg_bindir),
             "-D",
@@ -106,9 +116,20 @@ def _try_basebackup(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -
         ],
         as_user=SERVER_USER if os.geteuid() == 0 else None,
         env=tool_env(source.tool_env()),
-        timeout=3600,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    if proc.returncode != 0:
+    try:
+        with watch.on_stall(lambda: pgtools.stop(copy, grace=2.0)):
+            copy.communicate(timeout=3600)
+    except BaseException:
+        pgtools.stop(copy)
+        raise
+    pgtools.release(copy)
+    watch.check()
+    if copy.returncode != 0:
         shutil.rmtree(cluster.data_dir, ignore_errors=True)
         return False
     data = cluster.data_dir
@@ -131,8 +152,9 @@ def _try_basebackup(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -
     return True
 
 
-def _dump_restore(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -> None:
-    """Logical copy of the source database (when replication is not allowed)."""
+def _dump_restore(cluster: LocalCluster, source: Dsn, pg_bindir: str | None, watch: Watchdog) -> None:
+    """Logical copy of the source database (when replication is not allowed); SourceStalled if it hangs."""
+    watch.during = "the scratch copy (pg_dump)"
     with psycopg.connect(cluster.dsn().conninfo(), autocommit=True) as conn:
         if not conn.execute("select 1 from pg_database where datname = %s", (source.dbname,)).fetchone():
             conn.execute(sql.SQL("create database {}").format(sql.Identifier(source.dbname)))
@@ -141,7 +163,7 @@ def _dump_restore(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -> 
             tool("pg_dump", pg_bindir),
             "--format=custom",
             "--compress=0",
-            f"--dbname={source.conninfo(with_password=False, application_name=COPY_APPLICATION_NAME)}",
+            f"--dbname={source.tool_conninfo(application_name=COPY_APPLICATION_NAME)}",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -164,8 +186,9 @@ def _dump_restore(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -> 
         )
         assert dump.stdout is not None
         dump.stdout.close()  # pg_restore holds it now: pg_dump sees a closed pipe if it dies
-        _rout, restore_err = restore.communicate()
-        _out, dump_err = dump.communicate()
+        with watch.on_stall(lambda: pgtools.stop(dump, grace=2.0)):
+            _rout, restore_err = restore.communicate()
+            _out, dump_err = dump.communicate()
     except BaseException:
         pgtools.stop(dump)
         if restore is not None:
@@ -173,6 +196,7 @@ def _dump_restore(cluster: LocalCluster, source: Dsn, pg_bindir: str | None) -> 
         raise
     pgtools.release(dump)
     pgtools.release(restore)
+    watch.check()
     if dump.returncode != 0:
         raise ScratchFailed(
             f"pg_dump of the source failed: {mask(dump_err.decode(errors='replace').strip())[-1500:]}"

@@ -294,7 +294,8 @@ def do_backup(request: RehearsalRequest, env: WorkerEnv) -> dict[str, Any]:
     result = run_backup(
         env.source_dsn(), open_store(env.store_url), plan.source.qualified_tables,
         BackupOptions(compression=plan.backup.compression, zstd_level=plan.backup.zstd_level, jobs=plan.backup.jobs,
-                      plan_sha256=plan.digest(), pg_bindir=settings.pg_bindir),
+                      plan_sha256=plan.digest(), pg_bindir=settings.pg_bindir,
+                      stall_timeout_s=plan.source.stall_timeout_seconds),
     )
     location = _put_json(env, request.results_prefix, "backup.json", result.model_dump(mode="json"))
     return {"action": "backup", "ok": True, "backup_id": result.backup_id, "bytes": result.bytes,

@@ -15,6 +15,10 @@ Faults:
   moment of ``migsafe backup``;
 - ``server/scratch-killed``: the scratch server killed (kill -9 of its postmaster, or
   ``pg_ctl stop -m immediate``) at a random moment of the upgrade during ``migsafe rehearse``;
+- ``server/source-hung/backup``, ``server/source-hung/scratch``: the source server *hung* (its
+  postmaster and every backend SIGSTOPped: sockets open, nothing answers) at a random moment of
+  ``migsafe backup`` or of a rehearsal's scratch copy, with a stall timeout of a few seconds; then
+  resumed (SIGCONT) and checked for leftovers;
 - ``store/disk-full``: ``migsafe backup`` into a file store on a tmpfs too small for the backup
   (a size drawn at random, so the disk fills in a dump, in the manifest or in its seal; or never);
 - ``byteflip``: one random byte of one random object of a complete backup (the manifest and its
@@ -35,7 +39,9 @@ Invariants (see docs/reliability.md for why each matters):
 - ``staging_swept``: a killed restore's staging schema is dropped by the next restore (which then
   succeeds) or by ``prune --target-dsn``;
 - ``exit_3_one_line``: a server or disk fault ends in exit 3 and one ``migsafe: error:`` line that
-  names the cause, never a traceback;
+  names the cause, never a traceback (a hung source: "stalled");
+- ``exits_promptly``: the faulted command ends by itself within the trial's bound (broken only: a
+  command still running at the bound is killed and the trial says so);
 - ``scratch_removed``: a rehearsal whose scratch server died removes the scratch itself (no sweep);
 - ``partials_removed``: a backup that failed on a full disk leaves no partial file, and
   ``backups list`` shows it incomplete with the bytes it really holds.
@@ -52,6 +58,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -69,7 +76,7 @@ for p in (HERE.parent, HERE.parent / "integration", ROOT / "functions", ROOT):
 
 from alembic_projects import write_project  # noqa: E402
 from migsafe.localpg import LocalCluster  # noqa: E402
-from pgsupport import Database, table_fingerprints, write_plan  # noqa: E402
+from pgsupport import Database, freeze_server, table_fingerprints, thaw_server, write_plan  # noqa: E402
 
 from examples.enum_uppercase import seed  # noqa: E402
 
@@ -566,6 +573,76 @@ def trial_source_stopped(lab: Lab, rng: random.Random, trial_seed: int) -> Trial
     return t
 
 
+STALL_TIMEOUT = "3"  # seconds, for the hung-source trials (the default, 120 s, is for production)
+SOURCE_STALLED = ("stalled",)
+
+
+def _scratch_copy_seconds(lab: Lab, db: Database) -> float:
+    """How long a pg_basebackup of the fault server takes (once per run): the hang lands anywhere in it."""
+    if "source_copy" not in lab.timings:
+        from migsafe.pgtools import tool
+
+        folder = Path(tempfile.mkdtemp(prefix="copytiming", dir=lab.runtime_dir))
+        folder.chmod(0o777)
+        as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        began = time.monotonic()
+        subprocess.run([*as_user, tool("pg_basebackup"), "-D", str(folder / "data"), "-X", "stream", "-c", "fast",
+                        "--no-sync", "-d", db.dsn.conninfo(with_password=False)], capture_output=True, check=True)
+        lab.timings["source_copy"] = time.monotonic() - began
+        shutil.rmtree(folder, ignore_errors=True)
+    return lab.timings["source_copy"]
+
+
+def trial_source_hung(lab: Lab, rng: random.Random, trial_seed: int) -> Trial:
+    """The source hangs (SIGSTOP of every server process) during a backup or a rehearsal's scratch copy."""
+    target = rng.choice(["backup", "scratch"])
+    t = Trial(f"server/source-hung/{target}", trial_seed)
+    cluster, db = _fault_server(lab)
+    before = source_state(db)
+    store = lab.work / f"store-{trial_seed}"
+    store.mkdir()
+    stall = ("--stall-timeout", STALL_TIMEOUT)
+    if target == "backup":
+        plan = write_plan(lab.work / f"plan-{trial_seed}.toml", db, f"file://{store}")
+        proc = lab.start("backup", "--plan", str(plan), *stall)
+        lines = _lines(proc)
+        _wait_line(lines, "backup ", 60)
+        window = lab.timings["source_backup"] * 0.75  # its end (the manifest, the exit) reads nothing from it
+    else:
+        window = _scratch_copy_seconds(lab, db)
+        ini = write_project(lab.work / f"proj-{trial_seed}", upgrade=["SELECT 1"], downgrade=["SELECT 1"])
+        plan = write_plan(lab.work / f"plan-{trial_seed}.toml", db, f"file://{store}",
+                          extra=f'[migration]\nalembic_ini = "{ini}"\nurl_env = "DATABASE_URL"\n')
+        proc = lab.start("rehearse", "--plan", str(plan), "--report-dir", str(lab.work / f"report-{trial_seed}"),
+                         *stall)
+        lines = _lines(proc)
+        if not _wait_line(lines, "scratch ...", 180):
+            t.notes.append(f"the scratch copy never started (exit {proc.poll()})")
+    stopped: list[int] = []
+    try:
+        time.sleep(rng.uniform(0.0, window * 0.8))
+        stopped = freeze_server(cluster.data_dir)  # hung: every socket open, nothing answers
+        _await_exit(proc, t, 90)
+        stderr = _drain(lines)
+        finished = proc.returncode in (0, 1)  # done with the source before it hung (a rehearsal may FAIL)
+        t.outcome = f"{target}: " + ("finished" if finished else "stalled" if "stalled" in stderr else "other")
+        if finished:
+            t.notes.append("finished before the hang")
+        else:
+            _one_clear_line(t, proc.returncode, stderr, SOURCE_STALLED)
+        t.check("no_child_left", _settle(lambda: not _children_of_lab(lab), 5.0), "; ".join(_children_of_lab(lab)))
+        _killed_backups_incomplete(lab, t, store)
+        if target == "scratch":
+            left = [p.name for p in lab.runtime_dir.glob(f"*-{proc.pid}-*")]
+            t.check("scratch_removed", not left, ", ".join(left))
+    finally:
+        thaw_server(stopped)
+    t.check("source_unchanged", source_state(db) == before)
+    b = burden(db, 15.0)  # resumed backends notice their client is gone when they next read or send
+    t.check("source_unburdened", not any(b.values()), json.dumps(b))
+    return t
+
+
 SCRATCH_GONE = ("scratch",)  # not "database: ...", which an operator reads as the source
 
 
@@ -679,6 +756,8 @@ def plan_trials(rng: random.Random, per_kind: int, flips: int, phases: int | Non
     kinds += [("source_stopped", ()), ("scratch_killed", ()), ("disk_full", ())] * n
     kinds += [("byteflip", ())] * flips
     rng.shuffle(kinds)
+    # kinds added later go after the shuffle, so that a seed replays every earlier kind's trials as before
+    kinds += [("source_hung", ())] * n
     yield from kinds
 
 
@@ -714,7 +793,7 @@ def run_trials(lab: Lab, seed_value: int, per_kind: int, flips: int, phases: int
 
 
 _FAULT_NAMES = {"source_stopped": "server/source-stopped", "scratch_killed": "server/scratch-killed",
-                "disk_full": "store/disk-full"}
+                "disk_full": "store/disk-full", "source_hung": "server/source-hung"}
 
 
 def _one(lab: Lab, kind: str, args: tuple[object, ...], sub: random.Random, origin: Origin, trial_seed: int) -> Trial:
@@ -728,6 +807,8 @@ def _one(lab: Lab, kind: str, args: tuple[object, ...], sub: random.Random, orig
         return trial_source_stopped(lab, sub, trial_seed)
     if kind == "scratch_killed":
         return trial_scratch_killed(lab, sub, trial_seed)
+    if kind == "source_hung":
+        return trial_source_hung(lab, sub, trial_seed)
     if kind == "disk_full":
         return trial_disk_full(lab, sub, origin, trial_seed)
     return trial_byteflip(lab, sub, origin, trial_seed)

@@ -32,7 +32,7 @@ def main() -> int:
                     help="trials per server and disk fault (default: --per-kind)")
     ap.add_argument("--only", default=None,
                     help="comma-separated kinds to run (backup, rehearse, restore, source_stopped, "
-                         "scratch_killed, disk_full, byteflip): replays one kind with its seed")
+                         "scratch_killed, source_hung, disk_full, byteflip): replays one kind with its seed")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else secrets.randbelow(1 << 31)
     runtime = Path(tempfile.mkdtemp(prefix="migsafe-chaos-"))

@@ -30,7 +30,8 @@ def test_a_few_seeded_faults_of_each_kind_break_no_invariant(
     lines: list[str] = []
     # When: one kill at a random point of a backup, of one random rehearse phase and of a restore
     # into an empty and into a populated database, per signal; the source server stopped during a
-    # backup, the scratch server killed during an upgrade, a disk too small; five byte flips
+    # backup, the scratch server killed during an upgrade, the source server hung (SIGSTOP) during a
+    # backup or a scratch copy (6 to 15 s), a disk too small; five byte flips
     trials = faults.run_trials(lab, seed, per_kind=1, flips=5, phases=1, faults=1, say=lines.append)
     # Then
     report = "\n".join([*lines, faults.table(trials)])

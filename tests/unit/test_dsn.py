@@ -54,3 +54,21 @@ def test_a_sqlalchemy_url_with_its_driver_is_the_same_database(url: str) -> None
     assert {k: dsn.params[k] for k in ("host", "port", "dbname", "user")} == {
         "host": "db", "port": "6432", "dbname": "shop", "user": "app"}
     assert "pw" not in str(dsn)
+
+
+def test_tool_conninfo_turns_keepalives_on_without_a_secret_and_the_dsn_wins() -> None:
+    # Given: a DSN with a password, and one that sets its own keepalive idle time
+    plain = Dsn.parse("postgresql://app:s3cret@db/prod")
+    tuned = Dsn.parse("host=db dbname=prod keepalives_idle=5 connect_timeout=3")
+    # When
+    import psycopg.conninfo
+
+    got = psycopg.conninfo.conninfo_to_dict(plain.tool_conninfo(application_name="x"))
+    own = psycopg.conninfo.conninfo_to_dict(tuned.tool_conninfo())
+    # Then: a partitioned connection errors out (keepalives), a connect never waits forever, no secret
+    assert {k: got[k] for k in ("keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+                                "connect_timeout", "application_name")} == {
+        "keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3",
+        "connect_timeout": "10", "application_name": "x"}
+    assert "password" not in got and "s3cret" not in plain.tool_conninfo()
+    assert (own["keepalives_idle"], own["connect_timeout"]) == ("5", "3")

@@ -107,3 +107,27 @@ def test_factory_and_command_plans_load() -> None:
     assert plan.migration.config_factory == "tasksapp.db:alembic_config"
     assert plan.migration.command is not None and plan.migration.command[-1] == "{revision}"
     assert Plan.from_mapping(_migration()).migration.ini == "alembic.ini"  # the default, unless given
+
+
+def test_stall_timeout_defaults_to_two_minutes_and_must_be_positive() -> None:
+    # Given / When
+    plan = Plan.from_json('{"source": {"dsn": "postgresql:///x", "tables": ["users"]}}')
+    # Then
+    assert plan.source.stall_timeout_seconds == 120
+    with pytest.raises(PlanInvalid, match=r"source.stall_timeout_seconds: .*greater than 0"):
+        Plan.from_json('{"source": {"dsn": "postgresql:///x", "tables": ["users"], "stall_timeout_seconds": 0}}')
+
+
+def test_a_stall_timeout_override_keeps_the_plan_its_folder_and_its_digest(tmp_path: Path) -> None:
+    # Given: a plan file, and the same plan with its own stall timeout
+    (tmp_path / "a.toml").write_text('[source]\ndsn = "postgresql:///x"\ntables = ["users"]\n')
+    (tmp_path / "b.toml").write_text('[source]\ndsn = "postgresql:///x"\ntables = ["users"]\nstall_timeout_seconds = 9\n')
+    plan = Plan.load(tmp_path / "a.toml")
+    # When: --stall-timeout overrides it
+    faster = plan.with_stall_timeout(3)
+    # Then: only the timeout changed; relative paths still resolve against the plan's folder; how long
+    # to wait on a hung source is not part of what the digest names (manifests, executions)
+    assert faster.source.stall_timeout_seconds == 3 and plan.source.stall_timeout_seconds == 120
+    assert faster.path("alembic.ini") == tmp_path / "alembic.ini"
+    assert faster.digest() == plan.digest() == Plan.load(tmp_path / "b.toml").digest()
+    assert plan.with_stall_timeout(None) is plan
