@@ -61,7 +61,8 @@ EXECUTION_TAG = "migsafe:execution"
 # scratch's per-execution password): the ECS task role must allow each (tests/infra/test_iam.py checks).
 AWS_CALLS = ("s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject",
              "rds:DescribeDBInstances", "rds:ModifyDBInstance", "rds:DescribeDBClusters", "rds:ModifyDBCluster",
-             "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue", "secretsmanager:TagResource")
+             "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue", "secretsmanager:TagResource",
+             "rds:DescribeDBLogFiles", "rds:DownloadDBLogFilePortion")
 
 
 class _Request(BaseModel):
@@ -333,7 +334,8 @@ def do_rehearse(request: RehearsalRequest, env: WorkerEnv, workdir: Path) -> dic
     reports = workdir / "reports"
     backup_id = _backup_of_this_execution(env, request.results_prefix)
     try:
-        result = rehearse(plan, settings, scratch_dsn=scratch, report_dir=reports, backup_id=backup_id)
+        result = rehearse(plan, settings, scratch_dsn=scratch, report_dir=reports, backup_id=backup_id,
+                          server_log=scratch_log(plan, env, scratch))
     except MigsafeError as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:  # a fault after the rehearsal started: keep what it found
@@ -358,6 +360,20 @@ def scratch_dsn(request: RehearsalRequest, env: WorkerEnv, source: Dsn) -> Dsn:
                                     rds=boto3.client("rds"), secretsmanager=boto3.client("secretsmanager"),
                                     cluster_id=env.environ.get("MIGSAFE_SCRATCH_CLUSTER_ID", ""))
     return Dsn({**endpoint.params, "password": password})
+
+
+def scratch_log(plan: Any, env: WorkerEnv, scratch: Dsn) -> Any:
+    """Where a ``migration.command`` plan's statements are read: the scratch instance's csvlog
+    (its parameter group turns it on; :mod:`migsafe.rdslog`). None for a plan alembic runs in-process."""
+    if not plan.migration.command:
+        return None
+    import boto3
+
+    from .rdslog import RdsCsvLog
+
+    instance_id = env.environ.get("MIGSAFE_SCRATCH_INSTANCE_ID", "")
+    wait = float(env.environ.get("MIGSAFE_SCRATCH_LOG_WAIT_SECONDS") or 120)
+    return RdsCsvLog(instance_id, boto3.client("rds"), scratch, wait_seconds=wait)
 
 
 def _backup_of_this_execution(env: WorkerEnv, prefix: str) -> str | None:
