@@ -48,8 +48,8 @@ def scratch_delete_statement(scope: Construct) -> iam.PolicyStatement:
 
 
 def scratch_cleanup_statements(scope: Construct) -> list[iam.PolicyStatement]:
-    """Delete scratch clusters (Aurora), the run's snapshots and the scratch secrets: named
-    migsafe-scratch-*, tagged migsafe:scratch."""
+    """Delete scratch clusters (Aurora), the run's snapshots, the scratch DB parameter groups
+    (migration.command plans) and the scratch secrets: named migsafe-scratch-*, tagged migsafe:scratch."""
     return [
         iam.PolicyStatement(
             sid="DeleteTaggedScratchClustersOnly",
@@ -62,6 +62,12 @@ def scratch_cleanup_statements(scope: Construct) -> list[iam.PolicyStatement]:
             actions=["rds:DeleteDBSnapshot"],
             resources=[_arn(scope, "rds", "snapshot", f"{SCRATCH_PREFIX}*")],
             conditions={"StringLike": {f"rds:snapshot-tag/{SCRATCH_TAG}": "*"}},
+        ),
+        iam.PolicyStatement(
+            sid="DeleteTaggedScratchParameterGroupsOnly",
+            actions=["rds:DeleteDBParameterGroup"],
+            resources=[_arn(scope, "rds", "pg", f"{SCRATCH_PREFIX}*")],
+            conditions={"StringLike": {f"rds:pg-tag/{SCRATCH_TAG}": "*"}},
         ),
         iam.PolicyStatement(
             sid="DeleteTaggedScratchSecretsOnly",

@@ -158,6 +158,9 @@ def validate_rehearsal(event: Mapping[str, Any], environ: Mapping[str, str], sto
         # identifiers live in separate namespaces (ARNs ...:cluster:<id> and ...:db:<id>)
         "scratch": {"kind": kind, "instance_id": scratch_id, "cluster_id": scratch_id if cluster_id else "",
                     "snapshot_id": scratch_id, "secret_name": scratch_secret_name(scratch_id),
+                    # a plan migrating through its own command is observed at the scratch server: the
+                    # scratch gets a DB parameter group of its own, named like it, that logs to csvlog
+                    "parameter_group": scratch_id if plan.migration.command else "",
                     "instance_class": plan.scratch.instance_class or (
                         "" if cluster_id else environ.get("MIGSAFE_SCRATCH_INSTANCE_CLASS", "db.t4g.medium"))},
         "snapshot_wait": {"count": 0},
@@ -358,7 +361,13 @@ def source_settings(instance_id: str, rds: Any, *, port: int) -> dict[str, Any]:
     if not groups or not options:
         raise ScratchFailed(f"source instance {instance_id} names no parameter group or option group to copy")
     return {"port": port, "engine": db.get("Engine", "postgres"), "parameter_group": groups[0],
-            "option_group": options[0], "state_at": ""}
+            "parameter_group_family": default_family(groups[0]), "option_group": options[0], "state_at": ""}
+
+
+def default_family(group: str) -> str:
+    """The family of a default DB parameter group (``default.postgres15`` -> ``postgres15``), which
+    RDS cannot copy: a scratch group is created in that family instead. "" for a custom group."""
+    return group[len("default."):] if group.startswith("default.") else ""
 
 
 def cluster_settings(cluster_id: str, rds: Any, *, instance_class: str = "") -> dict[str, Any]:
@@ -385,6 +394,9 @@ def cluster_settings(cluster_id: str, rds: Any, *, instance_class: str = "") -> 
     latest = c.get("LatestRestorableTime")
     return {"port": int(port), "engine": engine, "engine_version": version, "subnet_group": subnet,
             "security_groups": groups, "cluster_parameter_group": parameters, "instance_class": chosen,
+            # the scratch instance's own DB parameter group (migration.command) is created in the
+            # engine's family: the cluster's settings stay in its cluster parameter group
+            "parameter_group": "", "parameter_group_family": f"aurora-postgresql{version.split('.')[0]}",
             "serverless_v2": serverless,
             "scaling": {"MinCapacity": scaling.get("MinCapacity"), "MaxCapacity": scaling.get("MaxCapacity")}
             if serverless else {},

@@ -315,6 +315,7 @@ def test_source_settings_name_the_groups_the_scratch_copies_and_check_the_port(r
     out = snapshots.handler(_event("source_settings.json"), FakeContext())
     # Then they are the source's groups and port; a port the stack does not admit is refused
     assert out == {"port": 5432, "engine": "postgres", "parameter_group": "prod-pg", "option_group": "prod-og",
+                   "parameter_group_family": "",  # a custom group: the scratch's own is a copy of it
                    "state_at": ""}  # a snapshot's state time is not known here (an Aurora clone's is)
     with pytest.raises(ScratchFailed, match="port 5432 but the stack admits 6432"):
         steps.source_settings("prod-db", rds, port=6432)
@@ -455,3 +456,11 @@ def test_worker_bad_request_exits_2_and_records_the_error(env: dict[str, Path],
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 2 and summary == {**summary, "ok": False, "error": "PlanInvalid"}
     assert json.loads((env["results"] / "w2" / "error-restore.json").read_text())["error"] == "PlanInvalid"
+
+
+def test_a_default_parameter_group_names_the_family_to_create_the_scratch_group_in() -> None:
+    # Given default and custom DB parameter group names (RDS cannot copy a default group)
+    # When / Then: the family for a default one, nothing for a custom one (that one is copied)
+    assert steps.default_family("default.postgres15") == "postgres15"
+    assert steps.default_family("default.aurora-postgresql16") == "aurora-postgresql16"
+    assert steps.default_family("prod-pg") == ""
