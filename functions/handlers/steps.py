@@ -679,6 +679,23 @@ def _execution_over(sfn: Any, tags: Mapping[str, str], created: datetime | None,
     return status != "RUNNING" or old
 
 
+def _execution_finished(sfn: Any, tags: Mapping[str, str], created: datetime | None, now: datetime,
+                        max_age: timedelta) -> bool:
+    """For a resource without a creation time: True only when Step Functions says its execution is
+    no longer RUNNING (or no longer exists)."""
+    arn = tags.get(EXECUTION_TAG)
+    if not arn or sfn is None:
+        return False
+    from botocore.exceptions import ClientError
+
+    try:
+        return str(sfn.describe_execution(executionArn=arn)["status"]) != "RUNNING"
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
+            return True
+        raise
+
+
 def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any = None,
                   now: datetime | None = None, tag: str = SCRATCH_TAG, prefix: str = SCRATCH_PREFIX,
                   log: Any = None) -> dict[str, list[str]]:
@@ -691,10 +708,10 @@ def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any
     out = Sweep()
 
     def consider(kind: str, ident: str, tags: Mapping[str, str], created: datetime | None, busy: bool,
-                 delete: Any) -> None:
+                 delete: Any, over: Any = None) -> None:
         name = f"{kind}:{ident}"
         try:
-            if busy or not _execution_over(sfn, tags, created, now, max_age):
+            if busy or not (over or _execution_over)(sfn, tags, created, now, max_age):
                 out.kept.append(name)
                 return
             delete()
@@ -704,9 +721,11 @@ def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any
             if log is not None:
                 log(f"cannot delete {name}: {type(exc).__name__}: {mask(str(exc))}")
 
+    in_use: set[str] = set()  # DB parameter groups some instance still has
     for page in rds.get_paginator("describe_db_instances").paginate():
         for db in page["DBInstances"]:
             ident = db["DBInstanceIdentifier"]
+            in_use |= {str(g.get("DBParameterGroupName")) for g in db.get("DBParameterGroups", [])}
             tags = _tags(db.get("TagList"))
             if tag not in tags or not ident.startswith(prefix):
                 continue
@@ -732,6 +751,19 @@ def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any
             consider("snapshot", ident, tags, snap.get("SnapshotCreateTime") or snap.get("OriginalSnapshotCreateTime"),
                      snap.get("Status") in {"creating", "deleting"},
                      lambda ident=ident: rds.delete_db_snapshot(DBSnapshotIdentifier=ident))
+    # a migration.command plan's scratch parameter group: once no instance has it and its execution is
+    # over (a group has no creation time: without an execution that says so, it is kept)
+    for page in rds.get_paginator("describe_db_parameter_groups").paginate():
+        for group in page["DBParameterGroups"]:
+            ident = group["DBParameterGroupName"]
+            if not ident.startswith(prefix):
+                continue
+            tags = _tags(rds.list_tags_for_resource(ResourceName=group["DBParameterGroupArn"]).get("TagList"))
+            if tag not in tags:
+                continue
+            consider("parameter-group", ident, tags, None, ident in in_use,
+                     lambda ident=ident: rds.delete_db_parameter_group(DBParameterGroupName=ident),
+                     over=_execution_finished)
     if secrets is not None:
         for page in secrets.get_paginator("list_secrets").paginate(
                 Filters=[{"Key": "tag-key", "Values": [tag]}, {"Key": "name", "Values": [SECRET_PREFIX]}]):
