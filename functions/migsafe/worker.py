@@ -22,6 +22,11 @@ knows (ModifyDBInstance; ModifyDBCluster for Aurora, whose password is the clust
 the scratch with it, never with the source's. It is generated here, not in the state machine,
 because everything a state machine handles is visible in its execution history.
 
+A plan with ``[migration] command`` is observed from the scratch's csvlog (its own parameter group
+turns it on; :mod:`migsafe.rdslog`), read with ``DescribeDBLogFiles`` / ``DownloadDBLogFilePortion``;
+``MIGSAFE_SCRATCH_LOG_WAIT_SECONDS`` (default 120) bounds the wait for each phase's lines. A log that
+cannot be read leaves that rehearsal *sampling-only*, with the reason among its warnings.
+
 The task definition supplies the rest: ``MIGSAFE_STORE_URL``, ``MIGSAFE_RESULTS_URL``, the
 source's ``MIGSAFE_SOURCE_HOST/PORT/DBNAME`` (the host is looked up from
 ``MIGSAFE_SOURCE_INSTANCE_ID`` when not given) and, as ECS secrets from Secrets Manager,

@@ -134,3 +134,24 @@ def test_an_aurora_scratch_instance_gets_a_parameter_group_of_the_engines_family
     order = [op for op, _ in harness.requests]
     assert order.index("delete_db_parameter_group") > order.index("delete_db_cluster")
     assert created["DBParameterGroupName"] not in harness.parameter_groups()
+
+
+def test_the_scratch_parameter_group_is_deleted_after_a_fail_verdict(harness: Harness, tmp_path: Path,
+                                                                     source: Any) -> None:
+    # Given a command plan whose newest revision the database refuses
+    plan_path = project(tmp_path, broken=True)
+    sha = push_bundle(harness, plan_path)
+    machine = harness.create_state_machine("PreMigration")
+    # When
+    arn = harness.start(machine, command_input(plan_path, sha, downgrade_to="0001_baseline"), name="observe-fail")
+    described = harness.wait(arn)
+    # Then the verdict is FAIL, reached through the cleanup, which deleted the group after the instance
+    assert described["status"] == "FAILED", harness.explain(arn)
+    assert harness.failure(arn) == ("Migration failed rehearsal", "VerdictFail")
+    assert workflows.DELETE_PARAMETER_GROUP in harness.entered(arn)
+    [copied] = requests(harness, "copy_db_parameter_group")
+    assert copied["TargetDBParameterGroupIdentifier"] not in harness.parameter_groups()
+    # the failed upgrade's statements were still read from the scratch's log
+    result = result_of(harness, "observe-fail")
+    assert result["verdict"] == "FAIL" and result["observation"]["mode"] == "server-log", result["warnings"]
+    assert harness.rds_instances() == SOURCE_INSTANCES and harness.scratches == {}
