@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from e2e_harness import SOURCE_CLUSTER, SOURCE_INSTANCES, SOURCE_PARAMETER_GROUP, Harness
+from e2e_harness import SOURCE_CLUSTER, SOURCE_INSTANCES, SOURCE_PARAMETER_GROUP, Harness, client_error
 from test_state_machines import execution_input, project, push_bundle
 
 from infra import workflows
@@ -155,3 +155,26 @@ def test_the_scratch_parameter_group_is_deleted_after_a_fail_verdict(harness: Ha
     result = result_of(harness, "observe-fail")
     assert result["verdict"] == "FAIL" and result["observation"]["mode"] == "server-log", result["warnings"]
     assert harness.rds_instances() == SOURCE_INSTANCES and harness.scratches == {}
+
+
+def test_a_parameter_group_that_cannot_be_set_only_costs_the_observation(harness: Harness, tmp_path: Path,
+                                                                         source: Any) -> None:
+    # Given RDS refusing to modify the scratch's parameter group (a quota, a value it rejects)
+    plan_path = project(tmp_path)
+    sha = push_bundle(harness, plan_path)
+    machine = harness.create_state_machine("PreMigration")
+    harness.fail_next("rds", "modify_db_parameter_group",
+                      client_error("InvalidParameterValue", "log_destination: not allowed", "ModifyDBParameterGroup"))
+    # When
+    arn = harness.start(machine, command_input(plan_path, sha), name="observe-unset")
+    described = harness.wait(arn)
+    # Then the execution still passes: the scratch was restored with the source's own group, the
+    # worker found no csvlog and rehearsed sampling only, saying why; the group is deleted all the same
+    assert described["status"] == "SUCCEEDED", harness.explain(arn, verbose=True)
+    [restored] = requests(harness, "restore_db_instance_from_db_snapshot")
+    assert restored["DBParameterGroupName"] == SOURCE_PARAMETER_GROUP
+    result = result_of(harness, "observe-unset")
+    assert result["verdict"] == "PASS" and result["observation"]["mode"] == "sampling-only"
+    assert any("not csvlog" in w for w in result["warnings"]), result["warnings"]
+    [copied] = requests(harness, "copy_db_parameter_group")
+    assert copied["TargetDBParameterGroupIdentifier"] not in harness.parameter_groups()

@@ -103,6 +103,29 @@ def test_csvlog_and_the_stderr_log_give_the_same_statements(logging_cluster: Loc
         assert abs(a.epoch - b.epoch) < 0.002 and a.pid == b.pid
 
 
+@pytest.mark.parametrize("log_timezone", ["Asia/Kolkata", "Etc/GMT-3", "America/New_York"])
+def test_csvlog_times_are_read_in_the_servers_log_timezone(runtime_dir: Path, log_timezone: str) -> None:
+    # Given a server whose log_timezone is not UTC: an abbreviation (IST, EST/EDT) or a numeric one (+03)
+    with LocalCluster.create("csvtz", runtime_dir=runtime_dir) as cluster:
+        enable_csvlog(cluster, {"log_destination": "stderr,csvlog", "log_line_prefix": serverlog.PREFIX,
+                                "log_timezone": log_timezone})
+        with _admin(cluster) as conn:
+            conn.execute("select 'a statement to time'")
+            shown = str((conn.execute("show log_timezone").fetchone() or [""])[0])
+        csv_text = wait_for_text(log_dir(cluster), "a statement to time")
+        stderr_text = "".join(p.read_text() for p in sorted(log_dir(cluster).glob("postgresql.log.*"))
+                              if p.suffix != ".csv")
+    # When the csv records are read in the zone the server reports (as RdsCsvLog.enable reads it)
+    from migsafe.rdslog import _zone
+
+    from_csv = serverlog.interpret(entries_from_csv(csv_text, _zone(shown)))
+    from_stderr = serverlog.interpret(serverlog.entries_from_stderr(stderr_text))
+    # Then each statement's time is the epoch the stderr log's %n gives
+    [a] = [x for x in from_csv.statements if "a statement to time" in x.sql]
+    [b] = [x for x in from_stderr.statements if "a statement to time" in x.sql]
+    assert abs(a.epoch - b.epoch) < 0.002, (shown, a.epoch, b.epoch)
+
+
 def test_the_rds_reader_keeps_what_was_logged_between_its_marks(logging_cluster: LocalCluster, aws: Any) -> None:
     # Given: the reader on the scratch (small download blocks, so the files are read in portions)
     calls: list[tuple[str, dict[str, str]]] = []
