@@ -1,6 +1,7 @@
 """The scratch janitor: every hour, delete what executions left behind (orphans of killed or
 timed-out executions cost money): scratch instances, scratch clusters (Aurora; after their
-instances), the snapshots runs created, and the scratch password secrets.
+instances), the snapshots runs created, scratch DB parameter groups (``migration.command`` plans;
+once no instance has them), and the scratch password secrets.
 
 Each carries the tag ``migsafe:execution`` (the execution ARN). The janitor deletes one only when
 Step Functions says that execution is no longer RUNNING, or when it is older than the state
@@ -48,8 +49,8 @@ def scratch_delete_statement(scope: Construct) -> iam.PolicyStatement:
 
 
 def scratch_cleanup_statements(scope: Construct) -> list[iam.PolicyStatement]:
-    """Delete scratch clusters (Aurora), the run's snapshots and the scratch secrets: named
-    migsafe-scratch-*, tagged migsafe:scratch."""
+    """Delete scratch clusters (Aurora), the run's snapshots, the scratch DB parameter groups
+    (migration.command plans) and the scratch secrets: named migsafe-scratch-*, tagged migsafe:scratch."""
     return [
         iam.PolicyStatement(
             sid="DeleteTaggedScratchClustersOnly",
@@ -62,6 +63,12 @@ def scratch_cleanup_statements(scope: Construct) -> list[iam.PolicyStatement]:
             actions=["rds:DeleteDBSnapshot"],
             resources=[_arn(scope, "rds", "snapshot", f"{SCRATCH_PREFIX}*")],
             conditions={"StringLike": {f"rds:snapshot-tag/{SCRATCH_TAG}": "*"}},
+        ),
+        iam.PolicyStatement(
+            sid="DeleteTaggedScratchParameterGroupsOnly",
+            actions=["rds:DeleteDBParameterGroup"],
+            resources=[_arn(scope, "rds", "pg", f"{SCRATCH_PREFIX}*")],
+            conditions={"StringLike": {f"rds:pg-tag/{SCRATCH_TAG}": "*"}},
         ),
         iam.PolicyStatement(
             sid="DeleteTaggedScratchSecretsOnly",
@@ -96,8 +103,12 @@ class Janitor(Construct):
         self.function.add_to_role_policy(iam.PolicyStatement(
             sid="ListScratchResources",
             actions=["rds:DescribeDBInstances", "rds:DescribeDBClusters", "rds:DescribeDBSnapshots",
-                     "secretsmanager:ListSecrets"],
+                     "rds:DescribeDBParameterGroups", "secretsmanager:ListSecrets"],
             resources=["*"]))
+        # a parameter group's tags are not in its description: read for migsafe-scratch-* groups only
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            sid="ReadScratchParameterGroupTags", actions=["rds:ListTagsForResource"],
+            resources=[_arn(self, "rds", "pg", f"{SCRATCH_PREFIX}*")]))
         self.function.add_to_role_policy(scratch_delete_statement(self))
         for statement in scratch_cleanup_statements(self):
             self.function.add_to_role_policy(statement)

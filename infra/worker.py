@@ -109,6 +109,10 @@ class Worker(Construct):
         role = self.task_definition.task_role
         role.add_to_principal_policy(iam.PolicyStatement(
             sid="DescribeScratch", actions=["rds:DescribeDBInstances"], resources=[scratch]))
+        # a migration.command plan's statements: the scratch's csvlog (functions/migsafe/rdslog.py)
+        role.add_to_principal_policy(iam.PolicyStatement(
+            sid="ReadScratchLogs", actions=["rds:DescribeDBLogFiles", "rds:DownloadDBLogFilePortion"],
+            resources=[scratch]))  # read-only, like DescribeScratch: scoped by the scratch's name
         role.add_to_principal_policy(iam.PolicyStatement(
             sid="SetScratchPassword", actions=["rds:ModifyDBInstance"], resources=[scratch],
             conditions={"StringLike": {f"rds:db-tag/{SCRATCH_TAG}": "*"}}))

@@ -89,6 +89,12 @@ CLUSTER_FAILED_STATUSES = ["failed", "cloning-failed", "migration-failed", "rest
 RDS_CLUSTER_NOT_FOUND = "Rds.DbClusterNotFoundException"
 RDS_CLUSTER_ALREADY_EXISTS = "Rds.DbClusterAlreadyExistsException"
 RDS_CLUSTER_BUSY = "Rds.InvalidDbClusterStateException"
+RDS_PG_NOT_FOUND = "Rds.DbParameterGroupNotFoundException"
+RDS_PG_ALREADY_EXISTS = "Rds.DbParameterGroupAlreadyExistsException"
+RDS_PG_BUSY = "Rds.InvalidDbParameterGroupStateException"  # still attached to an instance being deleted
+# what the scratch's own DB parameter group sets for a migration.command plan (functions/migsafe/rdslog.py
+# reads the result): RDS fixes log_line_prefix, so the fields come from csvlog's columns instead
+SCRATCH_LOGGING = {"log_destination": "csvlog", "log_min_duration_statement": "0"}
 SCRATCH_KINDS = ("rds-snapshot", "aurora-clone", "aurora-snapshot")  # what "Validate plan" resolves [scratch] kind to
 POLL_SECONDS = 30
 SNAPSHOT_POLL_SECONDS = 60
@@ -116,6 +122,11 @@ PUBLISH_RESULT = "Publish result"
 DELETE_SCRATCH = "Delete scratch instance"
 DELETE_SNAPSHOT = "Delete run snapshot"
 DELETE_SECRET = "Delete scratch secret"  # noqa: S105 - a state name
+DELETE_PARAMETER_GROUP = "Delete scratch parameter group"
+DELETE_PARAMETER_GROUP_AFTER_FAILURE = "Delete scratch parameter group after failure"
+CREATE_PARAMETER_GROUP = "Create scratch parameter group"
+COPY_PARAMETER_GROUP = "Copy source parameter group"
+SET_SCRATCH_LOGGING = "Set scratch logging"
 DELETE_AFTER_FAILURE = "Delete scratch after failure"
 DELETE_SNAPSHOT_AFTER_FAILURE = "Delete run snapshot after failure"
 DELETE_SECRET_AFTER_FAILURE = "Delete scratch secret after failure"  # noqa: S105 - a state name
@@ -251,9 +262,9 @@ class ScratchCleanup:
     one deletion never skips another. Built twice: on the success path and on the failure path.
     """
 
-    def __init__(self, scope: Construct, *, names: tuple[str, str, str, str], scratch_arn: str) -> None:
+    def __init__(self, scope: Construct, *, names: tuple[str, str, str, str, str], scratch_arn: str) -> None:
         stack = Stack.of(scope)
-        instance, cluster, snapshot, secret = names
+        instance, cluster, snapshot, secret, parameter_group = names
         self.delete_instance = tasks.CallAwsService(
             scope, instance, service="rds", action="deleteDBInstance",
             parameters={"DbInstanceIdentifier": JsonPath.string_at("$.scratch.instance_id"),
@@ -323,13 +334,38 @@ class ScratchCleanup:
                                        result_path=JsonPath.DISCARD)
         self.delete_snapshot.next(self.delete_secret)
 
+        # a migration.command plan's scratch had a DB parameter group of its own: deleted last, once no
+        # instance uses it (InvalidDBParameterGroupState while the instance is still being deleted)
+        self.delete_parameter_group = tasks.CallAwsService(
+            scope, parameter_group, service="rds", action="deleteDBParameterGroup",
+            parameters={"DbParameterGroupName": JsonPath.string_at("$.scratch.parameter_group")},
+            # the delete permission itself is tag-conditioned (janitor.scratch_cleanup_statements)
+            iam_resources=[stack.format_arn(service="rds", resource="pg", resource_name=f"{SCRATCH_PREFIX}*",
+                                            arn_format=ArnFormat.COLON_RESOURCE_NAME)],
+            iam_action="rds:DescribeDBParameterGroups",
+            result_path=JsonPath.DISCARD,
+        )
+        self.delete_parameter_group.add_retry(errors=[RDS_PG_BUSY], interval=Duration.seconds(60), max_attempts=45,
+                                              backoff_rate=1)
+        self.delete_parameter_group.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6,
+                                              backoff_rate=2)
+        self.has_parameter_group = sfn.Choice(scope, f"{parameter_group}?")
+
     def then(self, after: sfn.IChainable) -> None:
-        self.delete_secret.add_catch(after, errors=[SECRET_NOT_FOUND], result_path=JsonPath.DISCARD)
-        self.delete_secret.next(after)
+        self.delete_secret.add_catch(self.has_parameter_group, errors=[SECRET_NOT_FOUND], result_path=JsonPath.DISCARD)
+        self.delete_secret.next(self.has_parameter_group)
+        self.has_parameter_group.when(
+            sfn.Condition.and_(sfn.Condition.is_present("$.scratch.parameter_group"),
+                               sfn.Condition.not_(sfn.Condition.string_equals("$.scratch.parameter_group", ""))),
+            self.delete_parameter_group,
+        ).otherwise(after)
+        self.delete_parameter_group.add_catch(after, errors=[RDS_PG_NOT_FOUND], result_path=JsonPath.DISCARD)
+        self.delete_parameter_group.next(after)
 
     @property
     def tasks(self) -> list[tasks.CallAwsService]:
-        return [self.delete_instance, self.delete_cluster, self.delete_snapshot, self.delete_secret]
+        return [self.delete_instance, self.delete_cluster, self.delete_snapshot, self.delete_secret,
+                self.delete_parameter_group]
 
 
 class PreMigrationWorkflow(Construct):
@@ -360,6 +396,7 @@ class PreMigrationWorkflow(Construct):
         scratch_id = JsonPath.string_at("$.scratch.instance_id")
         tags = [{"Key": SCRATCH_TAG, "Value": JsonPath.string_at("$.execution")},
                 {"Key": EXECUTION_TAG, "Value": JsonPath.string_at("$$.Execution.Id")}]
+        self._rds_arn, self._tags = rds_arn, tags
 
         # --- the failure path (declared first: everything after Prepare catches into it) ----------
         format_failure = _failure_path(self, topic=topic, format_notification=format_notification,
@@ -367,14 +404,16 @@ class PreMigrationWorkflow(Construct):
 
         failure_cleanup = ScratchCleanup(self, scratch_arn=scratch_arn, names=(
             DELETE_AFTER_FAILURE, DELETE_CLUSTER_AFTER_FAILURE, DELETE_SNAPSHOT_AFTER_FAILURE,
-            DELETE_SECRET_AFTER_FAILURE))
+            DELETE_SECRET_AFTER_FAILURE, DELETE_PARAMETER_GROUP_AFTER_FAILURE))
         failure_cleanup.then(format_failure)
         for task in failure_cleanup.tasks:
             # a deletion that fails is reported in the FAIL message (the janitor retries it) and the
             # next deletion still runs
             following = {DELETE_AFTER_FAILURE: failure_cleanup.has_cluster,
                          DELETE_CLUSTER_AFTER_FAILURE: failure_cleanup.snapshot_taken,
-                         DELETE_SNAPSHOT_AFTER_FAILURE: failure_cleanup.delete_secret}.get(task.node.id, format_failure)
+                         DELETE_SNAPSHOT_AFTER_FAILURE: failure_cleanup.delete_secret,
+                         DELETE_SECRET_AFTER_FAILURE: failure_cleanup.has_parameter_group,
+                         }.get(task.node.id, format_failure)
             task.add_catch(following, errors=["States.ALL"], result_path="$.cleanup_error")
         delete_after_failure = failure_cleanup.delete_instance
 
@@ -536,11 +575,11 @@ class PreMigrationWorkflow(Construct):
         clone, from_snapshot = self._aurora(
             rds_arn=rds_arn, tags=tags, latest_snapshot=latest_snapshot, then=wait_scratch,
             scratch_wait_minutes=scratch_wait_minutes, source_cluster_id=source_cluster_id)
-        source_settings.next(sfn.Choice(self, SCRATCH_KIND).when(
+        source_settings.next(self._scratch_logging("", sfn.Choice(self, SCRATCH_KIND).when(
             sfn.Condition.string_equals("$.scratch.kind", "aurora-clone"), clone,
         ).when(
             sfn.Condition.string_equals("$.scratch.kind", "aurora-snapshot"), from_snapshot,
-        ).otherwise(which_snapshot))
+        ).otherwise(which_snapshot)))
 
         # both branches' outputs always exist (a two-branch Parallel yields two elements)
         prepare = sfn.Parallel(self, PREPARE, result_selector={
@@ -577,7 +616,8 @@ class PreMigrationWorkflow(Construct):
         publish_result = _publish(self, PUBLISH_RESULT, topic)
         guard(publish_result, PUBLISH_RESULT, delete_after_failure)
         cleanup = ScratchCleanup(self, scratch_arn=scratch_arn,
-                                 names=(DELETE_SCRATCH, DELETE_CLUSTER, DELETE_SNAPSHOT, DELETE_SECRET))
+                                 names=(DELETE_SCRATCH, DELETE_CLUSTER, DELETE_SNAPSHOT, DELETE_SECRET,
+                                        DELETE_PARAMETER_GROUP))
         verdict = sfn.Choice(self, "Verdict?").when(
             sfn.Condition.string_equals("$.evaluation.verdict", "PASS"),
             sfn.Succeed(self, "Migration is safe"),
@@ -662,7 +702,7 @@ class PreMigrationWorkflow(Construct):
         describe = _rds(self, DESCRIBE_CLUSTER, "describeDBClusters", {"DbClusterIdentifier": cluster_id},
                         iam_resources=[cluster_arn], iam_action="rds:DescribeDBClusters", result_path="$.cluster_status")
         status = "$.cluster_status.DbClusters[0].Status"
-        create_instance = _rds(self, CREATE_CLUSTER_INSTANCE, "createDBInstance", {
+        instance_params = {
             "DbInstanceIdentifier": JsonPath.string_at("$.scratch.instance_id"),
             "DbClusterIdentifier": cluster_id,
             "Engine": JsonPath.string_at("$.source.engine"),
@@ -672,10 +712,24 @@ class PreMigrationWorkflow(Construct):
             "EnablePerformanceInsights": False,
             "MonitoringInterval": 0,
             "Tags": tags,
-        }, iam_action="rds:CreateDBInstance", iam_resources=[instance_arn, cluster_arn],
-            additional_iam_statements=[tag_on_create(instance_arn)])
-        create_instance.add_catch(then, errors=[RDS_ALREADY_EXISTS], result_path=JsonPath.DISCARD)
-        create_instance.next(then)
+        }
+        # two variants: the engine's default instance settings, or the scratch's own DB parameter group
+        # (a migration.command plan: it logs to csvlog, _scratch_logging made it)
+        variants = []
+        for label, extra in (("", {}), (" (own parameter group)", {
+                "DbParameterGroupName": JsonPath.string_at("$.source.parameter_group")})):
+            task = _rds(self, CREATE_CLUSTER_INSTANCE + label, "createDBInstance", {**instance_params, **extra},
+                        iam_action="rds:CreateDBInstance",
+                        iam_resources=[instance_arn, cluster_arn, *([rds_arn("pg", f"{SCRATCH_PREFIX}*")] if extra else [])],
+                        additional_iam_statements=[tag_on_create(instance_arn)])
+            task.add_catch(then, errors=[RDS_ALREADY_EXISTS], result_path=JsonPath.DISCARD)
+            task.next(then)
+            variants.append(task)
+        create_instance = sfn.Choice(self, f"{CREATE_CLUSTER_INSTANCE}: own parameter group?").when(
+            sfn.Condition.and_(sfn.Condition.is_present("$.source.parameter_group"),
+                               sfn.Condition.not_(sfn.Condition.string_equals("$.source.parameter_group", ""))),
+            variants[1],
+        ).otherwise(variants[0])
         broken = sfn.Fail(self, "Scratch cluster failed", error="ScratchFailed",
                           cause="the scratch cluster entered a failed state")
         late = sfn.Fail(self, "Scratch cluster deadline passed", error="ScratchFailed",
@@ -694,6 +748,61 @@ class PreMigrationWorkflow(Construct):
             ).otherwise(count),
         ).otherwise(count))
         return clone, find_snapshot
+
+    def _scratch_logging(self, suffix: str, then: sfn.IChainable) -> sfn.IChainable:
+        """A ``migration.command`` plan only (``$.scratch.parameter_group`` set): the scratch's own DB
+        parameter group, ``migsafe-scratch-<id>`` -- a copy of the source instance's (its settings, e.g.
+        shared_preload_libraries, kept), or, for a default group (RDS copies none) or an Aurora scratch
+        instance, a new group of the family -- with ``log_destination = csvlog`` and
+        ``log_min_duration_statement = 0``; then ``$.source.parameter_group`` names it, so the restore
+        (or the cluster instance) attaches it. Any failure here only costs the observation: the
+        execution goes on to ``then`` with the source's group, and the worker reports *sampling-only*
+        with the reason. Cleanup deletes the group on every path."""
+        rds_arn, tags = self._rds_arn, self._tags
+        scratch_pg = rds_arn("pg", f"{SCRATCH_PREFIX}*")
+        name = JsonPath.string_at("$.scratch.parameter_group")
+        tag_on_create = iam.PolicyStatement(actions=["rds:AddTagsToResource"], resources=[scratch_pg],
+                                            conditions={"StringLike": {f"aws:RequestTag/{SCRATCH_TAG}": "*"}})
+        description = "migsafe scratch: statements logged to csvlog (deleted with the scratch)"
+        create = _rds(self, CREATE_PARAMETER_GROUP + suffix, "createDBParameterGroup", {
+            "DbParameterGroupName": name,
+            "DbParameterGroupFamily": JsonPath.string_at("$.source.parameter_group_family"),
+            "Description": description,
+            "Tags": tags,
+        }, iam_action="rds:CreateDBParameterGroup", iam_resources=[scratch_pg], additional_iam_statements=[tag_on_create])
+        copy = _rds(self, COPY_PARAMETER_GROUP + suffix, "copyDBParameterGroup", {
+            "SourceDBParameterGroupIdentifier": JsonPath.string_at("$.source.parameter_group"),
+            "TargetDBParameterGroupIdentifier": name,
+            "TargetDBParameterGroupDescription": description,
+            "Tags": tags,
+        }, iam_action="rds:CopyDBParameterGroup", iam_resources=[rds_arn("pg", "*")],
+            additional_iam_statements=[tag_on_create, iam.PolicyStatement(
+                actions=["rds:CreateDBParameterGroup"], resources=[scratch_pg])])
+        modify = _rds(self, SET_SCRATCH_LOGGING + suffix, "modifyDBParameterGroup", {
+            "DbParameterGroupName": name,
+            "Parameters": [{"ParameterName": k, "ParameterValue": v, "ApplyMethod": "immediate"}
+                           for k, v in SCRATCH_LOGGING.items()],
+        }, iam_action="rds:ModifyDBParameterGroup", iam_resources=[scratch_pg])
+        use = sfn.Pass(self, f"Use scratch parameter group{suffix}", input_path="$.scratch.parameter_group",
+                       result_path="$.source.parameter_group")
+        for task in (create, copy):
+            # a retried call whose first attempt went through (or the fresh copy's second pass): ours
+            task.add_catch(modify, errors=[RDS_PG_ALREADY_EXISTS], result_path=JsonPath.DISCARD)
+            task.add_catch(then, errors=["States.ALL"], result_path="$.observe_error")
+            task.next(modify)
+        modify.add_catch(then, errors=["States.ALL"], result_path="$.observe_error")
+        modify.next(use)
+        use.next(then)
+        how = sfn.Choice(self, f"Copy or create scratch parameter group?{suffix}").when(
+            sfn.Condition.and_(sfn.Condition.is_present("$.source.parameter_group_family"),
+                               sfn.Condition.not_(sfn.Condition.string_equals("$.source.parameter_group_family", ""))),
+            create,
+        ).otherwise(copy)
+        return sfn.Choice(self, f"Observe the scratch's statements?{suffix}").when(
+            sfn.Condition.and_(sfn.Condition.is_present("$.scratch.parameter_group"),
+                               sfn.Condition.not_(sfn.Condition.string_equals("$.scratch.parameter_group", ""))),
+            how,
+        ).otherwise(then)
 
     def _fresh_copy(self, *, rehearse: sfn.IChainable, evaluate: lambda_.IFunction,
                     latest_snapshot: lambda_.IFunction, scratch_chain: Any,
@@ -719,6 +828,7 @@ class PreMigrationWorkflow(Construct):
             "instance_class": JsonPath.string_at("$.scratch.instance_class"),
             "kind": JsonPath.string_at("$.scratch.kind"),  # rds-snapshot: only its snapshots go stale
             "cluster_id": JsonPath.string_at("$.scratch.cluster_id"),
+            "parameter_group": JsonPath.string_at("$.scratch.parameter_group"),  # kept: the fresh copy uses it too
         })
         delete_stale.add_catch(rename, errors=[RDS_NOT_FOUND], result_path=JsonPath.DISCARD)
         delete_stale.add_catch(cleanup, errors=["States.ALL"], result_path="$.cleanup_error")
@@ -734,7 +844,7 @@ class PreMigrationWorkflow(Construct):
             "action": "source_settings", "instance_id": JsonPath.string_at("$.source_instance_id"),
             "cluster_id": JsonPath.string_at("$.source_cluster_id"),
             "instance_class": JsonPath.string_at("$.scratch.instance_class")}, "$.source")
-        settings.next(create_snapshot)
+        settings.next(self._scratch_logging(" (fresh)", create_snapshot))
         # a one-branch Parallel always yields one element: the selector cannot miss
         fresh = sfn.Parallel(self, "Prepare a fresh scratch", result_path="$.prepared.scratch", result_selector={
             "instance_id": JsonPath.string_at("$[0].instance_id"), "endpoint": JsonPath.string_at("$[0].endpoint"),

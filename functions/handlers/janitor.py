@@ -1,4 +1,5 @@
-"""Scheduled: delete scratch instances and clusters, run snapshots and scratch secrets whose execution is over."""
+"""Scheduled: delete scratch instances and clusters, run snapshots, scratch parameter groups and scratch secrets
+whose execution is over."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from .common import logger, metrics, step
 # The AWS API calls this Lambda makes (scratch instances, run snapshots, per-execution secrets, the
 # executions that own them): its role must allow each (tests/infra/test_iam.py checks role and code).
 AWS_CALLS = ("rds:DescribeDBInstances", "rds:DescribeDBSnapshots", "rds:DeleteDBInstance", "rds:DeleteDBSnapshot",
-             "rds:DescribeDBClusters", "rds:DeleteDBCluster",
+             "rds:DescribeDBClusters", "rds:DeleteDBCluster", "rds:DescribeDBParameterGroups",
+             "rds:ListTagsForResource", "rds:DeleteDBParameterGroup",
              "states:DescribeExecution", "secretsmanager:ListSecrets", "secretsmanager:DeleteSecret")
 
 

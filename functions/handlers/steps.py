@@ -158,6 +158,9 @@ def validate_rehearsal(event: Mapping[str, Any], environ: Mapping[str, str], sto
         # identifiers live in separate namespaces (ARNs ...:cluster:<id> and ...:db:<id>)
         "scratch": {"kind": kind, "instance_id": scratch_id, "cluster_id": scratch_id if cluster_id else "",
                     "snapshot_id": scratch_id, "secret_name": scratch_secret_name(scratch_id),
+                    # a plan migrating through its own command is observed at the scratch server: the
+                    # scratch gets a DB parameter group of its own, named like it, that logs to csvlog
+                    "parameter_group": scratch_id if plan.migration.command else "",
                     "instance_class": plan.scratch.instance_class or (
                         "" if cluster_id else environ.get("MIGSAFE_SCRATCH_INSTANCE_CLASS", "db.t4g.medium"))},
         "snapshot_wait": {"count": 0},
@@ -358,7 +361,13 @@ def source_settings(instance_id: str, rds: Any, *, port: int) -> dict[str, Any]:
     if not groups or not options:
         raise ScratchFailed(f"source instance {instance_id} names no parameter group or option group to copy")
     return {"port": port, "engine": db.get("Engine", "postgres"), "parameter_group": groups[0],
-            "option_group": options[0], "state_at": ""}
+            "parameter_group_family": default_family(groups[0]), "option_group": options[0], "state_at": ""}
+
+
+def default_family(group: str) -> str:
+    """The family of a default DB parameter group (``default.postgres15`` -> ``postgres15``), which
+    RDS cannot copy: a scratch group is created in that family instead. "" for a custom group."""
+    return group[len("default."):] if group.startswith("default.") else ""
 
 
 def cluster_settings(cluster_id: str, rds: Any, *, instance_class: str = "") -> dict[str, Any]:
@@ -385,6 +394,9 @@ def cluster_settings(cluster_id: str, rds: Any, *, instance_class: str = "") -> 
     latest = c.get("LatestRestorableTime")
     return {"port": int(port), "engine": engine, "engine_version": version, "subnet_group": subnet,
             "security_groups": groups, "cluster_parameter_group": parameters, "instance_class": chosen,
+            # the scratch instance's own DB parameter group (migration.command) is created in the
+            # engine's family: the cluster's settings stay in its cluster parameter group
+            "parameter_group": "", "parameter_group_family": f"aurora-postgresql{version.split('.')[0]}",
             "serverless_v2": serverless,
             "scaling": {"MinCapacity": scaling.get("MinCapacity"), "MaxCapacity": scaling.get("MaxCapacity")}
             if serverless else {},
@@ -667,6 +679,23 @@ def _execution_over(sfn: Any, tags: Mapping[str, str], created: datetime | None,
     return status != "RUNNING" or old
 
 
+def _execution_finished(sfn: Any, tags: Mapping[str, str], created: datetime | None, now: datetime,
+                        max_age: timedelta) -> bool:
+    """For a resource without a creation time: True only when Step Functions says its execution is
+    no longer RUNNING (or no longer exists)."""
+    arn = tags.get(EXECUTION_TAG)
+    if not arn or sfn is None:
+        return False
+    from botocore.exceptions import ClientError
+
+    try:
+        return str(sfn.describe_execution(executionArn=arn)["status"]) != "RUNNING"
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "ExecutionDoesNotExist":
+            return True
+        raise
+
+
 def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any = None,
                   now: datetime | None = None, tag: str = SCRATCH_TAG, prefix: str = SCRATCH_PREFIX,
                   log: Any = None) -> dict[str, list[str]]:
@@ -679,10 +708,10 @@ def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any
     out = Sweep()
 
     def consider(kind: str, ident: str, tags: Mapping[str, str], created: datetime | None, busy: bool,
-                 delete: Any) -> None:
+                 delete: Any, over: Any = None) -> None:
         name = f"{kind}:{ident}"
         try:
-            if busy or not _execution_over(sfn, tags, created, now, max_age):
+            if busy or not (over or _execution_over)(sfn, tags, created, now, max_age):
                 out.kept.append(name)
                 return
             delete()
@@ -692,9 +721,11 @@ def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any
             if log is not None:
                 log(f"cannot delete {name}: {type(exc).__name__}: {mask(str(exc))}")
 
+    in_use: set[str] = set()  # DB parameter groups some instance still has
     for page in rds.get_paginator("describe_db_instances").paginate():
         for db in page["DBInstances"]:
             ident = db["DBInstanceIdentifier"]
+            in_use |= {str(g.get("DBParameterGroupName")) for g in db.get("DBParameterGroups", [])}
             tags = _tags(db.get("TagList"))
             if tag not in tags or not ident.startswith(prefix):
                 continue
@@ -720,6 +751,19 @@ def sweep_scratch(rds: Any, *, max_age: timedelta, sfn: Any = None, secrets: Any
             consider("snapshot", ident, tags, snap.get("SnapshotCreateTime") or snap.get("OriginalSnapshotCreateTime"),
                      snap.get("Status") in {"creating", "deleting"},
                      lambda ident=ident: rds.delete_db_snapshot(DBSnapshotIdentifier=ident))
+    # a migration.command plan's scratch parameter group: once no instance has it and its execution is
+    # over (a group has no creation time: without an execution that says so, it is kept)
+    for page in rds.get_paginator("describe_db_parameter_groups").paginate():
+        for group in page["DBParameterGroups"]:
+            ident = group["DBParameterGroupName"]
+            if not ident.startswith(prefix):
+                continue
+            tags = _tags(rds.list_tags_for_resource(ResourceName=group["DBParameterGroupArn"]).get("TagList"))
+            if tag not in tags:
+                continue
+            consider("parameter-group", ident, tags, None, ident in in_use,
+                     lambda ident=ident: rds.delete_db_parameter_group(DBParameterGroupName=ident),
+                     over=_execution_finished)
     if secrets is not None:
         for page in secrets.get_paginator("list_secrets").paginate(
                 Filters=[{"Key": "tag-key", "Values": [tag]}, {"Key": "name", "Values": [SECRET_PREFIX]}]):

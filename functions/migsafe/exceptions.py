@@ -152,3 +152,8 @@ class NotifyFailed(EnvironmentFault):
 
 class TransientAwsError(EnvironmentFault):
     """AWS throttled or briefly failed; safe to retry."""
+
+
+# --- observation: reported as a warning, never a failure -----------------------------------------
+class ServerLogUnreadable(MigsafeError):
+    """The scratch's statement log cannot be read or logs no statements; the rehearsal goes on sampling."""

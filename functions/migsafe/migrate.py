@@ -264,12 +264,12 @@ def run_alembic(
     *,
     timeout: float | None = None,
     driver: str = "postgresql+psycopg",
-    server_log: Path | None = None,
+    server_log: serverlog.ServerLog | None = None,
 ) -> MigrationRun:
     """Run ``alembic upgrade|downgrade revision`` against scratch, timed and observed.
 
     With ``[migration] command`` the project's own command runs instead, and ``server_log`` (the
-    scratch's log file, statement logging on) is where the statements are observed.
+    scratch's statement log: a local file, or an RDS scratch's csvlog) is where they are observed.
     """
     ini = _ini(plan)
     url = scratch.url().replace("postgresql://", f"{driver}://", 1)
@@ -294,7 +294,7 @@ def _run_observed(
     environ: Mapping[str, str],
     phase: Phase,
     timeout: float | None,
-    server_log: Path | None,
+    server_log: serverlog.ServerLog | None,
 ) -> MigrationRun:
     lock_file = workdir / "locks.jsonl"
     capture_file = workdir / "capture.jsonl"
@@ -311,9 +311,14 @@ def _run_observed(
             plan, {"MIGSAFE_LOCK_REPORT": str(lock_file), "MIGSAFE_CAPTURE": str(capture_file)}, url, environ
         )
         cwd = _cwd(plan)
-    log_offset = serverlog.size(server_log) if server_log is not None else 0
+    log_mark: Any = None
+    log_trouble = ""
     nodes_before: dict[str, int] | None = None
     if command and server_log is not None:
+        try:
+            log_mark = server_log.mark()
+        except Exception as exc:  # observation: noted, never fatal
+            log_trouble = mask(str(exc))
         try:
             nodes_before = serverlog.filenodes(observer.dsn)
         except psycopg.Error:
@@ -362,9 +367,11 @@ def _run_observed(
             )
             return run
         try:
-            read_server_log(server_log, log_offset, run, phase, epoch0, nodes_before)
+            if log_trouble:
+                raise serverlog.ServerLogUnreadable(log_trouble)
+            read_server_log(server_log.read(log_mark), run, phase, epoch0, nodes_before)
         except Exception as exc:  # observation: noted, never fatal
-            run.warnings.append(f"the {phase}'s server log could not be read: {exc}")
+            run.warnings.append(f"the {phase}'s server log could not be read: {mask(str(exc))}")
         return run
     try:
         read_commit_locks(lock_file, run)
@@ -390,8 +397,7 @@ def read_commit_locks(lock_file: Path, run: MigrationRun) -> None:
 
 
 def read_server_log(
-    path: Path,
-    offset: int,
+    seen: serverlog.Observed,
     run: MigrationRun,
     phase: Phase,
     epoch0: float,
@@ -403,7 +409,6 @@ def read_server_log(
     itself, logged when it ends, to the revision it records); locks and rewrites per revision are the
     differences between consecutive version updates of one transaction.
     """
-    seen = serverlog.read(path, offset)
     upgrade = phase == "upgrade"
     stmts = [
         StatementRun(

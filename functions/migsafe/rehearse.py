@@ -130,7 +130,8 @@ class _Run:
         self.traffic_dropped: set[str] = set()  # kinds of transaction that failed before any migration
         self.pg_version: str | None = None
         self.restore_cancelled = threading.Event()
-        self.server_log: Path | None = None  # migration.command: the scratch's log, statements logged
+        self.server_log: serverlog.ServerLog | None = None  # migration.command: the scratch's statement log
+        self.given_log: serverlog.ServerLog | None = None  # the runner's (AWS: the scratch's csvlog)
 
     def cancel_restore_test(self) -> None:
         """Stop a running restore test quickly (its server goes away, so its restore fails).
@@ -209,11 +210,14 @@ def rehearse(
     report_dir: Path | None = None,
     say: Say | None = None,
     backup_id: str | None = None,
+    server_log: serverlog.ServerLog | None = None,
 ) -> Result:
     """Run the whole rehearsal; returns the Result (PASS/FAIL). Raises InputError before doing anything.
 
     ``backup_id`` reuses a backup already taken for this plan (on AWS the state machine backs up in
     parallel with the snapshot restore); it must be complete and hold every table of the plan.
+    ``server_log`` is where a ``migration.command`` plan's statements are read on a scratch that is
+    not a local cluster (on AWS: the scratch instance's csvlog, :mod:`migsafe.rdslog`).
     """
     say = say or (lambda _m: None)
     source, source_rev, pr = preflight(plan, settings, backup_id)
@@ -222,6 +226,7 @@ def rehearse(
         if removed:
             say(f"removed {len(removed)} scratch cluster(s) left by killed runs: {', '.join(removed)}")
     run = _Run(plan, settings, say)
+    run.given_log = server_log
     fault: BaseException | None = None
     stopped_at = "start"
     try:
@@ -339,13 +344,20 @@ def _on_scratch(
             stall_timeout=plan.source.stall_timeout_seconds,
         )
     scratch = run.scratch.dsn
-    if plan.migration.command and run.scratch.cluster is not None:
+    if plan.migration.command:
         # no in-process capture with the project's own command: the scratch server logs what it runs
-        try:  # as the throw-away cluster's superuser (the source's user may not be one)
-            run.warnings.extend(serverlog.enable(run.scratch.cluster.dsn(dbname=scratch.dbname or "postgres")))
-            run.server_log = run.scratch.cluster.log_file
-        except psycopg.Error as exc:  # observation: noted, never fatal
-            run.warnings.append(f"server-side observation could not be turned on: {mask(str(exc)).strip()}")
+        log = run.given_log
+        if run.scratch.cluster is not None:  # as the throw-away cluster's superuser (the source's may not be)
+            log = serverlog.LocalFileLog(run.scratch.cluster.log_file,
+                                         run.scratch.cluster.dsn(dbname=scratch.dbname or "postgres"))
+        if log is None:
+            run.warnings.append("server-side observation: this scratch's server log cannot be read here")
+        else:
+            try:
+                run.warnings.extend(log.enable())
+                run.server_log = log
+            except (psycopg.Error, serverlog.ServerLogUnreadable) as exc:  # observation: noted, never fatal
+                run.warnings.append(f"server-side observation could not be turned on: {mask(str(exc)).strip()}")
     if restore_test is None:
         with run.step("restore_test"):
             _restore_test(run, store, run.backup.id, scratch)

@@ -12,8 +12,11 @@ is no in-process statement capture. The scratch server observes it instead:
   ``EXCEPTION WHEN OTHERS`` block swallows any error of its own) and it writes no row.
 
 Statements are attributed to the revision whose version update follows them. Locally the settings
-are made with ``ALTER SYSTEM`` on the throw-away scratch; on AWS the scratch's parameter group must
-carry them (docs/deploy.md). pg_locks sampling runs as in every mode.
+are made with ``ALTER SYSTEM`` on the throw-away scratch (:class:`LocalFileLog`). RDS and Aurora fix
+``log_line_prefix`` (``%t:%r:%u@%d:[%p]:``: seconds, no application name), so there the scratch's own
+parameter group turns on ``csvlog`` instead, whose records carry the same fields in columns
+(:mod:`migsafe.rdslog`). Both formats become the same :class:`LogEntry` records, read by one
+:func:`interpret`. pg_locks sampling runs as in every mode.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
 
 from .dsn import Dsn
+from .exceptions import ServerLogUnreadable  # noqa: F401 - re-exported: the ServerLog contract names it
 
 PREFIX = "%n [%p] {%a} "
 SETTINGS = {"log_min_duration_statement": "0", "log_line_prefix": PREFIX, "log_statement": "none"}
@@ -68,6 +72,35 @@ begin
 end
 $body$
 """
+
+
+@dataclass
+class LogEntry:
+    """One server log record, whatever the log's format: what :func:`interpret` reads."""
+
+    epoch: float  # when it was logged (server clock, milliseconds)
+    pid: int
+    app: str  # application_name ('' when none)
+    level: str  # LOG, DETAIL (stderr continuation records), ERROR, ...
+    message: str
+    detail: str = ""  # csvlog's detail column; a stderr DETAIL line is folded in here too
+
+
+class ServerLog(Protocol):
+    """Where the scratch server's statement log is read (``migration.command`` mode)."""
+
+    def enable(self) -> list[str]:
+        """Make sure statements are logged and the version trigger is in place; warnings, if any.
+        Raises :class:`ServerLogUnreadable` (or ``psycopg.Error``) when the log cannot serve."""
+        ...
+
+    def mark(self) -> Any:
+        """A position before a phase starts (what :meth:`read` reads from)."""
+        ...
+
+    def read(self, mark: Any) -> Observed:
+        """What was logged since ``mark``, by sessions that are not migsafe's."""
+        ...
 
 
 @dataclass
@@ -160,40 +193,70 @@ def read(path: Path, offset: int) -> Observed:
     with open(path, "rb") as fh:
         fh.seek(offset)
         text = fh.read().decode("utf-8", "replace")
-    out = Observed()
-    entries: list[tuple[float, int, str, str, str]] = []  # epoch, pid, app, level, message
+    return interpret(entries_from_stderr(text))
+
+
+def entries_from_stderr(text: str) -> list[LogEntry]:
+    """Records of a stderr log written with :data:`PREFIX` (continuation lines folded in)."""
+    entries: list[LogEntry] = []
     for line in text.splitlines():
         m = _LINE.match(line)
         if m:
-            entries.append((float(m[1]), int(m[2]), m[3], m[4], m[5]))
+            entry = LogEntry(epoch=float(m[1]), pid=int(m[2]), app=m[3], level=m[4], message=m[5])
+            last = entries[-1] if entries else None
+            if entry.level == "DETAIL" and last is not None and last.pid == entry.pid and not last.detail:
+                last.detail = entry.message  # csvlog carries it in the record itself
+                continue
+            entries.append(entry)
         elif entries and line.startswith("\t"):  # a continuation line of a multi-line message
-            e = entries[-1]
-            entries[-1] = (e[0], e[1], e[2], e[3], e[4] + "\n" + line[1:])
-    last: LoggedStatement | None = None
-    for epoch, pid, app, level, message in entries:
-        if app.startswith("migsafe"):
+            last = entries[-1]
+            if last.detail:
+                last.detail += "\n" + line[1:]
+            else:
+                last.message += "\n" + line[1:]
+    return entries
+
+
+def interpret(entries: list[LogEntry]) -> Observed:
+    """The statements and revision marks among ``entries`` (in the log's order), leaving out
+    migsafe's own sessions and transaction control; bound parameters filled in from the detail."""
+    out = Observed()
+    for e in entries:
+        if e.app.startswith("migsafe") or e.level != "LOG":
             continue
-        if level == "DETAIL" and last is not None and message.startswith("parameters: "):
-            last.sql = _bind(last.sql, {int(k): v for k, v in _PARAM.findall(message)})
-            continue
-        if level != "LOG":
-            continue
-        if message.startswith(MARK):
-            mark = _mark(epoch, pid, message.removeprefix(MARK))
+        if e.message.startswith(MARK):
+            mark = _mark(e.epoch, e.pid, e.message.removeprefix(MARK))
             if mark is not None:
                 out.marks.append(mark)
                 out.events.append(mark)
             continue
-        d = _DURATION.match(message)
+        d = _DURATION.match(e.message)
         if d is None:
-            last = None
             continue
         seconds = float(d[1]) / 1000
-        last = LoggedStatement(epoch=epoch - seconds, seconds=seconds, sql=d[2].strip(), pid=pid)
-        if not _CONTROL.match(last.sql):
-            out.statements.append(last)
-            out.events.append(last)
+        stmt = LoggedStatement(epoch=e.epoch - seconds, seconds=seconds, sql=d[2].strip(), pid=e.pid)
+        if e.detail.startswith("parameters: "):
+            stmt.sql = _bind(stmt.sql, {int(k): v for k, v in _PARAM.findall(e.detail)})
+        if not _CONTROL.match(stmt.sql):
+            out.statements.append(stmt)
+            out.events.append(stmt)
     return out
+
+
+class LocalFileLog:
+    """The local scratch's stderr log file: settings by ``ALTER SYSTEM``, positions are byte offsets."""
+
+    def __init__(self, path: Path, admin: Dsn) -> None:
+        self.path, self.admin = path, admin
+
+    def enable(self) -> list[str]:
+        return enable(self.admin)
+
+    def mark(self) -> int:
+        return size(self.path)
+
+    def read(self, mark: Any) -> Observed:
+        return read(self.path, int(mark))
 
 
 def _bind(text: str, params: dict[int, str]) -> str:

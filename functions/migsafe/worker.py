@@ -22,6 +22,11 @@ knows (ModifyDBInstance; ModifyDBCluster for Aurora, whose password is the clust
 the scratch with it, never with the source's. It is generated here, not in the state machine,
 because everything a state machine handles is visible in its execution history.
 
+A plan with ``[migration] command`` is observed from the scratch's csvlog (its own parameter group
+turns it on; :mod:`migsafe.rdslog`), read with ``DescribeDBLogFiles`` / ``DownloadDBLogFilePortion``;
+``MIGSAFE_SCRATCH_LOG_WAIT_SECONDS`` (default 120) bounds the wait for each phase's lines. A log that
+cannot be read leaves that rehearsal *sampling-only*, with the reason among its warnings.
+
 The task definition supplies the rest: ``MIGSAFE_STORE_URL``, ``MIGSAFE_RESULTS_URL``, the
 source's ``MIGSAFE_SOURCE_HOST/PORT/DBNAME`` (the host is looked up from
 ``MIGSAFE_SOURCE_INSTANCE_ID`` when not given) and, as ECS secrets from Secrets Manager,
@@ -61,7 +66,8 @@ EXECUTION_TAG = "migsafe:execution"
 # scratch's per-execution password): the ECS task role must allow each (tests/infra/test_iam.py checks).
 AWS_CALLS = ("s3:GetObject", "s3:ListBucket", "s3:PutObject", "s3:AbortMultipartUpload", "s3:DeleteObject",
              "rds:DescribeDBInstances", "rds:ModifyDBInstance", "rds:DescribeDBClusters", "rds:ModifyDBCluster",
-             "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue", "secretsmanager:TagResource")
+             "secretsmanager:CreateSecret", "secretsmanager:PutSecretValue", "secretsmanager:TagResource",
+             "rds:DescribeDBLogFiles", "rds:DownloadDBLogFilePortion")
 
 
 class _Request(BaseModel):
@@ -334,7 +340,8 @@ def do_rehearse(request: RehearsalRequest, env: WorkerEnv, workdir: Path) -> dic
     reports = workdir / "reports"
     backup_id = _backup_of_this_execution(env, request.results_prefix)
     try:
-        result = rehearse(plan, settings, scratch_dsn=scratch, report_dir=reports, backup_id=backup_id)
+        result = rehearse(plan, settings, scratch_dsn=scratch, report_dir=reports, backup_id=backup_id,
+                          server_log=scratch_log(plan, env, scratch))
     except MigsafeError as exc:
         partial = getattr(exc, "result", None)
         if partial is not None:  # a fault after the rehearsal started: keep what it found
@@ -359,6 +366,20 @@ def scratch_dsn(request: RehearsalRequest, env: WorkerEnv, source: Dsn) -> Dsn:
                                     rds=boto3.client("rds"), secretsmanager=boto3.client("secretsmanager"),
                                     cluster_id=env.environ.get("MIGSAFE_SCRATCH_CLUSTER_ID", ""))
     return Dsn({**endpoint.params, "password": password})
+
+
+def scratch_log(plan: Any, env: WorkerEnv, scratch: Dsn) -> Any:
+    """Where a ``migration.command`` plan's statements are read: the scratch instance's csvlog
+    (its parameter group turns it on; :mod:`migsafe.rdslog`). None for a plan alembic runs in-process."""
+    if not plan.migration.command:
+        return None
+    import boto3
+
+    from .rdslog import RdsCsvLog
+
+    instance_id = env.environ.get("MIGSAFE_SCRATCH_INSTANCE_ID", "")
+    wait = float(env.environ.get("MIGSAFE_SCRATCH_LOG_WAIT_SECONDS") or 120)
+    return RdsCsvLog(instance_id, boto3.client("rds"), scratch, wait_seconds=wait)
 
 
 def _backup_of_this_execution(env: WorkerEnv, prefix: str) -> str | None:

@@ -39,6 +39,12 @@ interpreter's service-task classes and nowhere else:
   :attr:`Harness.snapshot_revision` makes restored scratches an older alembic revision (a stale
   snapshot).
 
+- **RDS logs**: an instance created with a DB parameter group that sets what the scratch's own
+  group sets (``SCRATCH_LOGGING``: csvlog, every statement) gets that logging on its local cluster,
+  as RDS applies a group at creation; ``DescribeDBLogFiles`` and ``DownloadDBLogFilePortion`` (moto
+  has neither) are answered from that cluster's csv files at botocore's boundary
+  (``tests/rdslog_support.py``), so the worker's reader parses real responses of real csvlog.
+
 - **Aurora**: moto's RDS clones (``RestoreDBClusterToPointInTime``) and restores cluster snapshots,
   but a cluster has no database behind it. The seam gives the *instance* created in a scratch
   cluster (``CreateDBInstance`` with ``DBClusterIdentifier``) a local copy of the source, with the
@@ -103,9 +109,10 @@ from moto.stepfunctions.parser.asl.eval import states
 from moto.stepfunctions.parser.asl.eval.event.event_detail import EventDetails
 from moto.stepfunctions.parser.asl.utils import json_path
 from moto.stepfunctions.parser.asl.utils.boto_client import boto_client_for
+from rdslog_support import enable_csvlog, log_dir, serve_log_files
 
 from infra.definitions import definition_text, state_machines
-from infra.workflows import WORKER_COMMAND
+from infra.workflows import SCRATCH_LOGGING, WORKER_COMMAND
 
 DEFINITE_PATH = re.compile(r"^\$(?:\.[A-Za-z_][A-Za-z0-9_-]*|\[\d+\])*$")
 JSON_PATH_USERS = [string_expression, argument, boolean_equals, numeric, string_operators, timestamp_operators, states, json_path]
@@ -234,6 +241,8 @@ class Harness:
         self._in_flight = 0
         self._closed = False
         self.names = self._names()
+        self._exit = contextlib.ExitStack()
+        self._exit.enter_context(serve_log_files(self._log_dir_of))
         self.sfn = boto3.client("stepfunctions", region_name=REGION)
         self.rds = boto3.client("rds", region_name=REGION)
         self.sqs = boto3.client("sqs", region_name=REGION)
@@ -640,6 +649,10 @@ class Harness:
                 with self._restoring:
                     self._in_flight -= 1
                     self._restoring.notify_all()
+            group = params.get("DBParameterGroupName")
+            if group and self._logs_statements(client, str(group)):  # RDS applies the group at creation
+                assert scratch.cluster is not None
+                enable_csvlog(scratch.cluster)
             self.require_password(scratch, SNAPSHOT_PASSWORD)
             fresh = str(params.get("DBSnapshotIdentifier", "")).startswith("migsafe-scratch-")
             if self.snapshot_revision is not None and not fresh:  # an older snapshot than the last migration
@@ -658,6 +671,19 @@ class Harness:
                 scratch.destroy()
         self._record("rds", operation, True, ident)
         return response
+
+    @staticmethod
+    def _logs_statements(client: Any, group: str) -> bool:
+        found = {p["ParameterName"]: p.get("ParameterValue")
+                 for p in client.describe_db_parameters(DBParameterGroupName=group).get("Parameters", [])}
+        return all(found.get(k) == v for k, v in SCRATCH_LOGGING.items())
+
+    def _log_dir_of(self, ident: str) -> Path | None:
+        scratch = self.scratches.get(ident)
+        return log_dir(scratch.cluster) if scratch is not None and scratch.cluster is not None else None
+
+    def parameter_groups(self) -> list[str]:
+        return sorted(g["DBParameterGroupName"] for g in self.rds.describe_db_parameter_groups()["DBParameterGroups"])
 
     def _admin(self, scratch: Scratch, dbname: str = "postgres") -> Any:
         import psycopg
@@ -763,6 +789,7 @@ class Harness:
         return sorted(c["DBClusterIdentifier"] for c in self.rds.describe_db_clusters()["DBClusters"])
 
     def close(self) -> None:
+        self._exit.close()
         with self._restoring:
             self._closed = True
             self._restoring.wait_for(lambda: self._in_flight == 0, timeout=300)

@@ -214,11 +214,12 @@ def test_scratch_restore_fault_fails_publishes_fail_and_leaves_nothing_running(
     assert entered.count(workflows.RESTORE_SCRATCH) == 1
     assert len(harness.called("rds", "restore_db_instance_from_db_snapshot")) == 1
     assert workflows.REHEARSE not in entered
-    # (an instance scratch passes the Aurora cluster's deletion choice by: there is no cluster)
+    # (an instance scratch passes the Aurora cluster's deletion choice by: there is no cluster; a plan
+    # alembic runs in-process had no scratch parameter group either)
     assert [f"{workflows.PREPARE} failed", workflows.DELETE_AFTER_FAILURE,
             f"{workflows.DELETE_CLUSTER_AFTER_FAILURE}?", f"{workflows.DELETE_SNAPSHOT_AFTER_FAILURE}?",
-            workflows.DELETE_SECRET_AFTER_FAILURE, workflows.FORMAT_FAILURE,
-            workflows.PUBLISH_FAILURE] == entered[entered.index(f"{workflows.PREPARE} failed"):][:7]
+            workflows.DELETE_SECRET_AFTER_FAILURE, f"{workflows.DELETE_PARAMETER_GROUP_AFTER_FAILURE}?",
+            workflows.FORMAT_FAILURE, workflows.PUBLISH_FAILURE] == entered[entered.index(f"{workflows.PREPARE} failed"):][:8]
     # one FAIL message naming the state and RDS's error
     messages = harness.messages()
     assert len(messages) == 1, messages

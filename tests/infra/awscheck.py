@@ -783,6 +783,9 @@ def _iam(action: str) -> str:
     return IAM_ACTION_OF.get(action, action)
 
 
+RECEIVER_SERVICE = {"sfn": "stepfunctions", "secrets": "secretsmanager"}  # variable names the code gives clients
+
+
 def _scan(trees: list[ast.AST], services: set[str]) -> set[str]:
     ops = {svc: client_operations(svc) for svc in services}
     found: set[str] = set()
@@ -793,7 +796,11 @@ def _scan(trees: list[ast.AST], services: set[str]) -> set[str]:
             name = node.func.attr
             if name in {"get_paginator", "get_waiter"} and node.args and isinstance(node.args[0], ast.Constant):
                 name = str(node.args[0].value)
-            for svc, table in ops.items():
+            # a receiver named after one of the services (``rds.list_tags_for_resource``) is that client:
+            # an operation several services share is then not attributed to the others
+            receiver = node.func.value.id if isinstance(node.func.value, ast.Name) else ""
+            named = RECEIVER_SERVICE.get(receiver, receiver)
+            for svc, table in ({named: ops[named]} if named in ops else ops).items():
                 if name in table:
                     found.add(_iam(f"{iam_prefix(svc)}:{table[name]}"))
     return found

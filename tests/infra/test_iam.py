@@ -24,6 +24,12 @@ SAMPLES: dict[str, list[str]] = {
     # the source's own groups, or the defaults (Read source settings)
     "$.source.parameter_group": ["app-postgres15", "default.postgres15"],
     "$.source.option_group": ["app-postgres15", "default:postgres-15"],
+    # a migration.command plan's scratch parameter group (named like the scratch), and the family a
+    # default source group (or an Aurora scratch instance) has it created in
+    "$.scratch.parameter_group": [SCRATCH],
+    "$.source.parameter_group_family": ["postgres15", "aurora-postgresql16"],
+    # once made, the scratch's own group is what the Aurora scratch instance is created with
+    "Create scratch cluster instance (own parameter group)|$.source.parameter_group": [SCRATCH],
     "$.scratch.secret_name": [f"migsafe-scratch/{SCRATCH}"],
     # Aurora: the scratch cluster is named like its instance; the source is the deploy's cluster
     "$.scratch.cluster_id": [SCRATCH],

@@ -277,7 +277,8 @@ def _kms_statements(context: dict[str, Any]) -> list[dict[str, Any]]:
     app = cdk.App(context=context)
     stack = MigsafeStack(app, "Kms", settings=DeploySettings.from_node(app.node))
     template = Template.from_stack(stack).to_json()
-    return [s for r in template["Resources"].values() if r["Type"] == "AWS::IAM::Policy"
+    # a role's inline policy over IAM's size limit overflows into a managed policy (CDK splits it)
+    return [s for r in template["Resources"].values() if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
             for s in r["Properties"]["PolicyDocument"]["Statement"] if "kms:CreateGrant" in _actions(s)]
 
 

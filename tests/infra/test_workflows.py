@@ -65,9 +65,11 @@ def test_pre_migration_runs_in_the_documented_order(pre: dict[str, Any]) -> None
     # Then it validates, prepares (backup | scratch), rehearses, evaluates, publishes, deletes, decides
     main = [wf.VALIDATE_PLAN, wf.PREPARE, wf.REHEARSE, wf.EVALUATE, wf.FORMAT_RESULT, wf.PUBLISH_RESULT,
             wf.DELETE_SCRATCH, f"{wf.DELETE_CLUSTER}?", wf.DELETE_CLUSTER, f"{wf.DELETE_SNAPSHOT}?",
-            wf.DELETE_SNAPSHOT, wf.DELETE_SECRET]
+            wf.DELETE_SNAPSHOT, wf.DELETE_SECRET, f"{wf.DELETE_PARAMETER_GROUP}?", wf.DELETE_PARAMETER_GROUP]
     assert path[: len(main)] == main
-    assert states[wf.DELETE_SECRET]["Next"] == "Verdict?"
+    assert states[wf.DELETE_SECRET]["Next"] == f"{wf.DELETE_PARAMETER_GROUP}?"
+    assert states[f"{wf.DELETE_PARAMETER_GROUP}?"]["Default"] == "Verdict?"
+    assert states[wf.DELETE_PARAMETER_GROUP]["Next"] == "Verdict?"
     assert states[wf.PREPARE]["Type"] == "Parallel"
     branch_starts = [b["StartAt"] for b in states[wf.PREPARE]["Branches"]]
     assert branch_starts == [wf.BACKUP, wf.SOURCE_SETTINGS]
@@ -85,7 +87,7 @@ def test_every_state_after_the_scratch_restore_starts_catches_into_the_scratch_d
     states = pre["States"]
     after = [n for n in _reachable(states, wf.PREPARE) if states[n]["Type"] in CATCHING]
     assert after == [wf.PREPARE, wf.REHEARSE, wf.EVALUATE, wf.FORMAT_RESULT, wf.PUBLISH_RESULT, wf.DELETE_SCRATCH,
-                     wf.DELETE_CLUSTER, wf.DELETE_SNAPSHOT, wf.DELETE_SECRET]
+                     wf.DELETE_CLUSTER, wf.DELETE_SNAPSHOT, wf.DELETE_SECRET, wf.DELETE_PARAMETER_GROUP]
     for name in after:
         # When we follow each state's States.ALL catch
         catch = _catch_all(states[name])
@@ -143,8 +145,15 @@ def test_no_state_after_the_scratch_exists_can_fail_with_an_uncatchable_runtime_
 def test_states_inside_prepare_let_errors_reach_the_parallel_catch(pre: dict[str, Any]) -> None:
     # Given the two branches of Prepare
     branches = pre["States"][wf.PREPARE]["Branches"]
+    observing = (wf.CREATE_PARAMETER_GROUP, wf.COPY_PARAMETER_GROUP, wf.SET_SCRATCH_LOGGING)
     for branch in branches:
         for name, state in branch["States"].items():
+            if name.startswith(observing):
+                # the scratch parameter group only serves the observation: its failure goes on without it
+                catch = _catch_all(state)
+                assert catch is not None and catch["ResultPath"] == "$.observe_error", name
+                assert catch["Next"] == wf.SCRATCH_KIND, name
+                continue
             # Then no state swallows errors with States.ALL: failures propagate to Prepare's catch
             assert _catch_all(state) is None, name
             # and the only in-branch catch continues the branch (a retried restore that already went through)
@@ -251,7 +260,16 @@ def test_scratch_deletion_after_failure_tolerates_a_missing_instance_and_always_
     secret = states[wf.DELETE_SECRET_AFTER_FAILURE]
     assert secret["Resource"].endswith(":states:::aws-sdk:secretsmanager:deleteSecret")
     assert secret["Parameters"]["ForceDeleteWithoutRecovery"] is True
-    assert {c["Next"] for c in secret["Catch"]} == {wf.FORMAT_FAILURE} and secret["Next"] == wf.FORMAT_FAILURE
+    has_group = f"{wf.DELETE_PARAMETER_GROUP_AFTER_FAILURE}?"
+    assert {c["Next"] for c in secret["Catch"]} == {has_group} and secret["Next"] == has_group
+    assert states[has_group]["Default"] == wf.FORMAT_FAILURE
+    assert states[has_group]["Choices"][0]["Next"] == wf.DELETE_PARAMETER_GROUP_AFTER_FAILURE
+    group = states[wf.DELETE_PARAMETER_GROUP_AFTER_FAILURE]
+    assert group["Resource"].endswith(":states:::aws-sdk:rds:deleteDBParameterGroup")
+    assert group["Parameters"] == {"DbParameterGroupName.$": "$.scratch.parameter_group"}  # never the source's
+    assert any(r["ErrorEquals"] == [wf.RDS_PG_BUSY] for r in group["Retry"])  # until its instance is gone
+    assert [c["ErrorEquals"] for c in group["Catch"]] == [[wf.RDS_PG_NOT_FOUND], ["States.ALL"]]
+    assert {c["Next"] for c in group["Catch"]} == {wf.FORMAT_FAILURE} and group["Next"] == wf.FORMAT_FAILURE
     fmt = states[wf.FORMAT_FAILURE]
     assert fmt["Parameters"]["kind"] == "failure" and fmt["Parameters"]["detail.$"] == "$"
     assert fmt["Next"] == wf.PUBLISH_FAILURE and _catch_all(fmt)["Next"] == "Fallback failure message"
@@ -426,7 +444,7 @@ def test_the_scratch_kind_chooses_a_clone_a_cluster_snapshot_or_an_instance_snap
     # Given the scratch branch of Prepare
     branch = pre["States"][wf.PREPARE]["Branches"][1]["States"]
     # Then after the source settings the kind the validation resolved chooses the path
-    assert branch[wf.SOURCE_SETTINGS]["Next"] == wf.SCRATCH_KIND
+    assert branch[branch[wf.SOURCE_SETTINGS]["Next"]]["Default"] == wf.SCRATCH_KIND
     kind = branch[wf.SCRATCH_KIND]
     assert [(c["Variable"], c["StringEquals"]) for c in kind["Choices"]] == [
         ("$.scratch.kind", "aurora-clone"), ("$.scratch.kind", "aurora-snapshot")]
@@ -454,7 +472,8 @@ def test_the_scratch_kind_chooses_a_clone_a_cluster_snapshot_or_an_instance_snap
     # once the cluster is available, one instance of the chosen class joins it, then the instance wait
     available = branch["Scratch cluster available?"]
     assert available["Choices"][0] == {"Variable": "$.cluster_status.DbClusters[0].Status",
-                                       "StringEquals": "available", "Next": wf.CREATE_CLUSTER_INSTANCE}
+                                       "StringEquals": "available",
+                                       "Next": f"{wf.CREATE_CLUSTER_INSTANCE}: own parameter group?"}
     failed = {c["StringEquals"] for c in available["Choices"][1]["Or"]}
     assert failed == set(wf.CLUSTER_FAILED_STATUSES) and "cloning-failed" in failed
     create = branch[wf.CREATE_CLUSTER_INSTANCE]
@@ -473,3 +492,57 @@ def test_the_cluster_wait_is_bounded(pre: dict[str, Any]) -> None:
     assert deadline["Choices"][0]["NumericGreaterThan"] == 90 * 60 // wf.POLL_SECONDS
     assert branch[deadline["Choices"][0]["Next"]]["Error"] == "ScratchFailed"
     assert deadline["Default"] == "Wait for scratch cluster"
+
+
+def test_a_command_plans_scratch_gets_its_own_parameter_group_logging_to_csvlog(pre: dict[str, Any]) -> None:
+    # Given the scratch branch of Prepare
+    branch = pre["States"][wf.PREPARE]["Branches"][1]["States"]
+    # Then after the source settings, only a plan that names a scratch parameter group (migration.command)
+    # gets one; the others go straight to the scratch kind
+    observe = branch[branch[wf.SOURCE_SETTINGS]["Next"]]
+    assert observe["Default"] == wf.SCRATCH_KIND
+    [when] = observe["Choices"]
+    assert when["And"][0] == {"Variable": "$.scratch.parameter_group", "IsPresent": True}
+    how = branch[when["Next"]]
+    # a default source group (RDS copies none) or an Aurora instance: created in the family; else a copy
+    assert how["Choices"][0]["Next"] == wf.CREATE_PARAMETER_GROUP and how["Default"] == wf.COPY_PARAMETER_GROUP
+    create, copy = branch[wf.CREATE_PARAMETER_GROUP], branch[wf.COPY_PARAMETER_GROUP]
+    assert create["Resource"].endswith(":states:::aws-sdk:rds:createDBParameterGroup")
+    assert create["Parameters"]["DbParameterGroupName.$"] == "$.scratch.parameter_group"
+    assert create["Parameters"]["DbParameterGroupFamily.$"] == "$.source.parameter_group_family"
+    assert copy["Resource"].endswith(":states:::aws-sdk:rds:copyDBParameterGroup")
+    assert copy["Parameters"]["SourceDBParameterGroupIdentifier.$"] == "$.source.parameter_group"
+    assert copy["Parameters"]["TargetDBParameterGroupIdentifier.$"] == "$.scratch.parameter_group"
+    for made in (create, copy):  # tagged like every scratch resource (the janitor finds orphans by it)
+        assert {"Key": "migsafe:scratch", "Value.$": "$.execution"} in made["Parameters"]["Tags"]
+        assert made["Next"] == wf.SET_SCRATCH_LOGGING
+        assert made["Catch"][0] == {"ErrorEquals": [wf.RDS_PG_ALREADY_EXISTS], "ResultPath": None,
+                                    "Next": wf.SET_SCRATCH_LOGGING}
+    # the two settings RDS lets a parameter group change (log_line_prefix it does not), at once
+    modify = branch[wf.SET_SCRATCH_LOGGING]
+    assert modify["Resource"].endswith(":states:::aws-sdk:rds:modifyDBParameterGroup")
+    assert modify["Parameters"]["Parameters"] == [
+        {"ParameterName": "log_destination", "ParameterValue": "csvlog", "ApplyMethod": "immediate"},
+        {"ParameterName": "log_min_duration_statement", "ParameterValue": "0", "ApplyMethod": "immediate"}]
+    # then the group the restore attaches is the scratch's own
+    use = branch[modify["Next"]]
+    assert use["Type"] == "Pass" and use["InputPath"] == "$.scratch.parameter_group"
+    assert use["ResultPath"] == "$.source.parameter_group" and use["Next"] == wf.SCRATCH_KIND
+    assert branch[wf.RESTORE_SCRATCH]["Parameters"]["DbParameterGroupName.$"] == "$.source.parameter_group"
+    # an Aurora scratch instance is created with it when there is one, with the engine's defaults otherwise
+    choose = branch[f"{wf.CREATE_CLUSTER_INSTANCE}: own parameter group?"]
+    own = branch[choose["Choices"][0]["Next"]]
+    assert own["Parameters"]["DbParameterGroupName.$"] == "$.source.parameter_group"
+    assert "DbParameterGroupName" not in str(branch[choose["Default"]]["Parameters"])
+
+
+def test_the_fresh_copy_keeps_the_scratch_parameter_group(pre: dict[str, Any]) -> None:
+    # Given the fresh-copy path (a stale snapshot replaced)
+    states = pre["States"]
+    rename = states["Name the fresh scratch"]
+    fresh = states["Prepare a fresh scratch"]["Branches"][0]["States"]
+    # Then the new scratch keeps the group's name, and its settings step makes (or finds) it again
+    assert rename["Parameters"]["parameter_group.$"] == "$.scratch.parameter_group"
+    observe = fresh[fresh[f"{wf.SOURCE_SETTINGS} (fresh)"]["Next"]]
+    assert observe["Default"] == "Create snapshot (fresh)"
+    assert fresh[f"{wf.COPY_PARAMETER_GROUP} (fresh)"]["Catch"][0]["ErrorEquals"] == [wf.RDS_PG_ALREADY_EXISTS]

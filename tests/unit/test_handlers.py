@@ -315,6 +315,7 @@ def test_source_settings_name_the_groups_the_scratch_copies_and_check_the_port(r
     out = snapshots.handler(_event("source_settings.json"), FakeContext())
     # Then they are the source's groups and port; a port the stack does not admit is refused
     assert out == {"port": 5432, "engine": "postgres", "parameter_group": "prod-pg", "option_group": "prod-og",
+                   "parameter_group_family": "",  # a custom group: the scratch's own is a copy of it
                    "state_at": ""}  # a snapshot's state time is not known here (an Aurora clone's is)
     with pytest.raises(ScratchFailed, match="port 5432 but the stack admits 6432"):
         steps.source_settings("prod-db", rds, port=6432)
@@ -455,3 +456,40 @@ def test_worker_bad_request_exits_2_and_records_the_error(env: dict[str, Path],
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 2 and summary == {**summary, "ok": False, "error": "PlanInvalid"}
     assert json.loads((env["results"] / "w2" / "error-restore.json").read_text())["error"] == "PlanInvalid"
+
+
+def test_a_default_parameter_group_names_the_family_to_create_the_scratch_group_in() -> None:
+    # Given default and custom DB parameter group names (RDS cannot copy a default group)
+    # When / Then: the family for a default one, nothing for a custom one (that one is copied)
+    assert steps.default_family("default.postgres15") == "postgres15"
+    assert steps.default_family("default.aurora-postgresql16") == "aurora-postgresql16"
+    assert steps.default_family("prod-pg") == ""
+
+
+def test_janitor_deletes_a_scratch_parameter_group_once_unused_and_its_execution_over(rds: Any, sfn: Any) -> None:
+    # Given scratch DB parameter groups (migration.command plans): one of a stopped execution, one of a
+    # running execution, one still attached to an instance, one untagged; and production's own group
+    running, stopped = _execution(sfn, "pg-running"), _execution(sfn, "pg-stopped")
+    sfn.stop_execution(executionArn=stopped)
+
+    def group(name: str, tags: dict[str, str]) -> None:
+        rds.create_db_parameter_group(DBParameterGroupName=name, DBParameterGroupFamily="postgres15",
+                                      Description="test", Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+
+    group("migsafe-scratch-done", {"migsafe:scratch": "pg-stopped", "migsafe:execution": stopped})
+    group("migsafe-scratch-live", {"migsafe:scratch": "pg-running", "migsafe:execution": running})
+    group("migsafe-scratch-attached", {"migsafe:scratch": "pg-stopped", "migsafe:execution": stopped})
+    group("migsafe-scratch-untagged", {})
+    group("app-postgres15", {"migsafe:scratch": "pg-stopped", "migsafe:execution": stopped})
+    rds.create_db_instance(DBInstanceIdentifier="other-db", DBInstanceClass="db.t4g.micro", Engine="postgres",
+                           AllocatedStorage=20, MasterUsername="app", MasterUserPassword="password1",
+                           DBParameterGroupName="migsafe-scratch-attached")
+    # When the janitor sweeps
+    out = steps.sweep_scratch(rds, sfn=sfn, max_age=timedelta(hours=9))
+    # Then only the unused group of the finished execution is deleted; the others are kept or ignored
+    assert out["deleted"] == ["parameter-group:migsafe-scratch-done"]
+    assert sorted(k for k in out["kept"] if k.startswith("parameter-group:")) == [
+        "parameter-group:migsafe-scratch-attached", "parameter-group:migsafe-scratch-live"]
+    left = {g["DBParameterGroupName"] for g in rds.describe_db_parameter_groups()["DBParameterGroups"]}
+    assert {"migsafe-scratch-live", "migsafe-scratch-attached", "migsafe-scratch-untagged", "app-postgres15"} <= left
+    assert "migsafe-scratch-done" not in left

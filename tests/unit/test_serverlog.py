@@ -55,7 +55,7 @@ def test_statements_go_to_the_revision_whose_version_update_follows_them(tmp_pat
     path = _write(tmp_path)
     run = MigrationRun(action="upgrade", revision="0003", seconds=1.0, ok=True, started_at=0.0)
     # When
-    read_server_log(path, 0, run, "upgrade", 1796180000.0, {"public.deployments": 99})
+    read_server_log(read(path, 0), run, "upgrade", 1796180000.0, {"public.deployments": 99})
     # Then: each revision has its statements (its own version update last), locks and rewrites
     assert [r.id for r in run.revisions] == ["0002", "0003"]
     first, second = run.revisions
