@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from migsafe.localpg import LocalCluster
 from pgsupport import ROOT, CliResult, Database, seed
+
+# A test run started in the background of a non-interactive shell (`make test &` in a CI step)
+# inherits SIGINT ignored and hands that on to every child, and a Python started with SIGINT ignored
+# never turns it into KeyboardInterrupt: the tests that interrupt migsafe with SIGINT would then
+# test the runner's shell, not migsafe. Each pytest process (xdist workers import this file too)
+# takes SIGINT back, so the processes it starts get the default.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
