@@ -167,6 +167,12 @@ def _secrets_dir() -> Path:
     return path
 
 
+def remove_secrets() -> None:
+    """Remove the service files holding passwords now (a run ending with ``os._exit`` skips atexit)."""
+    if _secrets_dir.cache_info().currsize:
+        shutil.rmtree(_secrets_dir(), ignore_errors=True)
+
+
 @functools.cache
 def _service_file(secrets: tuple[tuple[str, str], ...]) -> str:
     """A 0600 libpq service file holding ``secrets`` in the ``[migsafe]`` service; its path."""
