@@ -79,7 +79,8 @@ def main() -> None:
             "--target-dsn",
             cluster.dsn("restored").url(),
         )
-        report_dir = args.out / "report"
+        # a report folder per run: migsafe never overwrites a report, and a second `make demo` must work
+        report_dir = args.out / f"report-{backup_id}"
         run("lint", "--plan", str(plan))
         verdict = (
             run(
