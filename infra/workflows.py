@@ -245,11 +245,18 @@ def _failure_path(scope: Construct, *, topic: sns.ITopic, format_notification: l
 
 def _rds(scope: Construct, name: str, action: str, parameters: dict[str, object], *, iam_action: str,
          iam_resources: list[str], result_path: str | None = JsonPath.DISCARD,
-         additional_iam_statements: list[iam.PolicyStatement] | None = None) -> tasks.CallAwsService:
-    """An RDS SDK call, its result (when kept) stored whole: no ResultSelector (see the module doc)."""
+         additional_iam_statements: list[iam.PolicyStatement] | None = None,
+         busy: tuple[str, int] | None = None) -> tasks.CallAwsService:
+    """An RDS SDK call, its result (when kept) stored whole: no ResultSelector (see the module doc).
+
+    ``busy``: an error meaning "not now" (the resource is still in use or changing) and how many
+    times to wait a minute for it, before the transient errors' retry.
+    """
     task = tasks.CallAwsService(scope, name, service="rds", action=action, parameters=parameters,
                                 iam_action=iam_action, iam_resources=iam_resources, result_path=result_path,
                                 additional_iam_statements=additional_iam_statements)
+    if busy is not None:
+        task.add_retry(errors=[busy[0]], interval=Duration.seconds(60), max_attempts=busy[1], backoff_rate=1)
     task.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6, backoff_rate=2)
     return task
 
@@ -265,31 +272,21 @@ class ScratchCleanup:
     def __init__(self, scope: Construct, *, names: tuple[str, str, str, str, str], scratch_arn: str) -> None:
         stack = Stack.of(scope)
         instance, cluster, snapshot, secret, parameter_group = names
-        self.delete_instance = tasks.CallAwsService(
-            scope, instance, service="rds", action="deleteDBInstance",
-            parameters={"DbInstanceIdentifier": JsonPath.string_at("$.scratch.instance_id"),
-                        "SkipFinalSnapshot": True, "DeleteAutomatedBackups": True},
+        self.delete_instance = _rds(
+            scope, instance, "deleteDBInstance",
+            {"DbInstanceIdentifier": JsonPath.string_at("$.scratch.instance_id"),
+             "SkipFinalSnapshot": True, "DeleteAutomatedBackups": True},
             # the delete permissions themselves are tag-conditioned (janitor.scratch_cleanup_statements)
-            iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances",
-            result_path=JsonPath.DISCARD,
+            iam_resources=[scratch_arn], iam_action="rds:DescribeDBInstances", busy=(RDS_BUSY, 45),
         )
-        self.delete_instance.add_retry(errors=[RDS_BUSY], interval=Duration.seconds(60), max_attempts=45,
-                                       backoff_rate=1)
-        self.delete_instance.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6,
-                                       backoff_rate=2)
         # only the snapshot this run created is named after the scratch (never the source's own)
-        self.delete_snapshot = tasks.CallAwsService(
-            scope, snapshot, service="rds", action="deleteDBSnapshot",
-            parameters={"DbSnapshotIdentifier": JsonPath.string_at("$.scratch.snapshot_id")},
+        self.delete_snapshot = _rds(
+            scope, snapshot, "deleteDBSnapshot",
+            {"DbSnapshotIdentifier": JsonPath.string_at("$.scratch.snapshot_id")},
             iam_resources=[stack.format_arn(service="rds", resource="snapshot", resource_name=f"{SCRATCH_PREFIX}*",
                                             arn_format=ArnFormat.COLON_RESOURCE_NAME)],
-            iam_action="rds:DescribeDBSnapshots",
-            result_path=JsonPath.DISCARD,
+            iam_action="rds:DescribeDBSnapshots", busy=(RDS_SNAPSHOT_BUSY, 30),
         )
-        self.delete_snapshot.add_retry(errors=[RDS_SNAPSHOT_BUSY], interval=Duration.seconds(60), max_attempts=30,
-                                       backoff_rate=1)
-        self.delete_snapshot.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6,
-                                       backoff_rate=2)
         self.delete_secret = tasks.CallAwsService(
             scope, secret, service="secretsmanager", action="deleteSecret",
             parameters={"SecretId": JsonPath.string_at("$.scratch.secret_name"), "ForceDeleteWithoutRecovery": True},
@@ -308,19 +305,14 @@ class ScratchCleanup:
         ).otherwise(self.delete_secret)
         # an Aurora scratch: the cluster after its instance (RDS refuses to delete a cluster that still
         # has a member not being deleted: InvalidDBClusterStateFault, waited out)
-        self.delete_cluster = tasks.CallAwsService(
-            scope, cluster, service="rds", action="deleteDBCluster",
-            parameters={"DbClusterIdentifier": JsonPath.string_at("$.scratch.cluster_id"), "SkipFinalSnapshot": True},
+        self.delete_cluster = _rds(
+            scope, cluster, "deleteDBCluster",
+            {"DbClusterIdentifier": JsonPath.string_at("$.scratch.cluster_id"), "SkipFinalSnapshot": True},
             # the delete permission itself is tag-conditioned (janitor.scratch_cleanup_statements)
             iam_resources=[stack.format_arn(service="rds", resource="cluster", resource_name=f"{SCRATCH_PREFIX}*",
                                             arn_format=ArnFormat.COLON_RESOURCE_NAME)],
-            iam_action="rds:DescribeDBClusters",
-            result_path=JsonPath.DISCARD,
+            iam_action="rds:DescribeDBClusters", busy=(RDS_CLUSTER_BUSY, 45),
         )
-        self.delete_cluster.add_retry(errors=[RDS_CLUSTER_BUSY], interval=Duration.seconds(60), max_attempts=45,
-                                      backoff_rate=1)
-        self.delete_cluster.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6,
-                                      backoff_rate=2)
         self.delete_cluster.add_catch(self.snapshot_taken, errors=[RDS_CLUSTER_NOT_FOUND], result_path=JsonPath.DISCARD)
         self.delete_cluster.next(self.snapshot_taken)
         self.has_cluster = sfn.Choice(scope, f"{cluster}?").when(
@@ -336,19 +328,14 @@ class ScratchCleanup:
 
         # a migration.command plan's scratch had a DB parameter group of its own: deleted last, once no
         # instance uses it (InvalidDBParameterGroupState while the instance is still being deleted)
-        self.delete_parameter_group = tasks.CallAwsService(
-            scope, parameter_group, service="rds", action="deleteDBParameterGroup",
-            parameters={"DbParameterGroupName": JsonPath.string_at("$.scratch.parameter_group")},
+        self.delete_parameter_group = _rds(
+            scope, parameter_group, "deleteDBParameterGroup",
+            {"DbParameterGroupName": JsonPath.string_at("$.scratch.parameter_group")},
             # the delete permission itself is tag-conditioned (janitor.scratch_cleanup_statements)
             iam_resources=[stack.format_arn(service="rds", resource="pg", resource_name=f"{SCRATCH_PREFIX}*",
                                             arn_format=ArnFormat.COLON_RESOURCE_NAME)],
-            iam_action="rds:DescribeDBParameterGroups",
-            result_path=JsonPath.DISCARD,
+            iam_action="rds:DescribeDBParameterGroups", busy=(RDS_PG_BUSY, 45),
         )
-        self.delete_parameter_group.add_retry(errors=[RDS_PG_BUSY], interval=Duration.seconds(60), max_attempts=45,
-                                              backoff_rate=1)
-        self.delete_parameter_group.add_retry(errors=RDS_TRANSIENT, interval=Duration.seconds(5), max_attempts=6,
-                                              backoff_rate=2)
         self.has_parameter_group = sfn.Choice(scope, f"{parameter_group}?")
 
     def then(self, after: sfn.IChainable) -> None:

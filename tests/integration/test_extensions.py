@@ -239,16 +239,23 @@ def test_a_manifest_written_before_extensions_were_recorded_still_restores(
     assert table_fingerprints(target, ["public.users"]) == table_fingerprints(source, ["public.users"])
 
 
-def test_an_extension_in_its_own_schema_is_installed_there_schema_and_all(
-    tmp_path: Path, make_database: Callable[..., Database]
-) -> None:
-    # Given: pg_trgm lives in schema "Ext Schema" (created for it); the table is in public
+@pytest.fixture
+def trgm_in_own_schema(make_database: Callable[..., Database]) -> Database:
+    """A table in public whose index needs pg_trgm, installed in schema "Ext Schema" (made for it)."""
     source = make_database()
     with source.connect() as conn:
         conn.execute('create schema "Ext Schema"; create extension pg_trgm schema "Ext Schema"; '
                      'create table public.docs (id int primary key, body text); '
                      'create index docs_body on public.docs using gist (body "Ext Schema".gist_trgm_ops); '
                      "insert into public.docs select g, 'doc ' || g from generate_series(1, 100) g")
+    return source
+
+
+def test_an_extension_in_its_own_schema_is_installed_there_schema_and_all(
+    tmp_path: Path, trgm_in_own_schema: Database, make_database: Callable[..., Database]
+) -> None:
+    # Given: pg_trgm lives in schema "Ext Schema" (created for it); the table is in public
+    source = trgm_in_own_schema
     store = FileStore(tmp_path / "store")
     backup_id = _backup(source, store, ["public.docs"])
     target = make_database()
@@ -262,15 +269,10 @@ def test_an_extension_in_its_own_schema_is_installed_there_schema_and_all(
 
 
 def test_a_failed_restore_takes_back_the_extension_and_the_schema_it_created(
-    tmp_path: Path, make_database: Callable[..., Database]
+    tmp_path: Path, trgm_in_own_schema: Database, make_database: Callable[..., Database]
 ) -> None:
     # Given a backup whose table needs pg_trgm from a schema of its own, and its dump then tampered with
-    source = make_database()
-    with source.connect() as conn:
-        conn.execute('create schema "Ext Schema"; create extension pg_trgm schema "Ext Schema"; '
-                     'create table public.docs (id int primary key, body text); '
-                     'create index docs_body on public.docs using gist (body "Ext Schema".gist_trgm_ops); '
-                     "insert into public.docs select g, 'doc ' || g from generate_series(1, 100) g")
+    source = trgm_in_own_schema
     store = FileStore(tmp_path / "store")
     backup_id = _backup(source, store, ["public.docs"])
     dump = backup_dir(tmp_path / "store", backup_id) / "public.docs.dump.zst"
