@@ -154,11 +154,14 @@ class Watchdog:
                 "and left nothing running against it"
             )
             callbacks = list(self._callbacks)
-            for conn in self._sessions:
-                shutdown_socket(conn)
+        # the operation is cancelled first (its children stopped), and only then are the threads
+        # blocked on the source released: a thread that wakes up finds the cancellation done
         for callback in callbacks:
             with contextlib.suppress(Exception):
                 callback()
+        with self._lock:  # the sessions still open now (a closed one has left the list: its fd is not ours)
+            for conn in self._sessions:
+                shutdown_socket(conn)
 
     def _heartbeat(self) -> None:
         conn: psycopg.Connection[Any] | None = None
