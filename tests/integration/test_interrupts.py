@@ -26,7 +26,7 @@ import pytest
 from alembic_projects import write_project
 from migsafe.localpg import LocalCluster, owner_of, process_start, sweep
 from migsafe.pgtools import bindir
-from pgsupport import ROOT, CliResult, Database, write_plan
+from pgsupport import ROOT, CliResult, Database, wait_for, write_plan
 
 from examples.enum_uppercase import seed
 
@@ -100,15 +100,6 @@ def _settled_burden(db: Database, seconds: float = 5.0) -> dict[str, object]:
     return burden
 
 
-def _wait_for(predicate: Callable[[], bool], seconds: float, step: float = 0.005) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
-
-
 def _rehearsal(tmp_path: Path, db: Database, runtime_dir: Path, pg_bindir: Path) -> subprocess.Popen[str]:
     ini = write_project(tmp_path / "proj", upgrade=["SELECT pg_sleep(60)"], downgrade=[])
     plan = write_plan(
@@ -136,10 +127,10 @@ def test_an_interrupt_during_the_scratch_copy_leaves_no_pg_basebackup_nor_walsen
     try:
         # this run's own scratch folder names its pid (another test's leftovers never match)
         needle = str(runtime_dir / f"scratch-{proc.pid}-")
-        copying = _wait_for(lambda: any("pg_basebackup" in p for p in _processes_mentioning(needle)), 120)
+        copying = wait_for(lambda: any("pg_basebackup" in p for p in _processes_mentioning(needle)), 120)
         assert copying, proc.stderr.read() if proc.poll() is not None and proc.stderr else "no pg_basebackup"
         if phase == "streaming":
-            assert _wait_for(lambda: bool(_source_burden(source)["pg_stat_replication"]), 30, 0.05)
+            assert wait_for(lambda: bool(_source_burden(source)["pg_stat_replication"]), 30, 0.05)
 
         # When: a polite kill, a Ctrl-C, or a SIGKILL of migsafe itself
         proc.send_signal(sig)
@@ -159,7 +150,7 @@ def test_an_interrupt_during_the_scratch_copy_leaves_no_pg_basebackup_nor_walsen
     # parent-death signal)
     if sig != signal.SIGKILL:
         assert not _processes_mentioning(needle)
-    assert _wait_for(lambda: not _processes_mentioning(needle), 5, 0.05), _processes_mentioning(needle)
+    assert wait_for(lambda: not _processes_mentioning(needle), 5, 0.05), _processes_mentioning(needle)
     # and nothing of migsafe's burdens the source: no walsender, no slot, no session
     assert _settled_burden(source) == {"pg_stat_replication": 0, "pg_replication_slots": 0, "sessions": 0}
     # the scratch folder is gone, or (SIGKILL) found and removed by a sweep
@@ -186,7 +177,7 @@ def test_an_interrupted_backup_stops_its_pg_dumps_and_closes_every_source_sessio
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:
-        waiting = _wait_for(
+        waiting = wait_for(
             lambda: bool(source.scalar(
                 "select count(*) from pg_stat_activity where wait_event_type = 'Lock' "
                 "and (application_name like 'migsafe%%' or application_name = 'pg_dump')"
@@ -301,7 +292,7 @@ def test_a_rehearsal_leaves_no_lock_report_in_tmp(
     )
     # When: it finishes, or is stopped while the upgrade runs (its lock report exists then)
     if interrupted:
-        assert _wait_for(lambda: bool([*tmp.glob("migsafe-locks-*"), *tmp.glob("migsafe-alembic-*")]), 120, 0.05)
+        assert wait_for(lambda: bool([*tmp.glob("migsafe-locks-*"), *tmp.glob("migsafe-alembic-*")]), 120, 0.05)
         proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     # Then
@@ -366,6 +357,6 @@ def test_a_scratch_server_dying_mid_upgrade_is_an_environment_fault_naming_the_s
     assert len([ln for ln in lines if ln.startswith("migsafe: error:")]) == 1 and "Traceback" not in err
     # the scratch is removed by the rehearsal itself (no sweep), nothing of it runs, the source is as it was
     assert not list(runtime_dir.glob(f"*-{proc.pid}-*"))
-    assert _wait_for(lambda: not _processes_mentioning(str(scratch)), 5, 0.05), _processes_mentioning(str(scratch))
+    assert wait_for(lambda: not _processes_mentioning(str(scratch)), 5, 0.05), _processes_mentioning(str(scratch))
     assert _settled_burden(source) == {"pg_stat_replication": 0, "pg_replication_slots": 0, "sessions": 0}
     assert source.scalar("select md5(string_agg(u::text, ',' order by id)) from public.users u") == fingerprint

@@ -29,7 +29,7 @@ from migsafe import catalog
 from migsafe.exceptions import SourceStalled
 from migsafe.localpg import LocalCluster
 from migsafe.watchdog import Watchdog
-from pgsupport import ROOT, CliResult, Database, freeze_server, thaw_server, write_plan
+from pgsupport import ROOT, CliResult, Database, freeze_server, thaw_server, wait_for, write_plan
 
 from examples.enum_uppercase import seed
 
@@ -85,15 +85,6 @@ def _marked(mark: str) -> list[str]:
         if state != "Z" and mark.encode() in environ:
             found.append(f"{entry.name}: {cmd[:160]}")
     return found
-
-
-def _wait_for(predicate: Callable[[], bool], seconds: float, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def _burden(db: Database, seconds: float = 15.0) -> tuple[int, int, int, int]:
@@ -155,14 +146,14 @@ def test_a_backup_from_a_source_that_hangs_mid_copy_ends_as_stalled_and_leaves_n
     copying = "select count(*) from pg_stat_activity where state = 'active' and query ilike %s"
     stopped: list[int] = []
     try:
-        assert _wait_for(lambda: bool(db.scalar(copying, (pattern,))), 120), f"no {stream} COPY seen"
+        assert wait_for(lambda: bool(db.scalar(copying, (pattern,))), 120), f"no {stream} COPY seen"
         # When: the source's server hangs (every process of it stopped, its sockets still open)
         stopped = freeze_server(cluster.data_dir)
         code, err = _end_frozen(proc, stopped)
         # Then: the backup gave up by itself: exit 3, one line naming the source as stalled
         _assert_one_stalled_line(code, err, db)
         # no pg_dump or psql (nor anything else it started) is left waiting on the source
-        assert _wait_for(lambda: not _marked(mark), 5, 0.05), _marked(mark)
+        assert wait_for(lambda: not _marked(mark), 5, 0.05), _marked(mark)
         # and nothing of it looks complete: no manifest
         listed = migsafe("backups", "list", "--store", f"file://{store}", "--json")
         assert listed.code == 0, listed.output
@@ -195,14 +186,14 @@ def test_a_rehearsal_whose_source_hangs_during_the_scratch_copy_ends_as_stalled_
             if line.startswith("scratch ..."):
                 break
         walsender = "select count(*) from pg_stat_activity where backend_type = 'walsender'"
-        assert _wait_for(lambda: bool(db.scalar(walsender)), 60), "no walsender of pg_basebackup seen"
+        assert wait_for(lambda: bool(db.scalar(walsender)), 60), "no walsender of pg_basebackup seen"
         # When: the source's server hangs mid-copy
         stopped = freeze_server(cluster.data_dir)
         code, err = _end_frozen(proc, stopped)
         # Then: the rehearsal gave up by itself (exit 3, one line naming the source as stalled)
         _assert_one_stalled_line(code, err, db)
         # no pg_basebackup (nor its forked WAL streamer), no scratch server: nothing it started runs
-        assert _wait_for(lambda: not _marked(mark), 5, 0.05), _marked(mark)
+        assert wait_for(lambda: not _marked(mark), 5, 0.05), _marked(mark)
         assert not list(runtime_dir.glob(f"*-{proc.pid}-*"))
     finally:
         thaw_server(stopped)
